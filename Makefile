@@ -1,0 +1,54 @@
+# ewc-bench: the front door. `make help` lists the targets.
+# Every target depends on `install`, which creates .venv on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Datasets root (torchvision layout: ROOT/MNIST/raw, ROOT/FashionMNIST/raw).
+DATA_ROOT ?= $(if $(EWC_BENCH_DATA),$(EWC_BENCH_DATA),./data)
+export EWC_BENCH_DATA := $(DATA_ROOT)
+# Two threads by default: the reference machine has 2 cores; override for bigger machines.
+THREADS ?= 2
+export OMP_NUM_THREADS := $(THREADS)
+BENCH_JSON ?= reports/bench/estimators.json
+
+.PHONY: help install test test-all bench timing reproduce lint format clean
+
+help:  ## Show this help.
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install ewc-bench with its dev tools.
+
+test: install  ## Run the test suite (fast; real-data tests need DATA_ROOT).
+	$(PY) -m pytest -m "not slow"
+
+test-all: install  ## Run every test, including the slow, tight statistical ones.
+	$(PY) -m pytest
+
+bench: install  ## pytest-benchmark timing suite; JSON saved under reports/bench/.
+	@mkdir -p $(dir $(BENCH_JSON))
+	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only \
+		--benchmark-json=$(BENCH_JSON) -p no:cacheprovider
+
+timing: install  ## Estimator timing and peak-memory table -> reports/timing.md.
+	$(PY) -m benchmark timing --data-root $(DATA_ROOT) --out reports
+
+reproduce: timing  ## Rebuild everything in reports/ (currently: the estimator timing table).
+
+lint: install  ## ruff check and format check.
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install  ## Apply ruff's formatting and safe fixes.
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean:  ## Remove caches (keeps .venv and results).
+	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info

@@ -1,0 +1,1 @@
+"""ewc-bench: data, task sequences, models, the EWC harness, timing and reports."""

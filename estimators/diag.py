@@ -1,0 +1,78 @@
+r"""``diag-*``: the exact diagonal of the Fisher for the label mode.
+
+:math:`F_{ii} = \frac{1}{N} \sum_n \sum_k (u_{nk})_i^2` where :math:`u_{nk} = J_n^\top S_{n,:,k}`
+are the per-input, per-column gradients (see ``labels``). Closed-form layers compute it without
+materialising :math:`u` (e.g. one matmul of :math:`g^2` and :math:`a^2` for ``nn.Linear``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
+from .estimator import Accumulator
+from .fitting import Capture, Plan
+from .layout import ParamLayout
+
+
+class DiagCurvature(Curvature):
+    r""":math:`F = \operatorname{diag}(f)`, stored as one flat ``[P]`` tensor."""
+
+    structure = "diag"
+
+    def __init__(
+        self, layout: ParamLayout, diag: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET
+    ) -> None:
+        super().__init__(layout, memory_budget)
+        self.diag = diag
+
+    def _matmat(self, m: torch.Tensor) -> torch.Tensor:
+        return self.diag.unsqueeze(1) * m
+
+    def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
+        return torch.dot(self.diag * d, d)
+
+    def diagonal_flat(self) -> torch.Tensor:
+        """The stored diagonal."""
+        return self.diag
+
+    def _dense(self) -> torch.Tensor:
+        return torch.diag(self.diag)
+
+    @property
+    def nbytes(self) -> int:
+        """P scalars."""
+        return self.diag.numel() * self.diag.element_size()
+
+
+def add_diagonal(flat: torch.Tensor, cap: Capture, layout: ParamLayout, skip: set[str]) -> None:
+    """Add each parameter's exact diagonal contribution from ``cap`` to ``flat`` in place."""
+    for lc in cap.layers:
+        layer = lc.layer
+        if skip.issuperset(layer.params.values()):
+            continue
+        attrs = tuple(a for a, n in layer.params.items() if n not in skip)
+        for attr, value in layer.rule.diagonal(layer.module, lc.a, lc.g, attrs).items():
+            flat[layout.slice(layer.params[attr])] += value.reshape(-1)
+    for name, rows in cap.generic.items():
+        flat[layout.slice(name)] += rows.square().sum((0, 1)).reshape(-1)
+
+
+class DiagAccumulator(Accumulator):
+    """Running sum of squared per-input gradients, per parameter."""
+
+    def __init__(
+        self, layout: ParamLayout, plan: Plan, columns: int, n_total: int, options: dict[str, Any]
+    ) -> None:
+        super().__init__(layout, plan, columns, n_total, options)
+        self.flat = torch.zeros(layout.numel, dtype=layout.dtype, device=layout.device)
+
+    def update(self, cap: Capture) -> None:
+        """Add the chunk's squared gradients."""
+        add_diagonal(self.flat, cap, self.layout, skip=set())
+
+    def result(self) -> DiagCurvature:
+        """The diagonal (already a mean: gradients carry 1/sqrt(N))."""
+        return DiagCurvature(self.layout, self.flat, self.options["memory_budget"])

@@ -1,0 +1,194 @@
+r"""``kfac-*``: Kronecker-factored blocks for Linear and Conv2d layers, exact diagonal elsewhere.
+
+For a layer with weight :math:`W \in \mathbb{R}^{d_{out} \times d_{in}}` (a Conv2d weight viewed
+as ``[C_out, C_in k_h k_w]``) and bias :math:`b`, the block of F over :math:`[W \mid b]` flattened
+row-major is approximated by :math:`G \otimes A` (Martens & Grosse, 2015; Grosse & Martens, 2016
+for convolutions, see ``layers.conv2d``), with
+
+.. math::
+    A = \operatorname{mean}_n \bar a_n \bar a_n^\top, \quad \bar a_n = [a_n; 1], \qquad
+    G = \operatorname{mean}_n \sum_k g_{nk} g_{nk}^\top,
+
+where :math:`g_{nk}` is the gradient of the k-th weighted loss column (label mode) with respect to
+the layer's output. The block is then split into the weight and bias entries of the parameter
+layout. Blocks between layers are zero. Every other parameter (BatchNorm affine, layers without
+closed forms) gets its exact diagonal. Quadratic forms use
+:math:`\operatorname{vec}(\Delta)^\top (G \otimes A) \operatorname{vec}(\Delta) =
+\langle G \Delta, \Delta A \rangle` with :math:`\Delta = [\Delta W \mid \Delta b]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
+from .diag import add_diagonal
+from .estimator import Accumulator
+from .fitting import Capture, Plan, PlannedLayer
+from .layout import ParamLayout
+
+
+@dataclass
+class KroneckerBlock:
+    r""":math:`G \otimes A` over ``[W | b]``; ``weight``/``bias`` are slices of the flat layout."""
+
+    weight: slice
+    bias: slice | None
+    A: torch.Tensor
+    G: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(d_out, d_in)`` of the weight matrix (without the bias column)."""
+        return self.G.shape[0], self.A.shape[0] - (self.bias is not None)
+
+    def gather(self, m: torch.Tensor) -> torch.Tensor:
+        r"""Columns of flat ``m`` ``[P, k]`` as matrices :math:`[\Delta W | \Delta b]` ``[k, d_out, d_in(+1)]``."""
+        d_out, d_in = self.shape
+        k = m.shape[1]
+        w = m[self.weight].T.reshape(k, d_out, d_in)
+        if self.bias is None:
+            return w
+        return torch.cat([w, m[self.bias].T.reshape(k, d_out, 1)], dim=2)
+
+    def scatter(self, r: torch.Tensor, out: torch.Tensor) -> None:
+        """Write matrices ``[k, d_out, d_in(+1)]`` back into flat ``out`` ``[P, k]``."""
+        d_out, d_in = self.shape
+        k = r.shape[0]
+        out[self.weight] = r[:, :, :d_in].reshape(k, -1).T
+        if self.bias is not None:
+            out[self.bias] = r[:, :, d_in].T
+
+    def flat_index(self) -> torch.Tensor:
+        """Flat positions of the block's entries in ``[W | b]`` row-major order."""
+        d_out, d_in = self.shape
+        w = torch.arange(self.weight.start, self.weight.stop).reshape(d_out, d_in)
+        if self.bias is None:
+            return w.reshape(-1)
+        b = torch.arange(self.bias.start, self.bias.stop).reshape(d_out, 1)
+        return torch.cat([w, b], dim=1).reshape(-1)
+
+
+class KFACCurvature(Curvature):
+    """Kronecker blocks plus an exact diagonal over the remaining parameters."""
+
+    structure = "kfac"
+
+    def __init__(
+        self,
+        layout: ParamLayout,
+        blocks: list[KroneckerBlock],
+        rest_index: torch.Tensor,
+        rest_diag: torch.Tensor,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        super().__init__(layout, memory_budget)
+        self.blocks = blocks
+        self.rest_index = rest_index
+        self.rest_diag = rest_diag
+
+    def _matmat(self, m: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(m)
+        for blk in self.blocks:
+            blk.scatter(blk.G @ blk.gather(m) @ blk.A, out)
+        out[self.rest_index] = self.rest_diag.unsqueeze(1) * m[self.rest_index]
+        return out
+
+    def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
+        m = d.unsqueeze(1)
+        total = torch.dot(self.rest_diag * d[self.rest_index], d[self.rest_index])
+        for blk in self.blocks:
+            delta = blk.gather(m)[0]
+            total = total + ((blk.G @ delta) * (delta @ blk.A)).sum()
+        return total
+
+    def diagonal_flat(self) -> torch.Tensor:
+        r""":math:`\operatorname{diag}(G) \operatorname{diag}(A)^\top` per block; the rest as stored."""
+        out = torch.empty(self.numel, 1, dtype=self.layout.dtype, device=self.layout.device)
+        for blk in self.blocks:
+            outer = torch.outer(blk.G.diagonal(), blk.A.diagonal())
+            blk.scatter(outer.unsqueeze(0), out)
+        out[self.rest_index, 0] = self.rest_diag
+        return out.squeeze(1)
+
+    def _dense(self) -> torch.Tensor:
+        p = self.numel
+        out = torch.zeros(p, p, dtype=self.layout.dtype, device=self.layout.device)
+        for blk in self.blocks:
+            idx = blk.flat_index().to(out.device)
+            out[idx.unsqueeze(1), idx.unsqueeze(0)] = torch.kron(blk.G, blk.A)
+        out[self.rest_index, self.rest_index] = self.rest_diag
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Both factors of every block, the rest's diagonal and its index."""
+        tensors = [t for blk in self.blocks for t in (blk.A, blk.G)]
+        tensors += [self.rest_diag, self.rest_index]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class KFACAccumulator(Accumulator):
+    """Running sums of the Kronecker factors, and of the exact diagonal for the rest."""
+
+    def __init__(
+        self, layout: ParamLayout, plan: Plan, columns: int, n_total: int, options: dict[str, Any]
+    ) -> None:
+        super().__init__(layout, plan, columns, n_total, options)
+        kw = {"dtype": layout.dtype, "device": layout.device}
+        self.factors: dict[int, tuple[PlannedLayer, torch.Tensor, torch.Tensor]] = {}
+        for layer in plan.layers:
+            shape = layer.rule.kfac_shape(layer.module)
+            if shape is None or "weight" not in layer.params:
+                continue
+            d_out, d_in = shape
+            d_a = d_in + ("bias" in layer.params)
+            self.factors[id(layer)] = (
+                layer,
+                torch.zeros(d_a, d_a, **kw),
+                torch.zeros(d_out, d_out, **kw),
+            )
+        self.kron_names = {n for lay, _, _ in self.factors.values() for n in lay.params.values()}
+        self.flat = torch.zeros(layout.numel, **kw)
+
+    def update(self, cap: Capture) -> None:
+        """Add the chunk's factor sums; exact diagonal for parameters outside the blocks."""
+        for lc in cap.layers:
+            entry = self.factors.get(id(lc.layer))
+            if entry is None:
+                continue
+            layer, a_sum, g_sum = entry
+            a_part, g_part, _ = layer.rule.kfac(layer.module, lc.a, lc.g, "bias" in layer.params)
+            a_sum += a_part / self.n_total  # A is a mean over inputs
+            g_sum += g_part  # g carries 1/sqrt(N) already
+        add_diagonal(self.flat, cap, self.layout, skip=self.kron_names)
+
+    def result(self) -> KFACCurvature:
+        """Blocks in layer order and the diagonal of the remaining parameters."""
+        blocks = []
+        for layer, a_sum, g_sum in self.factors.values():
+            bias = self.layout.slice(layer.params["bias"]) if "bias" in layer.params else None
+            blocks.append(
+                KroneckerBlock(self.layout.slice(layer.params["weight"]), bias, a_sum, g_sum)
+            )
+        rest = [i for i, n in enumerate(self.layout.names) if n not in self.kron_names]
+        index = (
+            torch.cat(
+                [
+                    torch.arange(
+                        self.layout.slice(self.layout.names[i]).start,
+                        self.layout.slice(self.layout.names[i]).stop,
+                    )
+                    for i in rest
+                ]
+            )
+            if rest
+            else torch.zeros(0, dtype=torch.long)
+        )
+        index = index.to(self.layout.device)
+        return KFACCurvature(
+            self.layout, blocks, index, self.flat[index].clone(), self.options["memory_budget"]
+        )

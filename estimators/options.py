@@ -1,0 +1,87 @@
+"""Estimator options: defaults and validation, each failure saying what is allowed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .curvature import DEFAULT_MEMORY_BUDGET
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"option {name!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _budget(name: str, value: Any) -> int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 1:
+        raise ValueError(f"option {name!r} must be a positive number of bytes, got {value!r}")
+    return int(value)
+
+
+def _forward(name: str, value: Any) -> Callable | None:
+    if value is not None and not callable(value):
+        raise ValueError(
+            f"option {name!r} must be None or a callable (model, inputs) -> logits, got {value!r}"
+        )
+    return value
+
+
+def _generator(name: str, value: Any) -> torch.Generator | None:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise ValueError(f"option {name!r} must be None or a torch.Generator, got {value!r}")
+    return value
+
+
+REPRESENTATIONS = ("auto", "dense", "factor")
+
+
+def _representation(name: str, value: Any) -> str:
+    if value not in REPRESENTATIONS:
+        raise ValueError(
+            f"option {name!r} must be one of {', '.join(REPRESENTATIONS)}; got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option's default, validator and one-line meaning."""
+
+    default: Any
+    check: Callable[[str, Any], Any]
+    doc: str
+
+
+OPTIONS: dict[str, Option] = {
+    "forward": Option(None, _forward, "callable (model, inputs) -> logits; default model(inputs)"),
+    "chunk_size": Option(512, _positive_int, "inputs per batched pass"),
+    "memory_budget": Option(
+        DEFAULT_MEMORY_BUDGET, _budget, "bytes a dense matrix or low-rank factor may take"
+    ),
+    "mc_samples": Option(1, _positive_int, "labels sampled per input (mc)"),
+    "generator": Option(None, _generator, "torch.Generator for the mc samples (reproducible)"),
+    "representation": Option("auto", _representation, "full: 'auto', 'dense' or 'factor'"),
+    "batch_size": Option(100, _positive_int, "mini-batch size of the legacy batched estimator"),
+}
+
+
+def resolve(name: str, allowed: tuple[str, ...], given: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``given`` against the ``allowed`` option names and fill in defaults.
+
+    Raises:
+        ValueError: for an unknown option (naming the valid ones) or a bad value.
+    """
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for estimator {name!r}; "
+            f"valid options: {', '.join(sorted(allowed))}"
+        )
+    return {k: OPTIONS[k].check(k, given.get(k, OPTIONS[k].default)) for k in allowed}
