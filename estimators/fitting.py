@@ -202,7 +202,8 @@ class FisherPass:
                     g = out.new_zeros((self.columns, *out.shape))
                 cap.layers.append(LayerCapture(self.plan.layers[i], a, g))
         if self.plan.generic:
-            cap.generic = self._generic(inputs, factor)
+            with torch.no_grad():  # torch.func's own vjp still differentiates inside
+                cap.generic = self._generic(inputs, factor)
         return cap
 
     @staticmethod

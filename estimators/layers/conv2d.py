@@ -25,33 +25,34 @@ from torch import nn
 from .base import LayerRule, augment
 
 
-def _padding(module: nn.Conv2d) -> tuple[int, int] | None:
-    """Explicit symmetric padding for ``F.unfold``, or None when it has no such form."""
-    if isinstance(module.padding, tuple):
-        return module.padding  # type: ignore[return-value]
-    if module.padding == "valid":
-        return (0, 0)
-    pads = []
-    for d, k in zip(module.dilation, module.kernel_size):
-        total = d * (k - 1)
-        if total % 2:
-            return None
-        pads.append(total // 2)
-    return pads[0], pads[1]
+def conv_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` zero padding of the input, as ``F.pad`` takes it.
+
+    Explicit padding is symmetric; ``'same'`` puts ``total // 2`` before and the rest after, as
+    ``nn.Conv2d`` does.
+    """
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        pads: list[int] = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size), strict=True):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads[0], pads[1], pads[2], pads[3]
+    ph, pw = module.padding
+    return (pw, pw, ph, ph)
 
 
 class Conv2dRule(LayerRule):
     """Closed forms for ``nn.Conv2d`` via ``F.unfold`` patches."""
 
     def unsupported(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
-        """Groups, non-zero padding modes and asymmetric 'same' padding use the generic path."""
+        """Grouped convolutions and non-zero padding modes use the generic path."""
         assert isinstance(module, nn.Conv2d)
         if module.groups != 1:
             return "groups != 1"
         if module.padding_mode != "zeros":
             return f"padding_mode {module.padding_mode!r}"
-        if _padding(module) is None:
-            return "asymmetric 'same' padding"
         if inputs[0].dim() != 4:
             return f"input has {inputs[0].dim()} dimensions, closed forms need [n, C, H, W]"
         return None
@@ -61,13 +62,11 @@ class Conv2dRule(LayerRule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the unfolded patches ``[n, C_in k_h k_w, T]``; differentiate the output."""
         assert isinstance(module, nn.Conv2d)
-        patches = F.unfold(
-            inputs[0].detach(),
-            module.kernel_size,
-            dilation=module.dilation,
-            padding=_padding(module),
-            stride=module.stride,
-        )
+        x = inputs[0].detach()
+        pads = conv_padding(module)
+        if any(pads):
+            x = F.pad(x, pads)
+        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
         return patches, output
 
     def per_input(

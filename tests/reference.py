@@ -1,0 +1,210 @@
+"""Brute-force references, built the slow obvious way: loops over inputs and classes.
+
+Everything here uses one ``torch.autograd.grad`` per (input, label) on a batch of one input,
+in whatever dtype the model has (tests use float64). No closed forms, no vmap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def flat_grad(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    params = [p for _, p in trainable(model)]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]
+    )
+
+
+def per_input_grad(model, forward, x, label) -> torch.Tensor:
+    """Gradient of -log softmax(f(x))[label] for one input, flat."""
+    logits = forward(model, x.unsqueeze(0))[0]
+    return flat_grad(model, -F.log_softmax(logits, dim=-1)[label])
+
+
+def probabilities(model, forward, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return forward(model, inputs).softmax(-1)
+
+
+def dense_fisher(model, inputs, mode, targets=None, labels=None, forward=default_forward):
+    """Dense F = 1/N sum_n F(x_n) with F(x) per the label mode.
+
+    mode: 'exact' (sum over classes weighted by p), 'empirical' (targets), 'argmax', or 'labels'
+    (given ``labels`` [K, N]: mean over the K labels per input).
+    """
+    model.eval()
+    n = inputs.shape[0]
+    probs = probabilities(model, forward, inputs)
+    p_count = sum(p.numel() for _, p in trainable(model))
+    fisher = torch.zeros(p_count, p_count, dtype=inputs.dtype)
+    for i in range(n):
+        if mode == "exact":
+            weighted = [(c, probs[i, c]) for c in range(probs.shape[1])]
+        elif mode == "empirical":
+            weighted = [(int(targets[i]), 1.0)]
+        elif mode == "argmax":
+            weighted = [(int(probs[i].argmax()), 1.0)]
+        elif mode == "labels":
+            k = labels.shape[0]
+            weighted = [(int(labels[s, i]), 1.0 / k) for s in range(k)]
+        else:
+            raise ValueError(mode)
+        for label, w in weighted:
+            g = per_input_grad(model, forward, inputs[i], label)
+            fisher += w * torch.outer(g, g)
+    return fisher / n
+
+
+def batched_diagonal(model, inputs, targets, batch_size, forward=default_forward):
+    """Mean over consecutive mini-batches of the squared gradient of the mini-batch-mean loss."""
+    model.eval()
+    total, count = 0, 0
+    for start in range(0, inputs.shape[0], batch_size):
+        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+        g = flat_grad(model, F.cross_entropy(forward(model, x), y))
+        total = total + g.square()
+        count += 1
+    return total / count
+
+
+def layout_slices(model: nn.Module) -> dict[str, slice]:
+    out, start = {}, 0
+    for n, p in trainable(model):
+        out[n] = slice(start, start + p.numel())
+        start += p.numel()
+    return out
+
+
+def _patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Patches [T, C_in*kh*kw] of one input [C, H, W], extracted by explicit loops."""
+    if conv.padding == "same":
+        pads = []
+        for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size)):
+            pads += [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
+    else:
+        ph, pw = (0, 0) if conv.padding == "valid" else conv.padding
+        pads = [pw, pw, ph, ph]
+    xp = F.pad(x, pads)
+    kh, kw = conv.kernel_size
+    sh, sw = conv.stride
+    dh, dw = conv.dilation
+    out_h = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    rows = []
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = torch.empty(x.shape[0], kh, kw, dtype=x.dtype)
+            for u in range(kh):
+                for v in range(kw):
+                    patch[:, u, v] = xp[:, i * sh + u * dh, j * sw + v * dw]
+            rows.append(patch.reshape(-1))
+    return torch.stack(rows)
+
+
+def kfac_factors(model, layer, inputs, mode, targets=None, labels=None, forward=default_forward):
+    """Brute-force (A, G) of one Linear or Conv2d layer, input by input and label by label.
+
+    A = mean_n sum_t [a_nt; 1][a_nt; 1]^T (bias-augmented when the bias is trainable);
+    G = mean_n (1/T) sum_t E_y[g_nt g_nt^T]; T = 1 for Linear.
+    """
+    model.eval()
+    store = {}
+
+    def hook(module, inp, out):
+        store["a"] = inp[0].detach()
+        store["out"] = out
+        return out.clone()  # keep `out` intact if a later op works in place (ReLU(inplace=True))
+
+    handle = layer.register_forward_hook(hook)
+    probs = probabilities(model, forward, inputs)
+    with_bias = layer.bias is not None and layer.bias.requires_grad
+    A, G = 0, 0
+    n = inputs.shape[0]
+    try:
+        for i in range(n):
+            logits = forward(model, inputs[i : i + 1])[0]
+            if isinstance(layer, nn.Conv2d):
+                a = _patches(store["a"][0], layer)  # [T, d]
+            else:
+                a = store["a"]  # [1, d]
+            t = a.shape[0]
+            if with_bias:
+                a = torch.cat([a, torch.ones(t, 1, dtype=a.dtype)], dim=1)
+            A = A + a.T @ a
+            if mode == "exact":
+                weighted = [(c, probs[i, c]) for c in range(probs.shape[1])]
+            elif mode == "empirical":
+                weighted = [(int(targets[i]), 1.0)]
+            elif mode == "labels":
+                k = labels.shape[0]
+                weighted = [(int(labels[s, i]), 1.0 / k) for s in range(k)]
+            else:
+                raise ValueError(mode)
+            logp = F.log_softmax(logits, dim=-1)
+            for label, w in weighted:
+                (g,) = torch.autograd.grad(-logp[label], store["out"], retain_graph=True)
+                g = g[0].reshape(g.shape[1], -1).T  # [T, d_out]
+                G = G + w * (g.T @ g) / t
+    finally:
+        handle.remove()
+    return A / n, G / n
+
+
+def call_counts(model, forward, x) -> dict:
+    counts = {}
+
+    def hook(module, inp, out):
+        counts[module] = counts.get(module, 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        forward(model, x)
+    for h in handles:
+        h.remove()
+    return counts
+
+
+def kfac_dense(model, inputs, mode, targets=None, labels=None, forward=default_forward):
+    """Dense KFAC reference: kron(G, A) blocks for Linear/Conv2d, exact diagonal elsewhere."""
+    slices = layout_slices(model)
+    exact = dense_fisher(model, inputs, mode, targets, labels, forward)
+    p = exact.shape[0]
+    out = torch.zeros(p, p, dtype=exact.dtype)
+    covered = torch.zeros(p, dtype=torch.bool)
+    names = {id(prm): n for n, prm in trainable(model)}
+    calls = call_counts(model, forward, inputs[:1])
+    for layer in model.modules():
+        if type(layer) not in (nn.Linear, nn.Conv2d) or id(layer.weight) not in names:
+            continue
+        if calls.get(layer, 0) != 1:  # unused (zero) or weight-shared: exact diagonal
+            continue
+        A, G = kfac_factors(model, layer, inputs, mode, targets, labels, forward)
+        w = slices[names[id(layer.weight)]]
+        d_out = layer.weight.shape[0]
+        d_in = layer.weight[0].numel()
+        idx = torch.arange(w.start, w.stop).reshape(d_out, d_in)
+        if layer.bias is not None and id(layer.bias) in names:
+            b = slices[names[id(layer.bias)]]
+            idx = torch.cat([idx, torch.arange(b.start, b.stop).reshape(d_out, 1)], dim=1)
+        idx = idx.reshape(-1)
+        out[idx[:, None], idx[None, :]] = torch.kron(G, A)
+        covered[idx] = True
+    rest = (~covered).nonzero().squeeze(1)
+    out[rest, rest] = exact[rest, rest]
+    return out
