@@ -98,8 +98,8 @@ class _Wrapper(nn.Module):
         return self._fn(self.model, x)
 
 
-def check_logits(logits: object, n: int) -> torch.Tensor:
-    """Logits must be a finite ``[n, C]`` tensor with ``C >= 2``."""
+def check_logits(logits: object, n: int, finite: bool = True) -> torch.Tensor:
+    """Logits must be a ``[n, C]`` tensor with ``C >= 2`` (and finite, unless ``finite=False``)."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
@@ -109,7 +109,7 @@ def check_logits(logits: object, n: int) -> torch.Tensor:
     if logits.shape[1] < 2:
         raise ValueError(f"need at least 2 classes, the logits have {logits.shape[1]}")
     bad = (~torch.isfinite(logits)).any(dim=1)
-    if bad.any():
+    if finite and bad.any():
         raise ValueError(
             f"the model produced non-finite logits for {int(bad.sum())} of {n} inputs "
             "(a diverged model has no meaningful Fisher)"
@@ -123,6 +123,13 @@ def make_plan(model: nn.Module, forward: Forward, probe: torch.Tensor, layout: P
     A module gets closed forms when its exact type has a rule, it runs at most once per forward,
     its inputs suit the rule, and none of its parameters is shared with another module.
     """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            raise ValueError(
+                f"BatchNorm module {name!r} has no running statistics (track_running_stats=False), "
+                "so even in eval mode it normalises with batch statistics that couple the inputs: "
+                "a per-input Fisher is undefined. Use running statistics or another normalisation."
+            )
     name_of = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     owners: dict[int, int] = {}
     for m in model.modules():
@@ -137,7 +144,7 @@ def make_plan(model: nn.Module, forward: Forward, probe: torch.Tensor, layout: P
     handles = [m.register_forward_hook(record) for m in candidates]
     try:
         with torch.no_grad():
-            logits = check_logits(forward(model, probe), probe.shape[0])
+            logits = check_logits(forward(model, probe), probe.shape[0], finite=False)
     finally:
         for h in handles:
             h.remove()

@@ -83,7 +83,13 @@ class Exact(LabelMode):
 
 
 class MonteCarlo(LabelMode):
-    r"""True Fisher, sampled: :math:`K` labels :math:`y_s \sim p`, columns :math:`(p - e_{y_s})/\sqrt{K}`."""
+    r"""True Fisher, sampled: :math:`K` labels :math:`y_s \sim p` per input.
+
+    :math:`S S^\top = \frac{1}{K}\sum_s (p - e_{y_s})(p - e_{y_s})^\top`. With :math:`K < C`
+    the columns are :math:`(p - e_{y_s})/\sqrt{K}`; with :math:`K \ge C` the same matrix is
+    written with one column per class, :math:`\sqrt{c_y/K}\,(p - e_y)` where :math:`c_y` counts
+    the draws of label y, so the cost never exceeds the exact mode's.
+    """
 
     name = "mc"
 
@@ -92,8 +98,8 @@ class MonteCarlo(LabelMode):
         self.generator = generator
 
     def columns(self, n_classes: int) -> int:
-        """``mc_samples`` columns."""
-        return self.mc_samples
+        """``min(mc_samples, C)`` columns."""
+        return min(self.mc_samples, n_classes)
 
     def sample(self, probs: torch.Tensor) -> torch.Tensor:
         """Draw ``mc_samples`` labels per input from ``probs`` ``[n, C]``; returns ``[K, n]``."""
@@ -103,10 +109,17 @@ class MonteCarlo(LabelMode):
         return labels.T.to(probs.device)
 
     def factor(self, logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        r"""Sampled logit gradients scaled by :math:`1/\sqrt{K}`, as ``[K, n, C]``."""
+        """The sampled factor, ``[min(K, C), n, C]``."""
         probs = logits.softmax(-1)
-        grads = logit_gradients(probs, self.sample(probs))
-        return grads / self.mc_samples**0.5
+        labels = self.sample(probs)
+        n, c = probs.shape
+        if self.mc_samples < c:
+            return logit_gradients(probs, labels) / self.mc_samples**0.5
+        counts = torch.zeros(n, c, dtype=probs.dtype, device=probs.device)
+        counts.scatter_add_(1, labels.T, torch.ones_like(labels.T, dtype=probs.dtype))
+        classes = torch.arange(c, device=probs.device).unsqueeze(1).expand(c, n)
+        weights = (counts / self.mc_samples).sqrt().T.unsqueeze(-1)  # [C, n, 1]
+        return logit_gradients(probs, classes) * weights
 
 
 class Empirical(LabelMode):
