@@ -3,7 +3,8 @@
 ``tutorial-mlp``: Flatten -> Linear(784, 100) -> ReLU -> BatchNorm1d(100) -> Linear(100, 100) ->
 ReLU -> BatchNorm1d(100) -> Linear(100, 10): 90,010 trainable parameters (89,610 in the Linear
 layers, 400 in BatchNorm affine). Activation before BatchNorm, as in the tutorial.
-``mlp``: the same without BatchNorm (89,610 parameters), for libraries with limited BatchNorm support.
+``mlp``: the same without BatchNorm (89,610 parameters), for libraries with limited BatchNorm
+support.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 r"""``diag-batched``: the legacy estimator of the source tutorial and several libraries.
 
 .. math::
-    \hat F_{ii} = \frac{1}{B} \sum_{b=1}^{B} \Big(\partial_i \frac{1}{|b|}\sum_{n \in b} \ell_n\Big)^2
+    \hat F_{ii} = \frac{1}{B} \sum_{b=1}^{B}
+    \Big(\partial_i \frac{1}{|b|}\sum_{n \in b} \ell_n\Big)^2
 
 over consecutive mini-batches b of ``batch_size`` inputs (in the given order; the last may be
 smaller), with the dataset labels. Squaring a mini-batch *mean* gradient is not a Fisher: when
@@ -48,7 +49,7 @@ class BatchedDiagEstimator(Estimator):
             flat = torch.cat(
                 [
                     torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
-                    for p, g in zip(params, grads)
+                    for p, g in zip(params, grads, strict=True)
                 ]
             )
             total += flat.square()

@@ -27,7 +27,9 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 
 
 class Curvature(ABC):
-    """A curvature matrix F (P x P). Implement ``_matmat``, ``_quadratic``, ``diagonal_flat``, ``nbytes``.
+    """A curvature matrix F (P x P).
+
+    Implement ``_matmat``, ``_quadratic``, ``diagonal_flat`` and ``nbytes``.
 
     Attributes:
         layout: the parameter layout F is written in.
@@ -91,7 +93,7 @@ class Curvature(ABC):
         return self.layout.unflatten(self.diagonal_flat())
 
     def trace(self) -> torch.Tensor:
-        """tr F."""
+        """The trace of F."""
         return self.diagonal_flat().sum()
 
     def dense_nbytes(self) -> int:

@@ -203,7 +203,7 @@ class FisherPass:
         if order:
             outs = [kept[i][1] for i in order]
             grads = self._backward(logits, outs, factor)
-            for i, g in zip(order, grads):
+            for i, g in zip(order, grads, strict=True):
                 a, out = kept[i]
                 if g is None:
                     g = out.new_zeros((self.columns, *out.shape))

@@ -46,7 +46,7 @@ class KroneckerBlock:
         return self.G.shape[0], self.A.shape[0] - (self.bias is not None)
 
     def gather(self, m: torch.Tensor) -> torch.Tensor:
-        r"""Columns of flat ``m`` ``[P, k]`` as matrices :math:`[\Delta W | \Delta b]` ``[k, d_out, d_in(+1)]``."""
+        r"""Columns of flat ``m`` ``[P, k]`` as matrices :math:`[\Delta W | \Delta b]`."""
         d_out, d_in = self.shape
         k = m.shape[1]
         w = m[self.weight].T.reshape(k, d_out, d_in)
@@ -56,7 +56,7 @@ class KroneckerBlock:
 
     def scatter(self, r: torch.Tensor, out: torch.Tensor) -> None:
         """Write matrices ``[k, d_out, d_in(+1)]`` back into flat ``out`` ``[P, k]``."""
-        d_out, d_in = self.shape
+        d_in = self.shape[1]
         k = r.shape[0]
         out[self.weight] = r[:, :, :d_in].reshape(k, -1).T
         if self.bias is not None:
@@ -106,7 +106,7 @@ class KFACCurvature(Curvature):
         return total
 
     def diagonal_flat(self) -> torch.Tensor:
-        r""":math:`\operatorname{diag}(G) \operatorname{diag}(A)^\top` per block; the rest as stored."""
+        r""":math:`\operatorname{diag}(G)\operatorname{diag}(A)^\top` per block; the rest stored."""
         out = torch.empty(self.numel, 1, dtype=self.layout.dtype, device=self.layout.device)
         for blk in self.blocks:
             outer = torch.outer(blk.G.diagonal(), blk.A.diagonal())

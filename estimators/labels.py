@@ -6,12 +6,15 @@ is :math:`\nabla_z \ell(y) = p - e_y`. Every mode is written as a *factor* :math
 \mathbb{R}^{C \times K}` whose columns are (weighted) logit gradients, so that the per-input
 Fisher is :math:`F(x) = J^\top S S^\top J` with :math:`J = \partial z / \partial \theta`:
 
-- ``exact``: :math:`S S^\top = \mathbb{E}_{y \sim p}[(p - e_y)(p - e_y)^\top] = \operatorname{diag}(p)
-  - p p^\top`, with columns :math:`S_{:,c} = \sqrt{p_c}\,(p - e_c)` (:math:`K = C`). This factor
-  never subtracts cumulative probabilities, so it stays finite for confident predictions.
-- ``mc``: :math:`K` labels :math:`y_s \sim p`, columns :math:`(p - e_{y_s}) / \sqrt{K}`.
+- ``exact``: :math:`S S^\top = \mathbb{E}_{y \sim p}[(p - e_y)(p - e_y)^\top]
+  = \operatorname{diag}(p) - p p^\top`, with columns :math:`S_{:,c} = \sqrt{p_c}\,(p - e_c)`
+  (:math:`K = C`). This factor never subtracts cumulative probabilities, so it stays finite for
+  confident predictions.
+- ``mc``: :math:`K` labels :math:`y_s \sim p`, columns :math:`(p - e_{y_s}) / \sqrt{K}` (for
+  :math:`K \ge C` the same matrix with one count-weighted column per class).
 - ``empirical``: the dataset label, one column :math:`p - e_y`.
-- ``argmax``: the most likely label, one column :math:`p - e_{\arg\max p}` (the source tutorial's "true" Fisher).
+- ``argmax``: the most likely label, one column :math:`p - e_{\arg\max p}` (the source
+  tutorial's "true" Fisher).
 
 Numerics: the entry :math:`p_y - 1` is computed as :math:`-\sum_{c \ne y} p_c`, a sum of positive
 terms, so that a top probability of 0.9999 in float32 loses no relative precision.
@@ -26,7 +29,7 @@ import torch
 
 def _rest_mass(probs: torch.Tensor) -> torch.Tensor:
     r""":math:`1 - p_c = \sum_{j \ne c} p_j` for every class, without cancellation. ``[n, C]``."""
-    n, c = probs.shape
+    c = probs.shape[1]
     off_diagonal = ~torch.eye(c, dtype=torch.bool, device=probs.device)
     return (probs[:, None, :] * off_diagonal).sum(-1)
 

@@ -98,7 +98,7 @@ class ParamLayout:
                 f"missing {missing}, unexpected {extra}"
             )
         parts = []
-        for name, shape in zip(self.names, self.shapes):
+        for name, shape in zip(self.names, self.shapes, strict=True):
             t = tensors[name]
             if t.shape != shape:
                 raise ValueError(f"{name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
@@ -113,7 +113,8 @@ class ParamLayout:
             )
         lead = flat.shape[:-1]
         return {
-            n: flat[..., self.slice(n)].reshape(*lead, *s) for n, s in zip(self.names, self.shapes)
+            n: flat[..., self.slice(n)].reshape(*lead, *s)
+            for n, s in zip(self.names, self.shapes, strict=True)
         }
 
     def check_vector(self, v: torch.Tensor) -> torch.Tensor:

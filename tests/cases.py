@@ -99,7 +99,9 @@ class Case:
     kfac_linear_only: bool = False
     extra: dict = field(default_factory=dict)
 
-    def make(self, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    def make(
+        self, dtype: torch.dtype = torch.float64
+    ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         """Model with non-trivial BatchNorm statistics and parameters, inputs, targets."""
         g = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)

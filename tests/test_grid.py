@@ -1,4 +1,4 @@
-"""Every estimator name against the brute-force dense Fisher, in float64 (relative error <= 1e-10)."""
+"""Every estimator name against the brute-force dense Fisher in float64 (relative error 1e-10)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def replay_mc_labels(model, forward, x, mc_samples, seed, chunk) -> torch.Tensor:
     """The labels an mc estimator draws: same generator, same per-chunk order."""
     sampler = MonteCarlo(mc_samples, torch.Generator().manual_seed(seed))
-    parts = [sampler.sample(ref.probabilities(model, forward, x[s : s + chunk])) for s in range(0, len(x), chunk)]
+    parts = [
+        sampler.sample(ref.probabilities(model, forward, x[s : s + chunk]))
+        for s in range(0, len(x), chunk)
+    ]
     return torch.cat(parts, dim=1)
 
 
@@ -90,8 +93,13 @@ def test_full_factor_matches_dense(name, case):
     rows = {"full-exact": 3, "full-mc": 3, "full-empirical": 1}[name] * case.n  # mc: min(K, C)
     assert factor.factor.shape == (rows, factor.numel)
     assert factor.nbytes == rows * factor.numel * 8
-    assert rel(torch.linalg.eigvalsh(factor.gram()).sort().values[-3:],
-               torch.linalg.eigvalsh(dense.dense()).sort().values[-3:]) <= 1e-8
+    assert (
+        rel(
+            torch.linalg.eigvalsh(factor.gram()).sort().values[-3:],
+            torch.linalg.eigvalsh(dense.dense()).sort().values[-3:],
+        )
+        <= 1e-8
+    )
 
 
 def test_diag_batched_matches_brute_force(case):

@@ -42,7 +42,8 @@ class BatchNormRule(LayerRule):
         assert isinstance(module, nn.modules.batchnorm._BatchNorm)
         x = inputs[0]
         dim = x.dim()
-        assert module.running_mean is not None and module.running_var is not None
+        assert module.running_mean is not None
+        assert module.running_var is not None
         mean = _channel_view(module.running_mean, dim)
         inv_std = _channel_view(torch.rsqrt(module.running_var + module.eps), dim)
         x_hat = (x - mean) * inv_std

@@ -1,4 +1,4 @@
-r"""``nn.Linear`` on inputs ``[n, d_in]``: closed forms from inputs ``a`` and output gradients ``g``.
+r"""``nn.Linear`` on inputs ``[n, d_in]``: closed forms from inputs ``a`` and output grads ``g``.
 
 Per input and column: :math:`\nabla_W = g a^\top`, :math:`\nabla_b = g`. Hence
 
