@@ -161,6 +161,13 @@ def test_render_markdown_is_pure():
     assert json.dumps(RECORD, sort_keys=True) == before
 
 
+def test_render_markdown_without_penalty():
+    text = timing.render_markdown({**RECORD, "penalty": None})
+    assert "EWC penalty" not in text
+    assert text.endswith(".\n")
+    assert not text.endswith("\n\n")
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [(0.00008, "0.08"), (0.0123, "12.3"), (1.2345, "1,234"), (0.004, "4.00")],
