@@ -92,15 +92,26 @@ class LowRankCurvature(Curvature):
         return self.factor.numel() * self.factor.element_size()
 
 
-def fill_rows(rows: torch.Tensor, cap: Capture, layout: ParamLayout) -> None:
-    """Write the chunk's per-input, per-column gradients into ``rows`` ``[K n, P]`` (zeroed)."""
-    k_n = rows.shape[0]
+def fill_rows(rows: torch.Tensor, cap: Capture, layout: ParamLayout, columns: int) -> None:
+    """Write the chunk's per-input, per-column gradients into ``rows`` ``[K n, P]``.
+
+    Every column is written: parameters without a contribution in this chunk get zeros.
+    """
+    written = set()
+
+    def view(name: str) -> torch.Tensor:
+        written.add(name)
+        return rows[:, layout.slice(name)].view(columns, cap.n, *layout.shapes[layout.index(name)])
+
     for lc in cap.layers:
         layer = lc.layer
-        for attr, value in layer.rule.per_input(layer.module, lc.a, lc.g, layer.attrs).items():
-            rows[:, layout.slice(layer.params[attr])] = value.reshape(k_n, -1)
+        out = {attr: view(name) for attr, name in layer.params.items()}
+        layer.rule.write_per_input(layer.module, lc.a, lc.g, out)
     for name, value in cap.generic.items():
-        rows[:, layout.slice(name)] = value.reshape(k_n, -1)
+        view(name).copy_(value)
+    for name in layout.names:
+        if name not in written:
+            rows[:, layout.slice(name)] = 0
 
 
 class FullAccumulator(Accumulator):
@@ -114,8 +125,9 @@ class FullAccumulator(Accumulator):
         self.kind = choose_representation(layout, columns, n_total, options)
         if self.kind == "dense":
             self.matrix = torch.zeros(layout.numel, layout.numel, **kw)
+            self.rows = torch.empty(columns * self.chunk_size(), layout.numel, **kw)
         else:
-            self.factor = torch.zeros(columns * n_total, layout.numel, **kw)
+            self.factor = torch.empty(columns * n_total, layout.numel, **kw)
         self.next_row = 0
 
     def chunk_size(self) -> int:
@@ -127,13 +139,12 @@ class FullAccumulator(Accumulator):
         """Write the chunk's rows into the factor, or add their outer products to the matrix."""
         k_n = self.columns * cap.n
         if self.kind == "factor":
-            fill_rows(self.factor[self.next_row : self.next_row + k_n], cap, self.layout)
+            rows = self.factor[self.next_row : self.next_row + k_n]
             self.next_row += k_n
+            fill_rows(rows, cap, self.layout, self.columns)
             return
-        rows = torch.zeros(
-            k_n, self.layout.numel, dtype=self.layout.dtype, device=self.layout.device
-        )
-        fill_rows(rows, cap, self.layout)
+        rows = self.rows[:k_n]  # one buffer, reused by every chunk
+        fill_rows(rows, cap, self.layout, self.columns)
         self.matrix.addmm_(rows.T, rows)
 
     def result(self) -> Curvature:

@@ -36,6 +36,17 @@ class LayerRule(ABC):
     ) -> dict[str, torch.Tensor]:
         """Per-input, per-column gradients ``attr -> [K, n, *param.shape]``."""
 
+    def write_per_input(
+        self,
+        module: nn.Module,
+        a: torch.Tensor,
+        g: torch.Tensor,
+        out: dict[str, torch.Tensor],
+    ) -> None:
+        """Write ``per_input`` into the views ``out[attr]`` ``[K, n, *shape]`` (e.g. factor rows)."""
+        for attr, value in self.per_input(module, a, g, tuple(out)).items():
+            out[attr].copy_(value)
+
     def diagonal(
         self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, attrs: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:

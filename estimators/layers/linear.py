@@ -42,6 +42,19 @@ class LinearRule(LayerRule):
             out["bias"] = g
         return out
 
+    def write_per_input(
+        self,
+        module: nn.Module,
+        a: torch.Tensor,
+        g: torch.Tensor,
+        out: dict[str, torch.Tensor],
+    ) -> None:
+        """Outer products straight into the destination rows: no temporary of the rows' size."""
+        if "weight" in out:
+            torch.mul(g.unsqueeze(-1), a.unsqueeze(1), out=out["weight"])
+        if "bias" in out:
+            out["bias"].copy_(g)
+
     def diagonal(
         self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, attrs: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:

@@ -69,7 +69,10 @@ def test_fit(benchmark, mnist, model, name, n):
     try:
         curvature = benchmark(est.fit, model, x, y)
     except estimators.FisherMemoryError as err:
-        pytest.skip(f"{name} refuses N={n}: {err}")
+        # Documented behaviour (e.g. full-exact's factor at N=1000 needs 3.4 GiB): not timed.
+        assert name.startswith("full-")
+        assert err.needed > err.budget
+        return
     benchmark.extra_info["curvature_bytes"] = curvature.nbytes
     assert curvature.numel == sum(p.numel() for p in model.parameters())
 
