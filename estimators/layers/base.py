@@ -43,7 +43,7 @@ class LayerRule(ABC):
         g: torch.Tensor,
         out: dict[str, torch.Tensor],
     ) -> None:
-        """Write ``per_input`` into the views ``out[attr]`` ``[K, n, *shape]`` (e.g. factor rows)."""
+        """Write ``per_input`` into the views ``out[attr]``, each ``[K, n, *shape]``."""
         for attr, value in self.per_input(module, a, g, tuple(out)).items():
             out[attr].copy_(value)
 
