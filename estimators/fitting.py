@@ -181,7 +181,7 @@ class FisherPass:
 
     def capture(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> Capture:
         """Forward with hooks, label factor, one batched backward; plus ``torch.func`` rows."""
-        kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        kept: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         counts: dict[int, int] = {}
         handles = []
         for i, layer in enumerate(self.plan.layers):
@@ -191,6 +191,12 @@ class FisherPass:
         finally:
             for h in handles:
                 h.remove()
+        changed = [self.plan.layers[i].module for i, (a, _, v) in kept.items() if a._version != v]
+        if changed:
+            raise ValueError(
+                f"the input of a {type(changed[0]).__name__} layer was modified in place after the "
+                "layer used it; the closed forms need it unchanged (avoid in-place ops on it)"
+            )
         twice = [self.plan.layers[i].module for i, c in counts.items() if c > 1]
         if twice:
             raise ValueError(
@@ -204,7 +210,7 @@ class FisherPass:
             outs = [kept[i][1] for i in order]
             grads = self._backward(logits, outs, factor)
             for i, g in zip(order, grads, strict=True):
-                a, out = kept[i]
+                a, out, _ = kept[i]
                 if g is None:
                     g = out.new_zeros((self.columns, *out.shape))
                 cap.layers.append(LayerCapture(self.plan.layers[i], a, g))
@@ -217,7 +223,7 @@ class FisherPass:
     def _hook(
         i: int,
         layer: PlannedLayer,
-        kept: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        kept: dict[int, tuple[torch.Tensor, torch.Tensor, int]],
         counts: dict[int, int],
     ) -> Callable[..., torch.Tensor]:
         def hook(
@@ -230,7 +236,7 @@ class FisherPass:
                     f"{type(module).__name__} changed input form after the probe: {reason}"
                 )
             a, out = layer.rule.capture(module, inputs, output)
-            kept[i] = (a, out)
+            kept[i] = (a, out, a._version)
             # Later in-place operations (e.g. ReLU(inplace=True)) must not touch `out`.
             return out.clone()
 

@@ -28,6 +28,7 @@ from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .diag import add_diagonal
 from .estimator import Accumulator
 from .fitting import Capture, Plan, PlannedLayer
+from .layers.base import KroneckerSums
 from .layout import ParamLayout
 
 
@@ -138,55 +139,33 @@ class KFACAccumulator(Accumulator):
         self, layout: ParamLayout, plan: Plan, columns: int, n_total: int, options: dict[str, Any]
     ) -> None:
         super().__init__(layout, plan, columns, n_total, options)
-        kw = {"dtype": layout.dtype, "device": layout.device}
-        self.factors: dict[int, tuple[PlannedLayer, torch.Tensor, torch.Tensor]] = {}
+        self.flat = torch.zeros(layout.numel, dtype=layout.dtype, device=layout.device)
+        self.sums: dict[int, tuple[PlannedLayer, KroneckerSums]] = {}
         for layer in plan.layers:
             shape = layer.rule.kfac_shape(layer.module)
-            if shape is None or "weight" not in layer.params:
-                continue
-            d_out, d_in = shape
-            d_a = d_in + ("bias" in layer.params)
-            self.factors[id(layer)] = (
-                layer,
-                torch.zeros(d_a, d_a, **kw),
-                torch.zeros(d_out, d_out, **kw),
-            )
-        self.kron_names = {n for lay, _, _ in self.factors.values() for n in lay.params.values()}
-        self.flat = torch.zeros(layout.numel, **kw)
+            if shape is not None and "weight" in layer.params:
+                self.sums[id(layer)] = (layer, KroneckerSums.zeros(*shape, like=self.flat))
+        self.kron_names = {n for lay, _ in self.sums.values() for n in lay.params.values()}
 
     def update(self, cap: Capture) -> None:
         """Add the chunk's factor sums; exact diagonal for parameters outside the blocks."""
         for lc in cap.layers:
-            entry = self.factors.get(id(lc.layer))
-            if entry is None:
-                continue
-            layer, a_sum, g_sum = entry
-            a_part, g_part, _ = layer.rule.kfac(layer.module, lc.a, lc.g, "bias" in layer.params)
-            a_sum += a_part / self.n_total  # A is a mean over inputs
-            g_sum += g_part  # g carries 1/sqrt(N) already
+            entry = self.sums.get(id(lc.layer))
+            if entry is not None:
+                entry[0].rule.kfac_update(entry[0].module, lc.a, lc.g, entry[1])
         add_diagonal(self.flat, cap, self.layout, skip=self.kron_names)
 
     def result(self) -> KFACCurvature:
         """Blocks in layer order and the diagonal of the remaining parameters."""
         blocks = []
-        for layer, a_sum, g_sum in self.factors.values():
-            bias = self.layout.slice(layer.params["bias"]) if "bias" in layer.params else None
-            blocks.append(
-                KroneckerBlock(self.layout.slice(layer.params["weight"]), bias, a_sum, g_sum)
-            )
-        rest = [i for i, n in enumerate(self.layout.names) if n not in self.kron_names]
-        index = (
-            torch.cat(
-                [
-                    torch.arange(
-                        self.layout.slice(self.layout.names[i]).start,
-                        self.layout.slice(self.layout.names[i]).stop,
-                    )
-                    for i in rest
-                ]
-            )
-            if rest
-            else torch.zeros(0, dtype=torch.long)
+        for layer, sums in self.sums.values():
+            with_bias = "bias" in layer.params
+            A, G = sums.factors(self.n_total, with_bias)
+            bias = self.layout.slice(layer.params["bias"]) if with_bias else None
+            blocks.append(KroneckerBlock(self.layout.slice(layer.params["weight"]), bias, A, G))
+        rest = [self.layout.slice(n) for n in self.layout.names if n not in self.kron_names]
+        index = torch.cat(
+            [torch.arange(s.start, s.stop) for s in rest] or [torch.zeros(0, dtype=torch.long)]
         )
         index = index.to(self.layout.device)
         return KFACCurvature(

@@ -9,6 +9,7 @@ output. A parameter's per-input, per-column gradient is then a closed form in ``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,7 +18,8 @@ from torch import nn
 class LayerRule(ABC):
     """Closed forms for one layer type. Implement ``capture`` and ``per_input``.
 
-    ``diagonal`` defaults to squaring ``per_input``; ``kfac`` defaults to "no Kronecker form".
+    ``diagonal`` defaults to squaring ``per_input``; layers with a Kronecker form implement
+    ``kfac_shape`` and ``kfac_update``.
     """
 
     def unsupported(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
@@ -53,17 +55,54 @@ class LayerRule(ABC):
         """Sum over columns and inputs of squared per-input gradients, ``attr -> param.shape``."""
         return {k: v.square().sum((0, 1)) for k, v in self.per_input(module, a, g, attrs).items()}
 
-    def kfac(
-        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, with_bias: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-        """Sums for the Kronecker factors: ``(sum a a^T, sum g g^T, inputs counted)``, or None."""
-        return None
+    def kfac_update(
+        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, sums: KroneckerSums
+    ) -> None:
+        """Add the chunk's Kronecker-factor sums into ``sums`` (layers with a Kronecker form)."""
+        raise NotImplementedError(f"{type(module).__name__} has no Kronecker form")
 
     def kfac_shape(self, module: nn.Module) -> tuple[int, int] | None:
         """``(d_out, d_in)`` of the layer's weight as a matrix, or None without a Kronecker form."""
         return None
 
 
-def augment(a: torch.Tensor) -> torch.Tensor:
-    """Append a column of ones: ``[m, d] -> [m, d + 1]`` (the bias as a weight on input 1)."""
-    return torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+@dataclass
+class KroneckerSums:
+    r"""Running sums for one layer's Kronecker factors, updated in place chunk by chunk.
+
+    ``aa`` = :math:`\sum a a^\top`, ``a_sum`` = :math:`\sum a`, ``count`` = number of rows
+    summed (inputs, or inputs x positions), ``gg`` = :math:`\sum g g^\top` (``g`` carries
+    :math:`1/\sqrt{N}` already). ``factors`` assembles :math:`A` (bias-augmented, a mean over the
+    N inputs) and :math:`G`.
+    """
+
+    aa: torch.Tensor
+    a_sum: torch.Tensor
+    gg: torch.Tensor
+    count: int = 0
+
+    @classmethod
+    def zeros(cls, d_out: int, d_in: int, like: torch.Tensor) -> KroneckerSums:
+        """Empty sums for a ``d_out x d_in`` weight."""
+        kw = {"dtype": like.dtype, "device": like.device}
+        return cls(
+            torch.zeros(d_in, d_in, **kw), torch.zeros(d_in, **kw), torch.zeros(d_out, d_out, **kw)
+        )
+
+    def add_inputs(self, rows: torch.Tensor) -> None:
+        """Add input rows ``[m, d_in]`` (no copy: ``[a; 1]`` is assembled only at the end)."""
+        self.aa.addmm_(rows.T, rows)
+        self.a_sum += rows.sum(0)
+        self.count += rows.shape[0]
+
+    def factors(self, n_inputs: int, with_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`(A, G)` with :math:`A = \frac{1}{N}\sum \bar a \bar a^\top`."""
+        if not with_bias:
+            return self.aa / n_inputs, self.gg
+        d = self.aa.shape[0]
+        a = self.aa.new_empty(d + 1, d + 1)
+        a[:d, :d] = self.aa
+        a[:d, d] = self.a_sum
+        a[d, :d] = self.a_sum
+        a[d, d] = self.count
+        return a / n_inputs, self.gg

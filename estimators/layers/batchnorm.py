@@ -45,14 +45,14 @@ class BatchNormRule(LayerRule):
         assert module.running_mean is not None
         assert module.running_var is not None
         mean = _channel_view(module.running_mean, dim)
-        inv_std = _channel_view(torch.rsqrt(module.running_var + module.eps), dim)
-        x_hat = (x - mean) * inv_std
-        out = x_hat
-        if module.weight is not None:
-            out = out * _channel_view(module.weight, dim)
+        inv_std = torch.rsqrt(module.running_var + module.eps)
+        with torch.no_grad():
+            x_hat = (x - mean) * _channel_view(inv_std, dim)
+        scale = inv_std if module.weight is None else inv_std * module.weight
+        out = (x - mean) * _channel_view(scale, dim)  # one multiply to backpropagate through
         if module.bias is not None:
             out = out + _channel_view(module.bias, dim)
-        return x_hat.detach(), out
+        return x_hat, out
 
     def per_input(
         self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, attrs: tuple[str, ...]
@@ -64,4 +64,18 @@ class BatchNormRule(LayerRule):
             out["weight"] = (g * a).sum(spatial) if spatial else g * a
         if "bias" in attrs:
             out["bias"] = g.sum(spatial) if spatial else g
+        return out
+
+    def diagonal(
+        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, attrs: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        r"""Without spatial positions, :math:`\sum_n \hat x_n^2 \sum_k g_{kn}^2`; else squares."""
+        if g.dim() > 3:
+            return super().diagonal(module, a, g, attrs)
+        g2 = (g * g).sum(0)
+        out = {}
+        if "weight" in attrs:
+            out["weight"] = (g2 * (a * a)).sum(0)
+        if "bias" in attrs:
+            out["bias"] = g2.sum(0)
         return out

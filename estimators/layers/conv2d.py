@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerRule, augment
+from .base import KroneckerSums, LayerRule
 
 
 def conv_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -83,15 +83,14 @@ class Conv2dRule(LayerRule):
             out["bias"] = g.sum(-1)
         return out
 
-    def kfac(
-        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, with_bias: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        r""":math:`\sum_{n,t} \bar a \bar a^\top` and :math:`\frac{1}{T}\sum_{k,n,t} g g^\top`."""
+    def kfac_update(
+        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, sums: KroneckerSums
+    ) -> None:
+        r"""Patches as input rows; :math:`\frac{1}{T}\sum_{k,n,t} g g^\top`."""
         n, d, t = a.shape
-        a_rows = a.transpose(1, 2).reshape(n * t, d)
-        a_bar = augment(a_rows) if with_bias else a_rows
+        sums.add_inputs(a.transpose(1, 2).reshape(n * t, d))
         g_rows = g.flatten(3).transpose(2, 3).reshape(-1, g.shape[2])
-        return a_bar.T @ a_bar, (g_rows.T @ g_rows) / t, n
+        sums.gg.addmm_(g_rows.T, g_rows, alpha=1.0 / t)
 
     def kfac_shape(self, module: nn.Module) -> tuple[int, int]:
         """``(C_out, C_in k_h k_w)``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LayerRule, augment
+from .base import KroneckerSums, LayerRule
 
 
 class LinearRule(LayerRule):
@@ -29,7 +29,7 @@ class LinearRule(LayerRule):
         self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the input; differentiate the output."""
-        return inputs[0].detach().clone(), output
+        return inputs[0].detach(), output
 
     def per_input(
         self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, attrs: tuple[str, ...]
@@ -59,21 +59,21 @@ class LinearRule(LayerRule):
         self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, attrs: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:
         r""":math:`(\sum_k g_k^2)^\top a^2` and :math:`\sum_{k,n} g^2`."""
-        g2 = g.square().sum(0)
+        g2 = (g * g).sum(0)  # x * x is faster than square() on CPU
         out = {}
         if "weight" in attrs:
-            out["weight"] = g2.T @ a.square()
+            out["weight"] = g2.T @ (a * a)
         if "bias" in attrs:
             out["bias"] = g2.sum(0)
         return out
 
-    def kfac(
-        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, with_bias: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        r""":math:`\sum_n \bar a_n \bar a_n^\top` and :math:`\sum_{k,n} g g^\top`."""
-        a_bar = augment(a) if with_bias else a
-        g_flat = g.reshape(-1, g.shape[-1])
-        return a_bar.T @ a_bar, g_flat.T @ g_flat, a.shape[0]
+    def kfac_update(
+        self, module: nn.Module, a: torch.Tensor, g: torch.Tensor, sums: KroneckerSums
+    ) -> None:
+        r""":math:`\sum_n a_n a_n^\top` (and :math:`\sum_n a_n`) and :math:`\sum_{k,n} g g^\top`."""
+        sums.add_inputs(a)
+        g_rows = g.reshape(-1, g.shape[-1])
+        sums.gg.addmm_(g_rows.T, g_rows)
 
     def kfac_shape(self, module: nn.Module) -> tuple[int, int]:
         """``(out_features, in_features)``."""
