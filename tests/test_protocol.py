@@ -263,3 +263,21 @@ def test_float64_in_float64_out(small):
         curv = estimators.make(name).fit(model, x.float(), y)  # inputs follow the model's dtype
         assert curv.diagonal_flat().dtype == torch.float64
         assert curv.dense().dtype == torch.float64
+
+
+class _ModifiesInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * 1.0
+        out = self.fc(h)
+        h.add_(1.0)  # changes the Linear's input after the layer used it
+        return out
+
+
+def test_input_modified_in_place_is_detected():
+    model, x = _ModifiesInput(), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="modified in place after the layer used it"):
+        estimators.make("diag-exact").fit(model, x)
