@@ -31,13 +31,10 @@ the JSON record, so that the report can be golden-tested.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import datetime as dt
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -55,6 +52,7 @@ from torch import nn
 import estimators
 from estimators import FisherMemoryError
 
+from . import provenance
 from .data import DataNotFoundError, load_split, resolve_root
 from .models import make_model
 
@@ -832,30 +830,6 @@ def measure_size(
 # -- environment -------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, else ``platform.processor()``."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_sha() -> str | None:
-    """The repository's HEAD commit, with ``-dirty`` when there are uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return sha + ("-dirty" if dirty else "")
-
-
 def load_average() -> float | None:
     """The 1-minute load average (other processes competing for the cores), if known."""
     try:
@@ -877,23 +851,14 @@ def warn_if_busy(load: float | None) -> None:
 
 def environment(config: TimingConfig, load_start: float | None) -> dict[str, Any]:
     """Machine, versions, command, date and load for the report."""
-    env: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": config.device,
-        "git_sha": git_sha(),
-        "command": config.command,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-    }
-    if config.device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
+    env: dict[str, Any] = provenance.machine(config.device)
+    env.update(
+        git_sha=provenance.git_sha(),
+        command=config.command,
+        date=provenance.now(),
+        load_average_start=load_start,
+        load_average_end=load_average(),
+    )
     return env
 
 
