@@ -1,0 +1,211 @@
+"""Run configuration: one frozen, validated, hashable description of a run.
+
+``RunConfig.run_id`` is a hash of every field that can change a number (``device`` is recorded in
+provenance, not hashed: the same run on CPU and GPU shares an id). Validation happens before any
+training and says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import estimators
+
+SEQUENCES = (
+    "mnist-fmnist",
+    "fmnist-mnist",
+    "permuted-mnist",
+    "rotated-mnist",
+    "split-mnist",
+    "split-mnist-class",
+)
+"""``split-mnist`` is task-incremental (one head per task); ``split-mnist-class`` shares one head."""
+MODELS = ("tutorial-mlp", "mlp", "cnn")
+METHODS = ("baseline", "l2", "ewc", "joint")
+MODES = ("separate", "online")
+BN_MODES = ("update", "freeze")
+OPTIMIZERS = ("adam", "sgd")
+PENALISED = ("l2", "ewc")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a sequence, a model, a method and how to train. See ``FIELD_HELP``."""
+
+    sequence: str = "mnist-fmnist"
+    data: str = "real"
+    n_tasks: int | None = None
+    model: str = "tutorial-mlp"
+    method: str = "ewc"
+    estimator: str | None = "diag-exact"
+    mode: str = "separate"
+    gamma: float = 1.0
+    lam: float = 0.0
+    bn: str = "freeze"
+    epochs: int = 4
+    batch_size: int = 100
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    reset_optimizer: bool = False
+    fisher_samples: int = 1000
+    estimator_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    val_fraction: float = 0.1
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- identity ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON values."""
+        return dataclasses.asdict(self)
+
+    def key(self) -> dict[str, Any]:
+        """The fields that can change results (everything but ``device``)."""
+        d = self.to_dict()
+        d.pop("device")
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """16 hex digits of the SHA-256 of the canonical JSON of ``key()``."""
+        text = json.dumps(self.key(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a dict; unknown keys raise ValueError naming the valid ones."""
+        unknown = sorted(set(data) - set(FIELD_HELP))
+        if unknown:
+            raise ValueError(
+                f"unknown run setting(s) {', '.join(map(repr, unknown))}; "
+                f"valid settings: {', '.join(FIELD_HELP)}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def label(self) -> str:
+        """Short method label: ``baseline``, ``joint``, ``l2``, ``ewc diag-exact``, ``ewc-online ...``."""
+        if self.method != "ewc":
+            return self.method
+        return ("ewc-online " if self.mode == "online" else "ewc ") + str(self.estimator)
+
+
+FIELD_HELP: dict[str, str] = {
+    "sequence": f"task sequence: {', '.join(SEQUENCES)}",
+    "data": "real (MNIST/FashionMNIST from the data root) or synthetic (tiny generated stand-ins, for tests)",
+    "n_tasks": "number of tasks (permuted/rotated: any >= 1; split: <= 5); default per sequence",
+    "model": f"network: {', '.join(MODELS)}",
+    "method": f"{', '.join(METHODS)}",
+    "estimator": "curvature estimator for ewc (estimators.names()); l2 uses identity",
+    "mode": "ewc penalty: separate (one term per past task) or online (decayed running curvature)",
+    "gamma": "online decay of the old curvature, in [0, 1]",
+    "lam": "penalty strength lambda >= 0; penalty = (lambda/2) sum_t (theta-theta_t)^T F_t (theta-theta_t)",
+    "bn": "BatchNorm statistics in later tasks: update (train mode) or freeze (eval mode after task 1)",
+    "epochs": "training epochs per task",
+    "batch_size": "training mini-batch size",
+    "lr": "learning rate",
+    "optimizer": f"{', '.join(OPTIMIZERS)} (its state carries over between tasks unless reset)",
+    "reset_optimizer": "fresh optimizer state for each task",
+    "fisher_samples": "training inputs of a task used to fit its curvature",
+    "estimator_options": "extra estimator options, e.g. {mc_samples = 1}",
+    "seed": "root seed: permutations, rotations, splits, init, data order, mc sampling",
+    "val_fraction": "fraction of each training set held out for validation (lambda selection)",
+    "train_limit": "use at most this many training inputs per task (quick runs); default all",
+    "eval_limit": "evaluate on at most this many validation/test inputs per task; default all",
+    "device": "cpu, cuda or auto (not part of the run id)",
+}
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"setting {name!r} = {value!r} is invalid: {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate(c: RunConfig) -> None:
+    """Check every field; raise ValueError saying what is wrong and what is allowed."""
+    choices = {
+        "sequence": SEQUENCES,
+        "data": ("real", "synthetic"),
+        "model": MODELS,
+        "method": METHODS,
+        "mode": MODES,
+        "bn": BN_MODES,
+        "optimizer": OPTIMIZERS,
+        "device": ("cpu", "cuda", "auto"),
+    }
+    for name, allowed in choices.items():
+        value = getattr(c, name)
+        if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
+            _fail(name, value, f"choose one of {', '.join(allowed)}")
+    for name in ("epochs", "batch_size", "fisher_samples"):
+        if not _is_int(getattr(c, name)) or getattr(c, name) < 1:
+            _fail(name, getattr(c, name), "a positive integer")
+    for name in ("n_tasks", "train_limit", "eval_limit"):
+        value = getattr(c, name)
+        if value is not None and (not _is_int(value) or value < 1):
+            _fail(name, value, "a positive integer, or omitted for the default")
+    if not _is_int(c.seed) or c.seed < 0:
+        _fail("seed", c.seed, "an integer >= 0")
+    if not _is_num(c.lam) or c.lam < 0:
+        _fail("lam", c.lam, "a finite number >= 0")
+    if not _is_num(c.lr) or c.lr <= 0:
+        _fail("lr", c.lr, "a finite number > 0")
+    if not _is_num(c.gamma) or not 0 <= c.gamma <= 1:
+        _fail("gamma", c.gamma, "a number in [0, 1]")
+    if not _is_num(c.val_fraction) or not 0 < c.val_fraction < 1:
+        _fail("val_fraction", c.val_fraction, "a number strictly between 0 and 1")
+    if not isinstance(c.reset_optimizer, bool):
+        _fail("reset_optimizer", c.reset_optimizer, "true or false")
+    if c.sequence.startswith("split-mnist") and c.n_tasks is not None and c.n_tasks > 5:
+        _fail("n_tasks", c.n_tasks, "split-mnist has at most 5 tasks of 2 classes")
+    if c.sequence in ("mnist-fmnist", "fmnist-mnist") and c.n_tasks not in (None, 2):
+        _fail("n_tasks", c.n_tasks, f"{c.sequence} has exactly 2 tasks")
+    _validate_method(c)
+
+
+def _validate_method(c: RunConfig) -> None:
+    if c.method == "ewc":
+        if c.estimator not in estimators.names():
+            _fail("estimator", c.estimator, f"one of {', '.join(estimators.names())}")
+        estimators.make(c.estimator, **c.estimator_options)  # unknown options fail here
+        if c.mode == "online" and not c.estimator.startswith(("diag", "identity")):
+            if not (
+                c.estimator.startswith("full")
+                and c.estimator_options.get("representation") == "dense"
+            ):
+                _fail(
+                    "mode",
+                    c.mode,
+                    f"online accumulation needs identity, diag or dense full curvature; "
+                    f"{c.estimator} is not (use mode = 'separate')",
+                )
+    elif c.estimator is not None:
+        _fail("estimator", c.estimator, f"only method 'ewc' takes an estimator, not {c.method!r}")
+    if c.method not in PENALISED and c.lam != 0:
+        _fail("lam", c.lam, f"method {c.method!r} has no penalty: leave lam at 0")
+    if c.method not in ("ewc",) and c.mode != "separate":
+        _fail("mode", c.mode, "only ewc has an online mode")
+    if c.estimator_options and c.method != "ewc":
+        _fail("estimator_options", c.estimator_options, "only for method 'ewc'")
+    if not isinstance(c.estimator_options, dict):
+        _fail("estimator_options", c.estimator_options, "a table of estimator options")
