@@ -13,10 +13,10 @@ THREADS ?= 2
 export OMP_NUM_THREADS := $(THREADS)
 BENCH_JSON ?= reports/bench/estimators.json
 
-.PHONY: help install test test-all bench timing reproduce lint format clean
+.PHONY: help install test test-all bench timing reproduce reproduce-quick report lint format clean
 
 help:  ## Show this help.
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,20 @@ bench: install  ## pytest-benchmark timing suite; JSON saved under reports/bench
 timing: install  ## Estimator timing and peak-memory table -> reports/timing.md.
 	$(PY) -m benchmark timing --data-root $(DATA_ROOT) --out reports
 
-reproduce: timing  ## Rebuild everything in reports/ (currently: the estimator timing table).
+JOBS ?= 1
+RESULTS ?= results
+
+reproduce: install  ## Full default protocol: sweep (resumable) + pipeline + report + timing -> reports/.
+	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) \
+		--results $(RESULTS)/default --out reports --jobs $(JOBS)
+	$(MAKE) timing
+
+reproduce-quick: install  ## The same pipeline scaled down (< 5 min) -> reports/quick/.
+	$(PY) -m benchmark reproduce --experiment quick --data-root $(DATA_ROOT) \
+		--results $(RESULTS)/quick --out reports/quick --jobs $(JOBS)
+
+report: install  ## Rebuild reports/ from the stored records alone (no training).
+	$(PY) -m benchmark report --results $(RESULTS)/default --out reports
 
 lint: install  ## ruff check and format check.
 	$(PY) -m ruff check .

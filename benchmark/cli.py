@@ -16,6 +16,12 @@ DESCRIPTION = """\
 ewc-bench: a benchmark of Fisher/curvature estimators for Elastic Weight Consolidation.
 
 Commands:
+  run          train one configuration (every setting is a flag) and print its accuracy matrix
+  sweep        run an experiment (TOML): lambda chosen on validation, then all seeds; resumable
+  report       rebuild reports/ (REPORT.md, runs.csv, figures) from stored records alone
+  pipeline     time one epoch: the tutorial's DataLoader + ToTensor vs in-memory tensors
+  reproduce    sweep + pipeline + report (what `make reproduce` runs)
+  experiments  list the built-in experiments
   timing   time every estimator's fit on the tutorial network (784-100-100-10 MLP with
            BatchNorm) on the first N MNIST training inputs, against two references measured in
            the same run (the floor: one batched forward + backward; the naive per-input loop),
@@ -158,6 +164,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
+    from .commands import add_run_parser, add_sweep_parsers
+
+    add_run_parser(sub)
+    add_sweep_parsers(sub)
     add_timing_parser(sub)
     return parser
 

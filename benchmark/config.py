@@ -24,7 +24,7 @@ SEQUENCES = (
     "split-mnist",
     "split-mnist-class",
 )
-"""``split-mnist`` is task-incremental (one head per task); ``split-mnist-class`` shares one head."""
+"""``split-mnist``: task-incremental (one head per task); ``split-mnist-class``: one shared head."""
 MODELS = ("tutorial-mlp", "mlp", "cnn")
 METHODS = ("baseline", "l2", "ewc", "joint")
 MODES = ("separate", "online")
@@ -97,7 +97,7 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """Short method label: ``baseline``, ``joint``, ``l2``, ``ewc diag-exact``, ``ewc-online ...``."""
+        """Method label: ``baseline``, ``joint``, ``l2``, ``ewc diag-exact``, ``ewc-online ...``."""
         if self.method != "ewc":
             return self.method
         return ("ewc-online " if self.mode == "online" else "ewc ") + str(self.estimator)
@@ -105,15 +105,15 @@ class RunConfig:
 
 FIELD_HELP: dict[str, str] = {
     "sequence": f"task sequence: {', '.join(SEQUENCES)}",
-    "data": "real (MNIST/FashionMNIST from the data root) or synthetic (tiny generated stand-ins, for tests)",
+    "data": "real (MNIST/FashionMNIST from the data root) or synthetic (tiny stand-ins, for tests)",
     "n_tasks": "number of tasks (permuted/rotated: any >= 1; split: <= 5); default per sequence",
     "model": f"network: {', '.join(MODELS)}",
     "method": f"{', '.join(METHODS)}",
     "estimator": "curvature estimator for ewc (estimators.names()); l2 uses identity",
     "mode": "ewc penalty: separate (one term per past task) or online (decayed running curvature)",
     "gamma": "online decay of the old curvature, in [0, 1]",
-    "lam": "penalty strength lambda >= 0; penalty = (lambda/2) sum_t (theta-theta_t)^T F_t (theta-theta_t)",
-    "bn": "BatchNorm statistics in later tasks: update (train mode) or freeze (eval mode after task 1)",
+    "lam": "penalty strength >= 0: (lam/2) sum_t (theta - theta_t)^T F_t (theta - theta_t)",
+    "bn": "BatchNorm statistics in later tasks: update (train mode) or freeze (eval after task 1)",
     "epochs": "training epochs per task",
     "batch_size": "training mini-batch size",
     "lr": "learning rate",
@@ -188,17 +188,17 @@ def _validate_method(c: RunConfig) -> None:
         if c.estimator not in estimators.names():
             _fail("estimator", c.estimator, f"one of {', '.join(estimators.names())}")
         estimators.make(c.estimator, **c.estimator_options)  # unknown options fail here
-        if c.mode == "online" and not c.estimator.startswith(("diag", "identity")):
-            if not (
-                c.estimator.startswith("full")
-                and c.estimator_options.get("representation") == "dense"
-            ):
-                _fail(
-                    "mode",
-                    c.mode,
-                    f"online accumulation needs identity, diag or dense full curvature; "
-                    f"{c.estimator} is not (use mode = 'separate')",
-                )
+        dense_full = (
+            c.estimator.startswith("full") and c.estimator_options.get("representation") == "dense"
+        )
+        diagonal = c.estimator.startswith(("diag", "identity"))
+        if c.mode == "online" and not diagonal and not dense_full:
+            _fail(
+                "mode",
+                c.mode,
+                f"online accumulation needs identity, diag or dense full curvature; "
+                f"{c.estimator} is not (use mode = 'separate')",
+            )
     elif c.estimator is not None:
         _fail("estimator", c.estimator, f"only method 'ewc' takes an estimator, not {c.method!r}")
     if c.method not in PENALISED and c.lam != 0:

@@ -74,3 +74,21 @@ def command_line() -> str:
     if argv and argv[0].endswith("__main__.py"):
         argv[0] = "python -m " + Path(argv[0]).parent.name
     return " ".join(argv)
+
+
+def reset_peak_memory() -> bool:
+    """Reset this process's peak resident memory (``/proc/self/clear_refs``); False if unable."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (``VmHWM``), None where unknown."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None

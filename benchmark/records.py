@@ -126,5 +126,8 @@ def read_records(results: Path) -> Iterator[RunRecord]:
     if not folder.is_dir():
         return
     for path in sorted(folder.glob("*.json")):
-        with path.open() as f:
-            yield RunRecord.from_dict(json.load(f))
+        try:
+            with path.open() as f:
+                yield RunRecord.from_dict(json.load(f))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a valid run record: {err}") from None

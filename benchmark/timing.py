@@ -233,8 +233,8 @@ def load_data(n: int, data_root: str | None, synthetic: bool) -> tuple[torch.Ten
     split = load_split("mnist", train=True, root=data_root)
     if len(split) < n:
         raise SetupError(f"MNIST has {len(split):,} training inputs; asked for N = {n:,}")
-    # Copies, so that the full 60,000-input tensor can be freed.
-    return split.inputs[:n].clone(), split.targets[:n].clone()
+    # New tensors (float32 in [0, 1] and a label copy), independent of the cached split.
+    return split.float_inputs(torch.arange(n)), split.targets[:n].clone()
 
 
 def data_description(config: TimingConfig) -> str:

@@ -1,0 +1,315 @@
+"""The harness's commands: ``run``, ``sweep``, ``report``, ``pipeline``, ``reproduce``.
+
+Every ``RunConfig`` setting has a flag on ``run``; ``sweep`` and ``reproduce`` take an experiment
+(built-in name or TOML path) and ``--set KEY=VALUE`` overrides of its defaults. Bad names, values
+and unknown keys fail before any training, with the valid choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import FIELD_HELP, RunConfig
+
+
+def parse_value(text: str) -> Any:
+    """``'3' -> 3``, ``'0.5' -> 0.5``, ``'true' -> True``, ``'null' -> None``, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``['epochs=1', 'bn=update'] -> {'epochs': 1, 'bn': 'update'}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets root (ROOT/MNIST/raw, ROOT/FashionMNIST/raw); "
+        "default $EWC_BENCH_DATA, else ./data",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing datasets (needs network; default: never)",
+    )
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """``run``: one run, every setting a flag."""
+    p = sub.add_parser(
+        "run",
+        help="train one configuration and print its accuracy matrix",
+        description="Run one configuration end to end (train, evaluate, fit curvature per task).",
+    )
+    defaults = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        if f.name == "estimator_options":
+            p.add_argument(flag, action="append", metavar="KEY=VALUE", help=FIELD_HELP[f.name])
+        elif isinstance(value, bool):
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=value, help=FIELD_HELP[f.name]
+            )
+        else:
+            p.add_argument(
+                flag,
+                type=parse_value,
+                default=value,
+                help=f"{FIELD_HELP[f.name]} (default {value})",
+            )
+    p.add_argument("--results", default=None, help="also write the record into this results folder")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_run, subparser=p)
+
+
+def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
+    """``sweep``, ``report``, ``pipeline``, ``reproduce``, ``experiments``."""
+    for name, text in (
+        ("sweep", "run an experiment: lambda selection on validation, then every seed (resumable)"),
+        ("reproduce", "sweep + data-pipeline timing + report: what `make reproduce` runs"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument(
+            "--experiment",
+            default="default",
+            help="built-in experiment name or TOML path (default: default)",
+        )
+        p.add_argument(
+            "--results", default=None, help="results folder (default results/<experiment name>)"
+        )
+        p.add_argument(
+            "--jobs", type=int, default=1, help="runs in parallel (local process pool; default 1)"
+        )
+        p.add_argument(
+            "--device",
+            choices=("auto", "cpu", "cuda"),
+            default=None,
+            help="where to run (default: the experiment's, cpu)",
+        )
+        p.add_argument(
+            "--seeds", default=None, help="comma-separated seeds, overriding the experiment's"
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a run setting for every run (repeatable)",
+        )
+        p.add_argument(
+            "--retry-failed", action="store_true", help="run again the runs recorded as failed"
+        )
+        p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+        if name == "reproduce":
+            p.add_argument("--out", default="reports", help="report folder (default reports)")
+            p.add_argument(
+                "--pipeline",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="measure the DataLoader vs tensor epoch (real data only)",
+            )
+        _common(p)
+        p.set_defaults(func=cmd_sweep if name == "sweep" else cmd_reproduce, subparser=p)
+    p = sub.add_parser(
+        "report",
+        help="rebuild the report from stored records alone",
+        description="Rebuild REPORT.md, runs.csv and figures from a results folder.",
+    )
+    p.add_argument(
+        "--experiment", default="default", help="experiment name (default results folder)"
+    )
+    p.add_argument("--results", default=None, help="results folder (default results/<experiment>)")
+    p.add_argument("--out", default="reports", help="report folder (default reports)")
+    p.set_defaults(func=cmd_report, subparser=p)
+    p = sub.add_parser(
+        "pipeline", help="time one epoch: tutorial DataLoader+ToTensor vs in-memory tensors"
+    )
+    p.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    _common(p)
+    p.set_defaults(func=cmd_pipeline, subparser=p)
+    p = sub.add_parser("experiments", help="list the built-in experiments")
+    p.set_defaults(func=cmd_experiments, subparser=p)
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Validate, run, print the matrices and metrics; optionally store the record."""
+    from . import metrics
+    from .harness import run
+    from .records import write_record
+
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    try:
+        fields["estimator_options"] = parse_assignments(
+            args.estimator_options, "--estimator-options"
+        )
+        if fields["method"] != "ewc" and fields["estimator"] == RunConfig().estimator:
+            fields["estimator"] = None
+        config = RunConfig.from_dict(fields)
+        record = run(config, root=args.data_root, download=args.download, progress=args.progress)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(
+        f"run {record.run_id}: {config.sequence} {config.label} lam={config.lam:g} "
+        f"seed={config.seed} -> {record.status}"
+    )
+    for name, row in zip(record.tasks, zip(*record.acc_test, strict=True), strict=True):
+        print(
+            f"  test accuracy on {name:>14}: "
+            + " ".join("  n/a " if v is None else f"{v:.4f}" for v in row)
+        )
+    print(
+        f"  average accuracy {metrics.average_accuracy(record.acc_test)}, forgetting "
+        f"{metrics.forgetting(record.acc_test)}, bwt {metrics.backward_transfer(record.acc_test)}"
+    )
+    if args.results:
+        print(f"  record: {write_record(Path(args.results), record)}")
+    return 0 if record.status == "ok" else 1
+
+
+def _experiment(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    from .sweep import load_experiment
+
+    try:
+        overrides = parse_assignments(args.overrides, "--set")
+        exp = load_experiment(args.experiment, overrides)
+        if args.seeds:
+            exp.seeds = [int(s) for s in args.seeds.split(",")]
+            if exp.selection_seed not in exp.seeds:
+                exp.selection_seed = exp.seeds[0]
+    except ValueError as err:
+        parser.error(str(err))
+    return exp
+
+
+def _results(args: argparse.Namespace, name: str) -> Path:
+    return Path(args.results) if args.results else Path("results") / name
+
+
+def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Run (or resume) an experiment's sweep."""
+    from .sweep import run_sweep
+
+    exp = _experiment(args, parser)
+    n_sel = len({c.run_id for c in exp.selection_configs()})
+    print(
+        f"experiment {exp.name}: {len(exp.groups)} groups, {n_sel} selection runs, "
+        f"up to {len(exp.groups) * len(exp.seeds)} final runs (seeds {exp.seeds})"
+    )
+    if args.dry_run:
+        for g in exp.groups:
+            print(
+                f"  {g.base.sequence:<18} bn={g.base.bn:<6} {g.base.label:<28} "
+                f"lambdas {list(g.lambdas)}"
+            )
+        return 0
+    run_sweep(
+        exp,
+        _results(args, exp.name),
+        jobs=args.jobs,
+        root=args.data_root,
+        download=args.download,
+        retry_failed=args.retry_failed,
+        device=args.device,
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Rebuild the report from records."""
+    from .report import build_report
+
+    results = _results(args, Path(args.experiment).stem)
+    if not (results / "runs").is_dir():
+        parser.error(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
+    path = build_report(results, Path(args.out), selection_seed=_selection_seed(results))
+    print(f"wrote {path}")
+    return 0
+
+
+def _selection_seed(results: Path) -> int:
+    meta = results / "sweep.json"
+    return json.loads(meta.read_text()).get("selection_seed", 0) if meta.exists() else 0
+
+
+def cmd_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Measure the input pipeline."""
+    from .data import DataNotFoundError
+    from .pipeline import measure
+
+    try:
+        result = measure(args.data_root)
+    except (DataNotFoundError, RuntimeError) as err:
+        parser.error(str(err))
+    text = json.dumps(result, indent=1, sort_keys=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text if not args.out else f"wrote {args.out}: ratio {result['ratio']:.2f}")
+    return 0
+
+
+def cmd_reproduce(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]
+) -> int:
+    """Sweep, pipeline timing (real data), report."""
+    from .pipeline import measure
+    from .report import build_report
+    from .sweep import run_sweep
+
+    exp = _experiment(args, parser)
+    if args.dry_run:
+        return cmd_sweep(args, parser, argv)
+    results = _results(args, exp.name)
+    run_sweep(
+        exp,
+        results,
+        jobs=args.jobs,
+        root=args.data_root,
+        download=args.download,
+        retry_failed=args.retry_failed,
+        device=args.device,
+    )
+    uses_real = any(g.base.data == "real" for g in exp.groups)
+    if args.pipeline and uses_real and not (results / "pipeline.json").exists():
+        print("timing one epoch: DataLoader + ToTensor vs in-memory tensors", file=sys.stderr)
+        (results / "pipeline.json").write_text(
+            json.dumps(measure(args.data_root), indent=1, sort_keys=True)
+        )
+    path = build_report(results, Path(args.out), selection_seed=exp.selection_seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_experiments(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]
+) -> int:
+    """List built-in experiments with their descriptions."""
+    from .sweep import builtin_experiments, load_experiment
+
+    for name in builtin_experiments():
+        exp = load_experiment(name)
+        print(f"{name:>10}: {exp.description.strip().splitlines()[0] if exp.description else ''}")
+    return 0

@@ -1,0 +1,208 @@
+"""The harness: penalty maths, one run end to end on synthetic data, BatchNorm axis, divergence,
+determinism, joint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import estimators
+from benchmark.config import RunConfig
+from benchmark.harness import run, set_train_mode
+from benchmark.penalty import EWCPenalty
+from estimators.diag import DiagCurvature
+from estimators.layout import ParamLayout
+
+TINY = {
+    "data": "synthetic",
+    "epochs": 1,
+    "fisher_samples": 64,
+    "eval_limit": 100,
+    "train_limit": 400,
+}
+
+
+def tiny(**kw) -> RunConfig:
+    return RunConfig(**{**TINY, **kw})
+
+
+# -- the penalty ----------------------------------------------------------------------------
+def _model():
+    torch.manual_seed(0)
+    return nn.Linear(2, 1, bias=False).double()
+
+
+def _diag(model, values):
+    return DiagCurvature(ParamLayout.of(model), torch.tensor(values, dtype=torch.float64))
+
+
+def test_separate_penalty_by_hand():
+    model = _model()
+    pen = EWCPenalty(lam=4.0)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    pen.consolidate(model, _diag(model, [1.0, 3.0]))  # anchor (1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    pen.consolidate(model, _diag(model, [2.0, 0.5]))  # anchor (0, 0)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    # lam/2 * [(1*0^2 + 3*1^2) + (2*1^2 + 0.5*1^2)] = 2 * (3 + 2.5) = 11
+    assert float(pen(model).detach()) == pytest.approx(11.0)
+    assert pen.nbytes == 2 * 2 * 8
+
+
+def test_online_penalty_by_hand():
+    model = _model()
+    pen = EWCPenalty(lam=2.0, mode="online", gamma=0.5)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    pen.consolidate(model, _diag(model, [1.0, 3.0]))
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    pen.consolidate(
+        model, _diag(model, [2.0, 0.5])
+    )  # F = 0.5*(1, 3) + (2, 0.5) = (2.5, 2); anchor (0, 0)
+    assert len(pen.terms) == 1
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    # lam/2 * (2.5 + 2) = 4.5
+    assert float(pen(model).detach()) == pytest.approx(4.5)
+
+
+def test_penalty_is_differentiable_and_zero_at_anchor():
+    model = _model()
+    pen = EWCPenalty(lam=1.0)
+    assert float(pen(model)) == 0.0
+    curv = estimators.make("identity").fit(model, torch.randn(3, 2, dtype=torch.float64))
+    pen.consolidate(model, curv)
+    assert float(pen(model)) == 0.0
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    (grad,) = torch.autograd.grad(pen(model), [model.weight])
+    assert torch.allclose(grad, torch.ones_like(grad))  # lam * I * delta
+
+
+# -- runs on synthetic data ---------------------------------------------------------------------
+def test_run_end_to_end():
+    rec = run(tiny(method="ewc", estimator="diag-exact", lam=100.0))
+    assert rec.status == "ok"
+    assert rec.tasks == ["mnist", "fmnist"]
+    assert len(rec.acc_test) == 2 and all(len(r) == 2 for r in rec.acc_test)
+    assert all(0 <= v <= 1 for row in rec.acc_val + rec.acc_test for v in row)
+    assert rec.acc_test[0][0] > 0.8  # learned task 1
+    assert len(rec.estimate_seconds) == 2 and all(s > 0 for s in rec.estimate_seconds)
+    assert rec.curvature_bytes == [90010 * 4] * 2
+    assert rec.penalty_ms[0] is None and rec.penalty_ms[1] is not None
+    assert all(s > 0 for s in rec.step_ms)
+    assert rec.peak_rss_mb is None or rec.peak_rss_mb > 0
+    assert rec.provenance["torch"] == torch.__version__
+
+
+def test_same_config_same_numbers():
+    cfg = tiny(method="ewc", estimator="diag-mc", lam=10.0, seed=3)
+    a, b = run(cfg), run(cfg)
+    assert a.acc_test == b.acc_test and a.acc_val == b.acc_val
+    assert a.train_loss == b.train_loss
+    c = run(cfg.replace(seed=4))
+    assert c.acc_test != a.acc_test or c.train_loss != a.train_loss
+
+
+def test_divergence_is_recorded():
+    rec = run(tiny(method="baseline", estimator=None, optimizer="sgd", lr=1e12, epochs=2))
+    assert rec.status == "diverged"
+    assert "non-finite" in rec.message
+    assert rec.acc_test[-1] == [None, None]
+
+
+def test_joint_has_one_row():
+    rec = run(tiny(method="joint", estimator=None))
+    assert rec.status == "ok"
+    assert len(rec.acc_test) == 1 and len(rec.acc_test[0]) == 2
+    assert min(rec.acc_test[0]) > 0.5
+
+
+def test_multi_head_and_joint_multi_head():
+    rec = run(
+        tiny(sequence="split-mnist", n_tasks=3, method="ewc", estimator="kfac-exact", lam=10.0)
+    )
+    assert rec.status == "ok" and len(rec.acc_test) == 3
+    joint = run(tiny(sequence="split-mnist", n_tasks=3, method="joint", estimator=None))
+    assert joint.status == "ok" and min(joint.acc_test[0]) > 0.5
+
+
+def test_bn_freeze_keeps_statistics_of_task_one():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    set_train_mode(model, 1, "freeze")
+    assert model.training and not model[1].training
+    set_train_mode(model, 0, "freeze")
+    assert model[1].training
+    set_train_mode(model, 3, "update")
+    assert model[1].training
+
+
+def test_bn_modes_change_results():
+    freeze = run(tiny(method="baseline", estimator=None, bn="freeze"))
+    update = run(tiny(method="baseline", estimator=None, bn="update"))
+    assert freeze.acc_test[0] == update.acc_test[0]  # identical through task 1
+    assert freeze.acc_test[1] != update.acc_test[1]
+
+
+def test_online_and_l2_run():
+    assert (
+        run(tiny(method="ewc", estimator="diag-exact", mode="online", gamma=0.9, lam=10.0)).status
+        == "ok"
+    )
+    rec = run(tiny(method="l2", estimator=None, lam=1.0))
+    assert rec.status == "ok" and rec.curvature_bytes == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sequence": "cifar"}, "'sequence' = 'cifar' is invalid"),
+        ({"method": "ewc", "estimator": "diag-true"}, "valid|one of"),
+        ({"method": "baseline", "estimator": None, "lam": 5.0}, "has no penalty"),
+        ({"epochs": 0}, "'epochs' = 0 is invalid: a positive integer"),
+        ({"bn": "sometimes"}, "choose one of update, freeze"),
+        ({"method": "ewc", "estimator": "kfac-exact", "mode": "online"}, "online accumulation"),
+        ({"sequence": "split-mnist", "n_tasks": 7}, "at most 5 tasks"),
+        ({"val_fraction": 1.0}, "strictly between 0 and 1"),
+    ],
+)
+def test_config_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**changes)
+
+
+def test_unknown_setting():
+    with pytest.raises(
+        ValueError, match=r"unknown run setting\(s\) 'epoch'.*valid settings: sequence"
+    ):
+        RunConfig.from_dict({"epoch": 3})
+
+
+def test_run_id_ignores_device_and_tracks_everything_else():
+    base = RunConfig()
+    assert base.run_id == base.replace(device="auto").run_id
+    assert base.run_id != base.replace(lam=1.0).run_id
+    assert base.run_id != base.replace(estimator_options={"chunk_size": 64}).run_id
+
+
+@pytest.mark.usefixtures("data_root")
+def test_real_data_run(data_root):
+    rec = run(
+        RunConfig(
+            method="ewc",
+            estimator="diag-exact",
+            lam=500.0,
+            epochs=1,
+            train_limit=2000,
+            eval_limit=500,
+            fisher_samples=200,
+        ),
+        root=str(data_root),
+    )
+    assert rec.status == "ok"
+    assert rec.acc_test[0][0] > 0.8  # MNIST learned from 2,000 inputs

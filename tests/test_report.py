@@ -1,0 +1,314 @@
+"""The report builder: golden REPORT.md and runs.csv from the committed sample, figures, edge cases.
+
+The sample is ``tests/data/records_sample`` (written by ``tests/data/make_records_sample.py``).
+After an intended change of the report, regenerate the golden files with
+``EWC_BENCH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from benchmark import report
+from benchmark.config import RunConfig
+from benchmark.records import RunRecord, read_records, write_record
+from benchmark.selection import choose_lambdas, is_selected
+
+SAMPLE = Path(__file__).parent / "data" / "records_sample"
+GOLDEN = Path(__file__).parent / "golden" / "report"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The sample's report, built once (with a stale figure that the build must remove)."""
+    out = tmp_path_factory.mktemp("report")
+    (out / "figures").mkdir()
+    (out / "figures" / "heatmap_gone_freeze.png").write_bytes(PNG_SIGNATURE)
+    (out / "figures" / "keep-me.png").write_bytes(PNG_SIGNATURE)
+    path = report.build_report(SAMPLE, out, selection_seed=0)
+    return path
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("EWC_BENCH_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path} missing: run with EWC_BENCH_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+def _check_tables(text: str) -> int:
+    """Every Markdown table has as many cells in each row as in its header; returns the count."""
+    tables, width = 0, None
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("| "):
+            cells = len(re.findall(r"(?<!\\)\|", line)) - 1
+            if width is None:
+                width, tables = cells, tables + 1
+            assert cells == width, line
+        else:
+            width = None
+    return tables
+
+
+def _csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_report_md_matches_golden(built):
+    assert built.name == "REPORT.md"
+    _golden("REPORT.md", built.read_text())
+
+
+def test_runs_csv_matches_golden(built):
+    _golden("runs.csv", (built.parent / "runs.csv").read_text())
+
+
+def test_report_text_is_a_pure_function_of_the_records(built):
+    records = list(read_records(SAMPLE))
+    runs = report.summarise(records, selection_seed=0)
+    meta = report.load_meta(SAMPLE)
+    pipeline = report.load_pipeline(SAMPLE)
+    first = report.render_markdown(runs, meta, pipeline, 0)
+    again = report.render_markdown(report.summarise(reversed(records), 0), meta, pipeline, 0)
+    assert first == again == built.read_text()
+    assert report.runs_csv(reversed(runs)) == (built.parent / "runs.csv").read_text()
+
+
+def test_runs_csv_columns_and_rows(built):
+    text = (built.parent / "runs.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    assert tuple(header) == report.CSV_COLUMNS
+    rows = _csv_rows(text)
+    records = {r.run_id: r for r in read_records(SAMPLE)}
+    assert sorted(r["run_id"] for r in rows) == sorted(records)
+    for row in rows:
+        record = records[row["run_id"]]
+        assert json.loads(row["acc_matrix"]) == record.acc_test
+        assert row["diverged"] == ("true" if record.status == "diverged" else "false")
+        assert float(row["estimate_seconds"]) == pytest.approx(sum(record.estimate_seconds))
+
+
+def test_selected_flags_follow_selection(built):
+    records = list(read_records(SAMPLE))
+    chosen = choose_lambdas(records, selection_seed=0)
+    rows = {r["run_id"]: r for r in _csv_rows((built.parent / "runs.csv").read_text())}
+    flags = {r.run_id: is_selected(r, chosen) for r in records}
+    assert {k: rows[k]["selected"] == "true" for k in rows} == flags
+    assert 0 < sum(flags.values()) < len(flags)  # the sample has unselected lambdas
+
+
+def test_selection_seed_changes_the_choice():
+    # Seed 1 ran l2 (bn freeze) at lambda 0.1 and 1.0: with selection seed 1 the choice is the
+    # better of the two on seed 1's validation split; groups with one lambda on seed 1 keep it.
+    runs = report.summarise(read_records(SAMPLE), selection_seed=1)
+    l2 = [r for r in runs if r.sequence == "mnist-fmnist" and r.bn == "freeze" and r.label == "l2"]
+    seed1 = {r.lam: r.val_avg for r in l2 if r.seed == 1}
+    assert set(seed1) == {0.1, 1.0}
+    assert {r.lam for r in l2 if r.selected} == {max(seed1, key=seed1.get)}
+    assert all(r.selected for r in runs if r.label == "baseline")
+
+
+def test_every_figure_exists_and_is_a_png(built):
+    fig_dir = built.parent / "figures"
+    specs = report.planned_figures(report.summarise(read_records(SAMPLE)))
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)) == 10
+    text = built.read_text()
+    linked = re.findall(r"\]\(figures/([^)]+)\)", text)
+    assert linked == names
+    for name in names:
+        data = (fig_dir / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE, name
+        assert data[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", data[16:24])
+        assert 300 < width < 3000 and 200 < height < 3000, (name, width, height)
+    assert not (fig_dir / "heatmap_gone_freeze.png").exists()  # stale figure removed
+    assert (fig_dir / "keep-me.png").exists()  # not the report's: left alone
+    kinds = {s.kind for s in specs}
+    assert kinds == {"heatmap", "tasks", "lambda", "cost"}
+
+
+def test_report_sections(built):
+    text = built.read_text()
+    assert _check_tables(text) == 8  # tutorial 2, results 3, lambdas 1, cost 2
+    for heading in (
+        "## How this report was produced",
+        "## The tutorial's experiment (mnist-fmnist)",
+        "## Results per sequence",
+        "### permuted-mnist",
+        "## Chosen lambdas",
+        "## Cost",
+        "## Figures",
+    ):
+        assert heading in text
+    assert "*0.9772* | *0.9717* | *0.8312*" in text
+    assert "*0.9762* | *0.1769* | *0.8672*" in text
+    assert "Data pipeline: one training epoch takes 11.1 s" in text
+    assert "git 0123abcd" in text
+
+
+def test_diverged_runs_are_counted_and_never_chosen(built):
+    text = built.read_text()
+    # bn update, ewc kfac-exact: seed 1 diverged at the chosen lambda.
+    assert "| ewc kfac-exact | 1000 | 2 | 1 of 3 diverged |" in text
+    # bn freeze, ewc kfac-exact: lambda 10000 diverged on the selection seed, 1000 chosen.
+    assert "100: 0.8885, **1000: 0.8995**, 10000: diverged" in text
+    assert "63 runs (2 diverged, 0 failed)" in text
+
+
+def test_missing_results_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"results directory .*nope does not exist"):
+        report.build_report(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no run records under"):
+        report.build_report(tmp_path / "empty", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# -- small hand-built record sets ---------------------------------------------------------------
+
+
+def _record(config: RunConfig, test, status="ok", val=None) -> RunRecord:
+    T = len(test[0])
+    rows = len(test)
+    return RunRecord(
+        run_id=config.run_id,
+        config=config.to_dict(),
+        status=status,
+        message=None if status == "ok" else "loss became nan",
+        tasks=[f"task-{t}" for t in range(T)],
+        acc_val=val or test,
+        acc_test=test,
+        train_seconds=[1.0] * rows,
+        estimate_seconds=[0.1] * rows if config.method == "ewc" else [0.0] * rows,
+        eval_seconds=[0.1] * rows,
+        curvature_bytes=[100] * rows,
+        step_ms=[1.0] * rows,
+        penalty_ms=[None] + [0.5] * (rows - 1) if config.method == "ewc" else [None] * rows,
+        train_loss=[0.1] * rows,
+        peak_rss_mb=100.0,
+    )
+
+
+def test_all_diverged_group_and_no_metadata(tmp_path):
+    base = RunConfig(data="synthetic", bn="update")
+    records = [
+        _record(base.replace(method="baseline", estimator=None), [[0.9, 0.1], [0.3, 0.8]]),
+        _record(base.replace(lam=10.0), [[0.9, 0.1], [None, None]], status="diverged"),
+        _record(base.replace(lam=1.0), [[0.9, 0.1], [None, None]], status="diverged"),
+        _record(base.replace(lam=1.0, seed=1), [[0.9, 0.1], [0.7, 0.7]]),
+    ]
+    for r in records:
+        write_record(tmp_path / "results", r)
+    path = report.build_report(tmp_path / "results", tmp_path / "out")
+    text = path.read_text()
+    assert _check_tables(text) == 4
+    assert text.startswith("# EWC benchmark report\n")
+    assert "- Command: not recorded" in text
+    assert "git SHA not recorded" in text
+    assert "Data pipeline" not in text
+    assert (
+        "| ewc diag-exact | none chosen | 0 | no finished run on the selection seed (3 runs)"
+        in (text)
+    )
+    assert "1: diverged, 10: diverged" in text
+    rows = _csv_rows((tmp_path / "out" / "runs.csv").read_text())
+    assert [r["diverged"] for r in rows] == ["false", "true", "false", "true"]
+    assert [r["selected"] for r in rows] == ["true", "false", "false", "false"]
+    for spec in report.planned_figures(report.summarise(records)):
+        assert (tmp_path / "out" / "figures" / spec.name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_meta_argument_overrides_sweep_json(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(SAMPLE, results)
+    meta = report.load_meta(results, {"name": "renamed", "command": "make reproduce"})
+    assert meta["name"] == "renamed"
+    assert meta["command"] == "make reproduce"
+    assert meta["started"] == "2026-01-02T03:10:00+00:00"  # from sweep.json
+    runs = report.summarise(read_records(results))
+    text = report.render_markdown(runs, meta, None)
+    assert text.startswith("# EWC benchmark report: renamed\n")
+    assert "- Command: `make reproduce`" in text
+
+
+def test_variants_of_one_label_get_a_suffix():
+    base = RunConfig(data="synthetic", mode="online", sequence="permuted-mnist", n_tasks=2)
+    matrix = [[0.9, 0.1], [0.8, 0.9]]
+    records = [
+        _record(base.replace(gamma=1.0), matrix),
+        _record(base.replace(gamma=0.9), matrix),
+        _record(base.replace(mode="separate"), matrix),
+    ]
+    labels = sorted(report.display_labels(records).values(), key=report.method_sort_key)
+    assert labels == [
+        "ewc diag-exact",
+        "ewc-online diag-exact (gamma=0.9)",
+        "ewc-online diag-exact (gamma=1.0)",
+    ]
+
+
+def test_method_label_matches_run_config():
+    for record in read_records(SAMPLE):
+        assert report.method_label(record.config) == RunConfig.from_dict(record.config).label
+
+
+def test_method_order():
+    labels = [
+        "joint",
+        "ewc-online diag-exact",
+        "ewc kfac-exact",
+        "ewc diag-exact",
+        "l2",
+        "baseline",
+        "ewc diag-batched",
+        "mystery",
+    ]
+    assert sorted(labels, key=report.method_sort_key) == [
+        "baseline",
+        "l2",
+        "ewc diag-batched",
+        "ewc diag-exact",
+        "ewc kfac-exact",
+        "ewc-online diag-exact",
+        "joint",
+        "mystery",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(100000.0, "100000"), (0.01, "0.01"), (1e-5, "1e-05"), (0.0, "0")],
+)
+def test_fmt_lambda(value, text):
+    assert report.fmt_lambda(value) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(12.34, "12.3 s"), (250.0, "4 min 10 s"), (3785.0, "1 h 03 min 05 s"), (None, "not recorded")],
+)
+def test_fmt_duration(seconds, text):
+    assert report.fmt_duration(seconds) == text
+
+
+def test_mean_matrix_places_joint_in_last_row():
+    base = RunConfig(data="synthetic", method="joint", estimator=None)
+    records = [_record(base.replace(seed=s), [[0.8 + 0.1 * s, 0.6]]) for s in range(2)]
+    runs = report.summarise(records)
+    mat = report.mean_matrix(runs)
+    assert mat.shape == (2, 2)
+    assert mat[1].tolist() == pytest.approx([0.85, 0.6])
+    assert all(v != v for v in mat[0])  # NaN: joint has no row after task 1

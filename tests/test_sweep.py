@@ -1,0 +1,189 @@
+"""Sweeps: experiment parsing and validation, selection on validation, resume, CLI errors, and the
+whole pipeline (sweep -> selection -> report) on a tiny synthetic experiment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmark import harness, sweep
+from benchmark.records import read_records
+from benchmark.selection import choose_lambdas, group_key
+from benchmark.sweep import load_experiment, parse_experiment, run_sweep
+
+TINY = {
+    "name": "tiny",
+    "description": "tiny synthetic experiment for tests",
+    "seeds": [0, 1],
+    "selection_seed": 0,
+    "defaults": {
+        "data": "synthetic",
+        "epochs": 1,
+        "fisher_samples": 32,
+        "train_limit": 300,
+        "eval_limit": 100,
+    },
+    "lambdas": {"default": [1.0, 100.0], "l2": [0.1]},
+    "studies": [
+        {
+            "sequence": "mnist-fmnist",
+            "bn": ["freeze"],
+            "methods": ["baseline", "l2", "ewc diag-exact"],
+        }
+    ],
+}
+
+
+def test_builtin_experiments_validate():
+    names = sweep.builtin_experiments()
+    assert {"default", "quick", "full"} <= set(names)
+    for name in names:
+        exp = load_experiment(name)
+        assert exp.groups and exp.selection_seed in exp.seeds
+
+
+def test_plan_counts():
+    exp = parse_experiment(TINY)
+    assert len(exp.groups) == 3
+    assert [len(g.lambdas) for g in exp.groups] == [1, 1, 2]
+    assert len(exp.selection_configs()) == 4
+    chosen = {group_key(g.base.to_dict()): g.lambdas[-1] for g in exp.groups}
+    final = exp.final_configs(chosen)
+    assert len(final) == 6 and {c.seed for c in final} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"studies": [{"sequence": "mnist-fmnist", "methods": ["ewc diag-true"]}]}, "estimator"),
+        (
+            {"studies": [{"sequence": "mnist-fmnist", "methods": ["dropout"]}]},
+            "unknown method 'dropout'",
+        ),
+        (
+            {"studies": [{"sequence": "mnist-fmnist", "methods": ["baseline"], "colour": 1}]},
+            "unknown key",
+        ),
+        ({"defaults": {"epoch": 1}}, r"unknown key\(s\) 'epoch' in \[defaults\]"),
+        ({"seeds": []}, "non-empty list"),
+        ({"selection_seed": 9}, "must be one of the seeds"),
+        ({"lambdas": {"l2": [0.1]}}, "no lambda grid for 'ewc diag-exact'"),
+        ({"studies": []}, "no studies"),
+        ({"colour": "red"}, r"unknown key\(s\) 'colour' in the experiment"),
+    ],
+)
+def test_experiment_errors(patch, message):
+    with pytest.raises(ValueError, match=message):
+        parse_experiment({**TINY, **patch})
+
+
+def test_unknown_experiment_name():
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; built-in: default"):
+        load_experiment("nope")
+
+
+def test_sweep_selection_resume_and_report(tmp_path, monkeypatch):
+    """Interrupt after two runs; the restart does only the rest; the report builds from records."""
+    exp = parse_experiment(TINY)
+    results = tmp_path / "results"
+    calls = []
+    real_run = harness.run
+
+    def interrupting(config, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(config.run_id)
+        return real_run(config, **kw)
+
+    monkeypatch.setattr(harness, "run", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(exp, results)
+    done = {r.run_id for r in read_records(results)}
+    assert done == set(calls) and len(done) == 2
+    assert not list((results / "runs").glob(".*.tmp"))
+
+    calls.clear()
+    monkeypatch.setattr(
+        harness,
+        "run",
+        lambda config, **kw: (calls.append(config.run_id), real_run(config, **kw))[1],
+    )
+    meta = run_sweep(exp, results)
+    assert not set(calls) & done  # nothing redone
+    records = list(read_records(results))
+    assert len(records) == 4 + 3  # selection 4, then seed 1 of each of the 3 groups
+    assert (
+        meta["runs"] == 7
+        and json.loads((results / "sweep.json").read_text())["experiment"] == "tiny"
+    )
+    chosen = choose_lambdas(records, 0)
+    assert all(v is not None for v in chosen.values())
+
+    calls.clear()
+    run_sweep(exp, results)
+    assert calls == []  # a finished sweep redoes nothing
+
+    from benchmark.report import build_report
+
+    report = build_report(results, tmp_path / "report", selection_seed=0)
+    text = report.read_text()
+    assert "mnist-fmnist" in text
+    rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 7
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path, monkeypatch):
+    exp = parse_experiment({**TINY, "seeds": [0]})
+
+    def failing(config, **kw):
+        if config.method == "l2":
+            raise RuntimeError("boom")
+        return harness.__dict__["_real_run"](config, **kw)
+
+    monkeypatch.setitem(harness.__dict__, "_real_run", harness.run)
+    monkeypatch.setattr(harness, "run", failing)
+    run_sweep(exp, tmp_path)
+    statuses = {r.config["method"]: r.status for r in read_records(tmp_path)}
+    assert statuses["l2"] == "failed" and statuses["baseline"] == "ok"
+    failed = next(r for r in read_records(tmp_path) if r.status == "failed")
+    assert "RuntimeError: boom" in failed.message
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark", *args], capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--sequence", "cifar"], "'sequence' = 'cifar' is invalid"),
+        (["run", "--estimator", "diag-true"], "estimator"),
+        (["run", "--epochs", "0"], "a positive integer"),
+        (["sweep", "--experiment", "nope", "--dry-run"], "unknown experiment 'nope'"),
+        (["sweep", "--set", "epoch=1", "--dry-run"], r"unknown key\(s\) 'epoch'"),
+        (["sweep", "--set", "epochs", "--dry-run"], "KEY=VALUE"),
+        (["report", "--results", "/nonexistent"], "no records"),
+    ],
+)
+def test_cli_errors(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert pytest.importorskip("re").search(message, proc.stderr), proc.stderr
+
+
+def test_cli_help_lists_commands():
+    out = _cli("--help").stdout
+    for command in ("run", "sweep", "report", "pipeline", "reproduce", "timing"):
+        assert command in out
+    assert "--fisher-samples" in _cli("run", "--help").stdout
+
+
+def test_cli_dry_run():
+    proc = _cli("sweep", "--experiment", "quick", "--dry-run")
+    assert proc.returncode == 0 and "selection runs" in proc.stdout
