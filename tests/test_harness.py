@@ -206,3 +206,13 @@ def test_real_data_run(data_root):
     )
     assert rec.status == "ok"
     assert rec.acc_test[0][0] > 0.8  # MNIST learned from 2,000 inputs
+
+
+@pytest.mark.usefixtures("data_root")
+def test_pipeline_measure(data_root):
+    from benchmark.pipeline import measure
+
+    out = measure(str(data_root), limit=1000)
+    assert out["images"] == 1000
+    assert out["dataloader_seconds"] > out["dataloader_batches_only_seconds"] > 0
+    assert out["ratio"] == pytest.approx(out["dataloader_seconds"] / out["tensor_seconds"])
