@@ -26,8 +26,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+PIN = "EWC_BENCH_GIT_SHA"
+"""Environment variable holding the SHA pinned at the start of a sweep (inherited by workers)."""
+
+
+def pin_git_sha() -> str | None:
+    """Record the code's SHA now, so runs that finish later report the code they ran.
+
+    A long sweep keeps the modules it imported at its start; without the pin, a commit or an
+    edit made meanwhile would be misattributed to the runs that finish after it.
+    """
+    os.environ.pop(PIN, None)
+    sha = git_sha()
+    if sha is not None:
+        os.environ[PIN] = sha
+    return sha
+
+
 def git_sha() -> str | None:
-    """HEAD's commit, with ``-dirty`` when code (not generated outputs) has uncommitted changes."""
+    """The pinned SHA if any, else HEAD's (``-dirty`` with uncommitted code changes)."""
+    if os.environ.get(PIN):
+        return os.environ[PIN]
     root = Path(__file__).resolve().parents[1]
     excludes = [f":(exclude){d}" for d in GENERATED]
     try:

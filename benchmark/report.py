@@ -1156,6 +1156,10 @@ def _method_legend(fig: Any, axes: Sequence[Any]) -> None:
 
 
 def _short(task: str, width: int = 8) -> str:
+    """A tick label: ``permuted-3`` -> ``p3``, ``rotated-36`` -> ``r36``; else truncated."""
+    for prefix in ("permuted-", "rotated-", "split-"):
+        if task.startswith(prefix):
+            return prefix[0] + task[len(prefix) :]
     return task if len(task) <= width else task[: width - 1] + "…"
 
 

@@ -319,6 +319,7 @@ def run_sweep(
     """Both phases; writes ``<results>/sweep.json`` (experiment, command, machine, durations)."""
     results.mkdir(parents=True, exist_ok=True)
     clean_partial(results)
+    provenance.pin_git_sha()
     if device is not None:
         for g in experiment.groups:
             g.base = g.base.replace(device=device)
