@@ -13,7 +13,7 @@ THREADS ?= 2
 export OMP_NUM_THREADS := $(THREADS)
 BENCH_JSON ?= reports/bench/estimators.json
 
-.PHONY: help install test test-all bench timing reproduce reproduce-quick report lint format clean
+.PHONY: help install test test-all bench timing reproduce reproduce-quick report study lint format clean
 
 help:  ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,10 +43,14 @@ timing: install  ## Estimator timing and peak-memory table -> reports/timing.md.
 JOBS ?= 1
 RESULTS ?= results
 
-reproduce: install  ## Full default protocol: sweep (resumable) + pipeline + report + timing -> reports/.
+reproduce: install  ## Default protocol: sweep (resumable) + pipeline + report + study + timing -> reports/.
 	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) \
 		--results $(RESULTS)/default --out reports --jobs $(JOBS)
+	$(MAKE) study
 	$(MAKE) timing
+
+study: install  ## Approximation study (full vs KFAC vs diagonal) -> reports/STUDY.md, study.csv.
+	$(PY) -m benchmark study --data-root $(DATA_ROOT) --results $(RESULTS)/default --out reports
 
 reproduce-quick: install  ## The same pipeline scaled down (< 5 min) -> reports/quick/.
 	$(PY) -m benchmark reproduce --experiment quick --data-root $(DATA_ROOT) \

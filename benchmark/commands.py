@@ -147,6 +147,24 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     _common(p)
     p.set_defaults(func=cmd_pipeline, subparser=p)
+    p = sub.add_parser(
+        "study",
+        help="how good is each Fisher approximation (full vs KFAC vs diagonal) -> OUT/STUDY.md",
+        description="The approximation study: every estimator against the exact Fisher (a "
+        "small MLP, dense) and against the exact low-rank Fisher of the tutorial network, with "
+        "convergence in N and mc samples, the batched estimator's bias, cost, and the harness's "
+        "forgetting beside each estimator's error.",
+    )
+    p.add_argument("--out", default="reports", help="output folder (default reports)")
+    p.add_argument(
+        "--results",
+        default="results/default",
+        help="harness results to link errors to forgetting (default results/default)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    p.add_argument("--synthetic", action="store_true", help="synthetic stand-in data, for tests")
+    _common(p)
+    p.set_defaults(func=cmd_study, subparser=p)
     p = sub.add_parser("experiments", help="list the built-in experiments")
     p.set_defaults(func=cmd_experiments, subparser=p)
 
@@ -300,6 +318,27 @@ def cmd_reproduce(
         )
     path = build_report(results, Path(args.out), selection_seed=exp.selection_seed)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Run the approximation study and write STUDY.md, study.csv and figures."""
+    from .data import DataNotFoundError
+    from .study import QUICK, StudyConfig, run_study
+    from .study_report import write_study
+
+    sizes = QUICK if args.quick else {}
+    cfg = StudyConfig(
+        data="synthetic" if args.synthetic else "real",
+        root=args.data_root,
+        results=args.results,
+        **sizes,
+    )
+    try:
+        study = run_study(cfg)
+    except DataNotFoundError as err:
+        parser.error(str(err))
+    print(f"wrote {write_study(study, Path(args.out), args.results)}")
     return 0
 
 

@@ -25,7 +25,7 @@ SEQUENCES = (
     "split-mnist-class",
 )
 """``split-mnist``: task-incremental (one head per task); ``split-mnist-class``: one shared head."""
-MODELS = ("tutorial-mlp", "mlp", "cnn")
+MODELS = ("tutorial-mlp", "mlp", "cnn", "mlp-16")
 METHODS = ("baseline", "l2", "ewc", "joint")
 MODES = ("separate", "online")
 BN_MODES = ("update", "freeze")

@@ -225,10 +225,23 @@ def probe_step_cost(
     return step, extra
 
 
+OnTaskEnd = Callable[[int, nn.Module], None]
+
+
 def run(
-    config: RunConfig, *, root: str | None = None, download: bool = False, progress: bool = False
+    config: RunConfig,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    progress: bool = False,
+    on_task_end: OnTaskEnd | None = None,
 ) -> RunRecord:
-    """Run one config end to end and return its record (status ok or diverged)."""
+    """Run one config end to end and return its record (status ok or diverged).
+
+    ``on_task_end(t, model)`` is called after task t is trained and evaluated, before its
+    curvature is fitted (e.g. to keep the weights for an offline study); it must not change
+    the model.
+    """
     started, t0 = provenance.now(), time.perf_counter()
     provenance.reset_peak_memory()
     device = resolve_device(config.device)
@@ -250,7 +263,7 @@ def run(
     if config.method == "joint":
         _run_joint(config, model, sequence, device, record)
     else:
-        _run_sequential(config, model, sequence, device, record, progress)
+        _run_sequential(config, model, sequence, device, record, progress, on_task_end)
     record.total_seconds = time.perf_counter() - t0
     record.peak_rss_mb = provenance.peak_rss_mb()
     record.provenance = {
@@ -270,6 +283,7 @@ def _run_sequential(
     device: torch.device,
     record: RunRecord,
     progress: bool,
+    on_task_end: OnTaskEnd | None = None,
 ) -> None:
     penalty = (
         EWCPenalty(config.lam, config.mode, config.gamma)
@@ -314,6 +328,8 @@ def _run_sequential(
         record.eval_seconds.append(time.perf_counter() - start)
         record.acc_val.append(val)
         record.acc_test.append(test)
+        if on_task_end is not None:
+            on_task_end(t, model)
         if penalty is None:
             record.estimate_seconds.append(0.0)
             record.curvature_bytes.append(0)

@@ -107,10 +107,19 @@ def cnn(n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
     return _with_heads(layers, 64, n_outputs, n_heads)
 
 
+def mlp16(n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
+    """784-16-``n_outputs`` ReLU MLP (12,730 parameters at 10 outputs).
+
+    Small enough for the exact dense Fisher: the approximation study's ground truth.
+    """
+    return mlp(n_outputs, n_heads, hidden=16, depth=1)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "tutorial-mlp": tutorial_mlp,
     "mlp": mlp,
     "cnn": cnn,
+    "mlp-16": mlp16,
 }
 
 

@@ -1423,5 +1423,23 @@ def build_report(
     for spec in specs:
         draw_figure(spec, runs, fig_dir, selection_seed)
     report = out_dir / "REPORT.md"
-    report.write_text(render_markdown(runs, meta_all, pipeline, selection_seed))
+    report.write_text(render_markdown(runs, meta_all, pipeline, selection_seed) + see_also(out_dir))
     return report
+
+
+SEE_ALSO = {
+    "STUDY.md": "how good each Fisher approximation is (full vs KFAC vs diagonal), and whether "
+    "it matters for forgetting (`make study`)",
+    "timing.md": "what each estimator costs in time and memory, against the naive loop and the "
+    "floor (`make timing`)",
+}
+
+
+def see_also(out_dir: Path) -> str:
+    """Links to the companion reports present in ``out_dir`` (none: empty string)."""
+    lines = [
+        f"- [{name}]({name}): {text}"
+        for name, text in SEE_ALSO.items()
+        if (out_dir / name).exists()
+    ]
+    return "\n## See also\n\n" + "\n".join(lines) + "\n" if lines else ""

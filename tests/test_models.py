@@ -53,7 +53,8 @@ def test_tutorial_mlp_is_exactly_the_tutorial_network():
 
 
 @pytest.mark.parametrize(
-    ("name", "count"), [("tutorial-mlp", 90_010), ("mlp", 89_610), ("cnn", 20_522)]
+    ("name", "count"),
+    [("tutorial-mlp", 90_010), ("mlp", 89_610), ("cnn", 20_522), ("mlp-16", 12_730)],
 )
 def test_parameter_counts_and_output_shapes(name, count):
     model = make_model(name)

@@ -1,0 +1,375 @@
+"""The approximation study: how good is each Fisher approximation, and does it matter?
+
+Ground truth (part A): a model small enough for the exact dense Fisher (``mlp-16``, 784-16-10,
+12,730 parameters) trained on MNIST through the harness; the reference is ``full-exact`` on
+``n_ref`` MNIST training inputs, and every estimator is fitted on the same inputs and compared
+with it (``approx``). Part B: error against that reference as the number of inputs N grows
+(seeded input subsets). Part C: the sampled (mc) estimators against their exact counterparts as
+``mc_samples`` grows. Part D: the bias of the legacy ``diag-batched`` estimator, as its ratio to
+``diag-empirical`` for several batch sizes, on the tutorial network. Part E: the tutorial network
+itself, through the exact low-rank ``full-exact`` factor on ``tutorial_n`` inputs, with the
+harness's outcomes (forgetting at the validation-chosen lambda) beside each estimator's error.
+
+Each part returns plain rows (dicts) that ``study_report`` turns into ``study.csv``, STUDY.md
+and figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import estimators
+from estimators import Curvature, LowRankCurvature
+from estimators.layout import ParamLayout
+
+from . import approx, provenance
+from .config import RunConfig
+from .harness import run
+from .models import make_model
+from .seeds import generator
+from .tasks import build_sequence
+
+BIG_BUDGET = 16 * 1024**3
+ALL = tuple(estimators.names())
+CONVERGENCE = (
+    "diag-exact",
+    "diag-mc",
+    "diag-empirical",
+    "kfac-exact",
+    "kfac-mc",
+    "kfac-empirical",
+    "full-mc",
+    "full-empirical",
+)
+MC_PAIRS = (("diag-mc", "diag-exact"), ("kfac-mc", "kfac-exact"), ("full-mc", "full-exact"))
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What the study runs. ``quick`` shrinks everything for tests."""
+
+    data: str = "real"
+    root: str | None = None
+    model: str = "mlp-16"
+    epochs: int = 1
+    n_ref: int = 1000
+    n_grid: tuple[int, ...] = (100, 300, 1000)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    mc_grid: tuple[int, ...] = (1, 4, 16, 64)
+    top_k: int = 20
+    directions: int = 20
+    batch_sizes: tuple[int, ...] = (1, 10, 30, 100, 300, 1000)
+    batched_n: int = 3000
+    tutorial_n: int = 200
+    tutorial_epochs: int = 4
+    results: str | None = "results/default"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+QUICK = {
+    "n_ref": 60,
+    "n_grid": (20, 60),
+    "seeds": (0, 1),
+    "mc_grid": (1, 8),
+    "top_k": 4,
+    "directions": 3,
+    "batch_sizes": (1, 10, 60),
+    "batched_n": 120,
+    "tutorial_n": 12,
+    "tutorial_epochs": 1,
+}
+
+
+# -- models and data --------------------------------------------------------------------------
+@dataclass
+class Trained:
+    """A model at the end of task A, the drift to the end of task B, and task A's inputs."""
+
+    model: nn.Module
+    layout: ParamLayout
+    drift: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    seconds: float
+
+
+def _flat(state: dict[str, torch.Tensor], layout: ParamLayout) -> torch.Tensor:
+    return torch.cat([state[n].reshape(-1) for n in layout.names])
+
+
+def train(cfg: StudyConfig, model_name: str, epochs: int) -> Trained:
+    """Train ``model_name`` on mnist-fmnist without a penalty (seed 0, the harness's loop)."""
+    config = RunConfig(
+        data=cfg.data, model=model_name, method="baseline", estimator=None, epochs=epochs, seed=0
+    )
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(t: int, model: nn.Module) -> None:
+        states[t] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    start = time.perf_counter()
+    run(config, root=cfg.root, on_task_end=keep)
+    seconds = time.perf_counter() - start
+    seq = build_sequence("mnist-fmnist", seed=0, data=cfg.data, root=cfg.root)
+    torch.manual_seed(0)
+    model = make_model(model_name)
+    model.load_state_dict(states[0])
+    model.eval()
+    layout = ParamLayout.of(model)
+    drift = _flat(states[1], layout) - _flat(states[0], layout)
+    task = seq.tasks[0].train
+    return Trained(model, layout, drift, task.float_inputs(), task.targets, seconds)
+
+
+def subset(trained: Trained, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded training inputs of task A."""
+    pick = torch.randperm(len(trained.targets), generator=generator(seed, "study-inputs"))[:n]
+    return trained.inputs[pick], trained.targets[pick]
+
+
+def fit(
+    name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, **options: Any
+) -> tuple[Curvature, float]:
+    """Fit ``name`` (mc seeded; full with a large budget); returns the curvature and seconds."""
+    if name.endswith("-mc"):
+        options.setdefault("generator", generator(seed, "study-mc", name))
+    if name.startswith("full-"):
+        options.setdefault("memory_budget", BIG_BUDGET)
+    start = time.perf_counter()
+    curv = estimators.make(name, **options).fit(model, x, y)
+    return curv, time.perf_counter() - start
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def scale_free_error(approx_c: Curvature, ref: Curvature) -> float:
+    r""":math:`\min_s \|s\hat F - F\|_F / \|F\|_F = \sqrt{1 - \cos^2}` (lambda absorbs scale)."""
+    cos = approx.inner(approx_c, ref) / np.sqrt(
+        approx.frobenius_sq(approx_c) * approx.frobenius_sq(ref)
+    )
+    return float(np.sqrt(max(0.0, 1.0 - cos**2)))
+
+
+def compare(
+    curv: Curvature, ref: Curvature, drift: torch.Tensor, directions: torch.Tensor
+) -> dict[str, float]:
+    """Frobenius (raw, scale-free), trace, and penalty errors on the drift and random directions."""
+    rand = [abs(approx.relative_quadratic_error(curv, ref, d)) for d in directions]
+    return {
+        "rel_frobenius": approx.relative_frobenius_error(curv, ref),
+        "scale_free_error": scale_free_error(curv, ref),
+        "rel_trace": approx.relative_trace_error(curv, ref),
+        "drift_penalty_error": approx.relative_quadratic_error(curv, ref, drift),
+        "random_penalty_error": float(np.mean(rand)),
+    }
+
+
+def layer_blocks(model: nn.Module, layout: ParamLayout) -> list[torch.Tensor]:
+    """Flat index sets of each module's own parameters (one block per layer)."""
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    blocks = []
+    for m in model.modules():
+        own = [names[id(p)] for p in m.parameters(recurse=False) if id(p) in names]
+        if own:
+            blocks.append(
+                torch.cat([torch.arange(layout.slice(n).start, layout.slice(n).stop) for n in own])
+            )
+    return blocks
+
+
+def _directions(layout: ParamLayout, k: int) -> torch.Tensor:
+    g = generator(0, "study-directions")
+    return torch.randn(k, layout.numel, generator=g, dtype=layout.dtype)
+
+
+# -- parts --------------------------------------------------------------------------------------
+def ground_truth(cfg: StudyConfig, trained: Trained, bar: Callable[[str], None]) -> dict[str, Any]:
+    """Part A: every estimator against the dense full-exact Fisher on the same inputs."""
+    x, y = subset(trained, cfg.n_ref, 0)
+    ref, ref_seconds = fit("full-exact", trained.model, x, y, 0, representation="dense")
+    bar("reference")
+    ref_vals, ref_vecs = approx.top_eigen(ref, cfg.top_k)
+    dirs = _directions(trained.layout, cfg.directions)
+    rows, spectra, curvs = [], {"full-exact (reference)": ref_vals.tolist()}, {"full-exact": ref}
+    for name in ALL:
+        curv, seconds = (
+            (ref, ref_seconds) if name == "full-exact" else fit(name, trained.model, x, y, 0)
+        )
+        vals, vecs = approx.top_eigen(curv, cfg.top_k)
+        row = {
+            "part": "ground-truth",
+            "model": cfg.model,
+            "estimator": name,
+            "n_inputs": cfg.n_ref,
+            "seed": 0,
+        }
+        row.update(compare(curv, ref, trained.drift, dirs))
+        row.update(
+            top_eigenvalue_ratio=float(vals[0] / ref_vals[0]),
+            overlap_topk=approx.subspace_overlap(ref_vecs, vecs),
+            fit_seconds=seconds,
+            nbytes=curv.nbytes,
+        )
+        rows.append(row)
+        spectra[name] = vals.tolist()
+        if name in ("kfac-exact", "diag-exact"):
+            curvs[name] = curv
+        bar(name)
+    blocks = layer_blocks(trained.model, trained.layout)
+    return {
+        "rows": rows,
+        "spectra": spectra,
+        "off_block_share": approx.off_block_share(ref, blocks),
+        "block_images": last_layer_images(curvs, blocks[-1]),
+        "parameters": trained.layout.numel,
+        "reference": ref,
+    }
+
+
+def last_layer_images(curvs: dict[str, Curvature], idx: torch.Tensor) -> dict[str, list]:
+    """The last layer's block of each curvature, as nested lists (for the figure)."""
+    out = {}
+    for name, c in curvs.items():
+        p = c.numel
+        cols = torch.zeros(p, len(idx), dtype=c.layout.dtype)
+        cols[idx, torch.arange(len(idx))] = 1
+        out[name] = c.matmat(cols)[idx].double().tolist()
+    return out
+
+
+def convergence(
+    cfg: StudyConfig, trained: Trained, ref: Curvature, bar: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Part B: error against the reference as N grows; part C: mc against exact as K grows."""
+    rows = []
+    dirs = _directions(trained.layout, 1)
+    for n in cfg.n_grid:
+        for seed in cfg.seeds:
+            x, y = subset(trained, n, seed + 1000)  # other inputs than the reference's
+            for name in CONVERGENCE:
+                curv, seconds = fit(name, trained.model, x, y, seed)
+                row = {
+                    "part": "convergence-n",
+                    "model": cfg.model,
+                    "estimator": name,
+                    "n_inputs": n,
+                    "seed": seed,
+                }
+                row.update(compare(curv, ref, trained.drift, dirs), fit_seconds=seconds)
+                rows.append(row)
+            bar(f"N={n} seed={seed}")
+    x, y = subset(trained, cfg.n_ref, 0)
+    for mc_name, exact_name in MC_PAIRS:
+        exact = ref if exact_name == "full-exact" else fit(exact_name, trained.model, x, y, 0)[0]
+        for k in cfg.mc_grid:
+            for seed in cfg.seeds:
+                curv, seconds = fit(mc_name, trained.model, x, y, seed, mc_samples=k)
+                row = {
+                    "part": "convergence-mc",
+                    "model": cfg.model,
+                    "estimator": mc_name,
+                    "n_inputs": cfg.n_ref,
+                    "seed": seed,
+                    "mc_samples": k,
+                    "against": exact_name,
+                }
+                row.update(compare(curv, exact, trained.drift, dirs), fit_seconds=seconds)
+                rows.append(row)
+        bar(mc_name)
+    return rows
+
+
+def batched_bias(cfg: StudyConfig, trained: Trained) -> list[dict[str, Any]]:
+    """Part D: trace of diag-batched over trace of diag-empirical, per batch size."""
+    x, y = subset(trained, cfg.batched_n, 0)
+    emp = float(fit("diag-empirical", trained.model, x, y, 0)[0].trace())
+    rows = []
+    for b in cfg.batch_sizes:
+        batched = float(fit("diag-batched", trained.model, x, y, 0, batch_size=b)[0].trace())
+        rows.append(
+            {
+                "part": "batched-bias",
+                "model": "tutorial-mlp",
+                "estimator": "diag-batched",
+                "n_inputs": cfg.batched_n,
+                "seed": 0,
+                "batch_size": b,
+                "ratio_to_empirical": batched / emp,
+            }
+        )
+    return rows
+
+
+def tutorial_link(
+    cfg: StudyConfig, trained: Trained, bar: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Part E: every estimator on the tutorial network against the exact low-rank full Fisher."""
+    x, y = subset(trained, cfg.tutorial_n, 0)
+    ref, ref_seconds = fit("full-exact", trained.model, x, y, 0, representation="factor")
+    assert isinstance(ref, LowRankCurvature)
+    dirs = _directions(trained.layout, cfg.directions)
+    rows = []
+    for name in ALL:
+        curv, seconds = (
+            (ref, ref_seconds) if name == "full-exact" else fit(name, trained.model, x, y, 0)
+        )
+        row = {
+            "part": "tutorial",
+            "model": "tutorial-mlp",
+            "estimator": name,
+            "n_inputs": cfg.tutorial_n,
+            "seed": 0,
+        }
+        row.update(compare(curv, ref, trained.drift, dirs), fit_seconds=seconds, nbytes=curv.nbytes)
+        rows.append(row)
+        bar(f"tutorial {name}")
+    return rows
+
+
+def run_study(cfg: StudyConfig) -> dict[str, Any]:
+    """All parts; returns rows and figure data with provenance."""
+    started, t0 = provenance.now(), time.perf_counter()
+    provenance.pin_git_sha()
+    total = 2 + len(ALL) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS) + len(ALL) + 1
+    progress = tqdm(total=total, desc="study", unit="step")
+
+    def bar(label: str) -> None:
+        progress.set_postfix_str(label, refresh=False)
+        progress.update(1)
+
+    small = train(cfg, cfg.model, cfg.epochs)
+    bar(f"trained {cfg.model}")
+    part_a = ground_truth(cfg, small, bar)
+    rows = part_a["rows"] + convergence(cfg, small, part_a.pop("reference"), bar)
+    tutorial = train(cfg, "tutorial-mlp", cfg.tutorial_epochs)
+    bar("trained tutorial-mlp")
+    rows += batched_bias(cfg, tutorial)
+    rows += tutorial_link(cfg, tutorial, bar)
+    progress.close()
+    return {
+        "config": cfg.to_dict(),
+        "rows": rows,
+        "spectra": part_a["spectra"],
+        "block_images": part_a["block_images"],
+        "off_block_share": part_a["off_block_share"],
+        "parameters": {cfg.model: part_a["parameters"], "tutorial-mlp": tutorial.layout.numel},
+        "provenance": {
+            **provenance.machine(),
+            "git_sha": provenance.git_sha(),
+            "command": provenance.command_line(),
+        },
+        "started": started,
+        "finished": provenance.now(),
+        "duration_seconds": time.perf_counter() - t0,
+    }
