@@ -50,6 +50,8 @@ EXPERIMENT_KEYS = {
     "lambdas": "lambda grids: a table keyed by method label, with 'default'",
     "method_settings": "run settings per method label (e.g. fisher_samples for full-exact)",
     "studies": "list of studies: sequence, bn, methods, settings, lambdas, method_settings",
+    "extend": "rounds in which a grid grows by one value past a winning edge (default 0)",
+    "extend_factor": "the factor between an edge and the value added past it (default 10)",
 }
 STUDY_KEYS = ("sequence", "bn", "methods", "settings", "lambdas", "method_settings")
 
@@ -87,6 +89,8 @@ class Experiment:
     selection_seed: int
     groups: list[Group]
     source: dict[str, Any] = field(default_factory=dict)
+    extend: int = 0
+    extend_factor: float = 10.0
 
     def selection_configs(self) -> list[RunConfig]:
         """Phase 1: every group over its lambda grid on the selection seed."""
@@ -95,6 +99,29 @@ class Experiment:
             for g in self.groups
             for lam in g.lambdas
         ]
+
+    def extend_grids(self, records: Iterable[RunRecord]) -> list[RunConfig]:
+        """Grow each grid whose best lambda (validation, selection seed) sits at an edge.
+
+        One value per winning edge, ``extend_factor`` beyond it; returns the new selection
+        configs (none: every optimum is interior, or no grid can grow). A pure function of the
+        records, so a resumed sweep makes the same decisions.
+        """
+        chosen = choose_lambdas(records, self.selection_seed)
+        added = []
+        for g in self.groups:
+            lam = chosen.get(group_key(g.base.to_dict()))
+            grid = sorted(g.lambdas)
+            if lam is None or grid == [0.0]:
+                continue
+            new = []
+            if lam == grid[-1]:
+                new.append(grid[-1] * self.extend_factor)
+            if lam == grid[0] and grid[0] > 0:
+                new.append(grid[0] / self.extend_factor)
+            g.lambdas = tuple(sorted(set(grid) | set(new)))
+            added += [g.base.replace(seed=self.selection_seed, lam=v) for v in new]
+        return added
 
     def final_configs(self, chosen: dict[str, float | None]) -> list[RunConfig]:
         """Phase 2: every group at its chosen lambda, on every seed (groups without one: none)."""
@@ -177,7 +204,21 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
         selection_seed=selection_seed,
         groups=groups,
         source=data,
+        extend=_non_negative_int(data.get("extend", 0), "extend"),
+        extend_factor=_factor(data.get("extend_factor", 10.0)),
     )
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _factor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+        raise ValueError(f"extend_factor must be a number > 1, got {value!r}")
+    return float(value)
 
 
 def builtin_experiments() -> list[str]:
@@ -336,6 +377,21 @@ def run_sweep(
             retry_failed=retry_failed,
             desc="lambda selection",
         )
+        for round_ in range(experiment.extend):
+            ids = {c.run_id for c in sel}
+            more = experiment.extend_grids([r for r in read_records(results) if r.run_id in ids])
+            if not more:
+                break
+            sel += more
+            run_configs(
+                more,
+                results,
+                executor,
+                root=root,
+                download=download,
+                retry_failed=retry_failed,
+                desc=f"lambda grid extension {round_ + 1}",
+            )
         ids = {c.run_id for c in sel}
         chosen = choose_lambdas(
             [r for r in read_records(results) if r.run_id in ids], experiment.selection_seed
@@ -368,6 +424,10 @@ def run_sweep(
         "compute_seconds": sum(r.total_seconds for r in runs),
         "runs": len(runs),
         "counts": {"selection": c1, "final": c2},
+        "grids": {
+            f"{g.base.sequence} bn={g.base.bn} {g.base.label}": list(g.lambdas)
+            for g in experiment.groups
+        },
     }
     (results / "sweep.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     print(f"sweep {experiment.name}: {len(runs)} runs in {results}", file=sys.stderr)

@@ -187,3 +187,33 @@ def test_cli_help_lists_commands():
 def test_cli_dry_run():
     proc = _cli("sweep", "--experiment", "quick", "--dry-run")
     assert proc.returncode == 0 and "selection runs" in proc.stdout
+
+
+def _record(config, val):
+    from benchmark.records import RunRecord
+
+    return RunRecord(run_id=config.run_id, config=config.to_dict(), acc_val=[[val, val]])
+
+
+def test_grid_grows_past_a_winning_edge():
+    exp = parse_experiment({**TINY, "extend": 2})
+    group = exp.groups[2]  # ewc diag-exact, grid (1, 100)
+    runs = [g.base.replace(seed=0, lam=lam) for g in exp.groups for lam in g.lambdas]
+    scores = {1.0: 0.5, 100.0: 0.9}  # the upper edge wins
+    records = [_record(c, scores.get(c.lam, 0.4)) for c in runs]
+    added = exp.extend_grids(records)
+    assert [c.lam for c in added if c.method == "ewc"] == [1000.0]
+    assert group.lambdas == (1.0, 100.0, 1000.0)
+    assert exp.groups[0].lambdas == (0.0,)  # baseline: nothing to extend
+    # l2's grid has one value: it is both edges, so it grows both ways
+    assert exp.groups[1].lambdas == (0.01, 0.1, 1.0)
+    records += [_record(c, 0.7) for c in added]  # 1000 is worse: 100 is now interior
+    again = exp.extend_grids(records)
+    assert all(c.method != "ewc" for c in again)
+
+
+def test_extend_settings_are_validated():
+    with pytest.raises(ValueError, match="extend must be an integer >= 0"):
+        parse_experiment({**TINY, "extend": -1})
+    with pytest.raises(ValueError, match="extend_factor must be a number > 1"):
+        parse_experiment({**TINY, "extend_factor": 1})
