@@ -33,6 +33,8 @@ from estimators import (
 )
 
 CHUNK = 256
+EIGH_MAX = 3000
+"""Largest Gram matrix decomposed in full; beyond it, ``eigsh`` finds the top eigenpairs."""
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +53,7 @@ def frobenius_sq(c: Curvature) -> float:
         )
         return blocks + float(_f64(c.rest_diag).square().sum())
     if isinstance(c, DenseCurvature):
-        return float(_f64(c.matrix).square().sum())
+        return float(torch.linalg.vector_norm(c.matrix.reshape(-1), dtype=torch.float64)) ** 2
     if isinstance(c, LowRankCurvature):
         return _gram_frobenius_sq(c.factor)
     raise TypeError(f"no Frobenius norm for {type(c).__name__}")
@@ -87,18 +89,53 @@ def inner(a: Curvature, b: Curvature) -> float:
                 rows = u[start : start + CHUNK]
                 total += float((_f64(x.matmat(rows.T.contiguous())) * _f64(rows.T)).sum())
             return total
+    if isinstance(a, KFACCurvature) and isinstance(b, KFACCurvature) and _same_blocks(a, b):
+        blocks = sum(
+            float((_f64(x.G) * _f64(y.G)).sum()) * float((_f64(x.A) * _f64(y.A)).sum())
+            for x, y in zip(a.blocks, b.blocks, strict=True)
+        )
+        return blocks + float((_f64(a.rest_diag) * _f64(b.rest_diag)).sum())
+    if isinstance(a, DenseCurvature) and isinstance(b, DenseCurvature):
+        return float((a.matrix * b.matrix).sum(dtype=torch.float64))
+    if isinstance(a, DenseCurvature):  # read the dense one, multiply the other
+        a, b = b, a
+    if isinstance(a, KFACCurvature) and isinstance(b, DenseCurvature):
+        return _kfac_dense_inner(a, b.matrix)
+    dense_b = b.matrix if isinstance(b, DenseCurvature) else None
     total, p = 0.0, a.numel
     for start in range(0, p, CHUNK):  # columns of both, a block at a time
         stop = min(p, start + CHUNK)
         eye = torch.zeros(p, stop - start, dtype=a.layout.dtype, device=a.layout.device)
         eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
-        total += float((_f64(a.matmat(eye)) * _f64(b.matmat(eye))).sum())
+        other = dense_b[:, start:stop] if dense_b is not None else b.matmat(eye)
+        total += float((a.matmat(eye) * other).sum(dtype=torch.float64))
     return total
 
 
-def relative_frobenius_error(approx: Curvature, ref: Curvature) -> float:
-    r""":math:`\|\hat F - F\|_F / \|F\|_F`."""
-    ref_sq = frobenius_sq(ref)
+def _same_blocks(a: KFACCurvature, b: KFACCurvature) -> bool:
+    """Same layers, same layout: then <G1 (x) A1, G2 (x) A2> = <G1, G2><A1, A2> block by block."""
+    return [(x.weight, x.bias) for x in a.blocks] == [(y.weight, y.bias) for y in b.blocks] and (
+        torch.equal(a.rest_index.cpu(), b.rest_index.cpu())
+    )
+
+
+def _kfac_dense_inner(k: KFACCurvature, m: torch.Tensor) -> float:
+    r""":math:`\langle G \otimes A, M_{bb}\rangle = \sum G_{ac} A_{bd} M_{(a,b),(c,d)}`."""
+    total = 0.0
+    for blk in k.blocks:
+        idx = blk.flat_index().to(m.device)
+        d_out, d_a = blk.G.shape[0], blk.A.shape[0]
+        sub = m[idx][:, idx].reshape(d_out, d_a, d_out, d_a).double()
+        total += float(torch.einsum("ac,bd,abcd->", blk.G.double(), blk.A.double(), sub))
+    rest = k.rest_index.to(m.device)
+    return total + float((_f64(k.rest_diag) * _f64(m[rest, rest])).sum())
+
+
+def relative_frobenius_error(
+    approx: Curvature, ref: Curvature, ref_sq: float | None = None
+) -> float:
+    r""":math:`\|\hat F - F\|_F / \|F\|_F` (pass ``ref_sq`` = :math:`\|F\|_F^2` to reuse it)."""
+    ref_sq = frobenius_sq(ref) if ref_sq is None else ref_sq
     diff_sq = frobenius_sq(approx) - 2 * inner(approx, ref) + ref_sq
     return math.sqrt(max(diff_sq, 0.0) / ref_sq)
 
@@ -136,8 +173,13 @@ def top_eigen(c: Curvature, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         u = _f64(c.factor.detach().cpu())
         gram = (u @ u.T).numpy()
         k = min(k, gram.shape[0])
-        vals, w = np.linalg.eigh(gram)
-        vals, w = vals[::-1][:k], w[:, ::-1][:, :k]
+        if gram.shape[0] <= EIGH_MAX:
+            vals, w = np.linalg.eigh(gram)
+            vals, w = vals[::-1][:k], w[:, ::-1][:, :k]
+        else:
+            vals, w = eigsh(gram, k=k, which="LA")
+            order = np.argsort(vals)[::-1]
+            vals, w = vals[order], w[:, order]
         vecs = u.T.numpy() @ w / np.sqrt(np.maximum(vals, 1e-300))
         return np.maximum(vals, 0.0), vecs
     vals, vecs = eigsh(c.as_linear_operator(), k=k, which="LA")

@@ -46,22 +46,22 @@ class KroneckerBlock:
         """``(d_out, d_in)`` of the weight matrix (without the bias column)."""
         return self.G.shape[0], self.A.shape[0] - (self.bias is not None)
 
-    def gather(self, m: torch.Tensor) -> torch.Tensor:
-        r"""Columns of flat ``m`` ``[P, k]`` as matrices :math:`[\Delta W | \Delta b]`."""
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        r"""Flat vectors ``rows`` ``[k, P]`` as matrices :math:`[\Delta W | \Delta b]`."""
         d_out, d_in = self.shape
-        k = m.shape[1]
-        w = m[self.weight].T.reshape(k, d_out, d_in)
+        k = rows.shape[0]
+        w = rows[:, self.weight].reshape(k, d_out, d_in)
         if self.bias is None:
             return w
-        return torch.cat([w, m[self.bias].T.reshape(k, d_out, 1)], dim=2)
+        return torch.cat([w, rows[:, self.bias].reshape(k, d_out, 1)], dim=2)
 
     def scatter(self, r: torch.Tensor, out: torch.Tensor) -> None:
-        """Write matrices ``[k, d_out, d_in(+1)]`` back into flat ``out`` ``[P, k]``."""
+        """Write matrices ``[k, d_out, d_in(+1)]`` back into flat vectors ``out`` ``[k, P]``."""
         d_in = self.shape[1]
         k = r.shape[0]
-        out[self.weight] = r[:, :, :d_in].reshape(k, -1).T
+        out[:, self.weight] = r[:, :, :d_in].reshape(k, -1)
         if self.bias is not None:
-            out[self.bias] = r[:, :, d_in].T
+            out[:, self.bias] = r[:, :, d_in]
 
     def flat_index(self) -> torch.Tensor:
         """Flat positions of the block's entries in ``[W | b]`` row-major order."""
@@ -92,28 +92,29 @@ class KFACCurvature(Curvature):
         self.rest_diag = rest_diag
 
     def _matmat(self, m: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(m)
+        rows = m.T.contiguous()  # [k, P]: each block's entries are contiguous within a row
+        out = torch.empty_like(rows)
         for blk in self.blocks:
-            blk.scatter(blk.G @ blk.gather(m) @ blk.A, out)
-        out[self.rest_index] = self.rest_diag.unsqueeze(1) * m[self.rest_index]
-        return out
+            blk.scatter(blk.G @ blk.gather(rows) @ blk.A, out)
+        out[:, self.rest_index] = rows[:, self.rest_index] * self.rest_diag
+        return out.T
 
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
-        m = d.unsqueeze(1)
+        row = d.unsqueeze(0)
         total = torch.dot(self.rest_diag * d[self.rest_index], d[self.rest_index])
         for blk in self.blocks:
-            delta = blk.gather(m)[0]
+            delta = blk.gather(row)[0]
             total = total + ((blk.G @ delta) * (delta @ blk.A)).sum()
         return total
 
     def diagonal_flat(self) -> torch.Tensor:
         r""":math:`\operatorname{diag}(G)\operatorname{diag}(A)^\top` per block; the rest stored."""
-        out = torch.empty(self.numel, 1, dtype=self.layout.dtype, device=self.layout.device)
+        out = torch.empty(1, self.numel, dtype=self.layout.dtype, device=self.layout.device)
         for blk in self.blocks:
             outer = torch.outer(blk.G.diagonal(), blk.A.diagonal())
             blk.scatter(outer.unsqueeze(0), out)
-        out[self.rest_index, 0] = self.rest_diag
-        return out.squeeze(1)
+        out[0, self.rest_index] = self.rest_diag
+        return out.squeeze(0)
 
     def _dense(self) -> torch.Tensor:
         p = self.numel

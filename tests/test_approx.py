@@ -32,7 +32,9 @@ def all_kinds(model, x, y):
         "diag": estimators.make("diag-exact").fit(model, x, y),
         "kfac": estimators.make("kfac-exact").fit(model, x, y),
         "dense": estimators.make("full-exact", representation="dense").fit(model, x, y),
-        "factor": estimators.make("full-mc", representation="factor", mc_samples=2).fit(model, x, y),
+        "factor": estimators.make("full-mc", representation="factor", mc_samples=2).fit(
+            model, x, y
+        ),
     }
 
 
@@ -52,7 +54,9 @@ def test_relative_error_matches_dense(setup):
     ref = kinds["dense"]
     for a in kinds.values():
         expected = float((dense(a) - dense(ref)).norm() / dense(ref).norm())
-        assert approx.relative_frobenius_error(a, ref) == pytest.approx(expected, rel=1e-8, abs=1e-7)
+        assert approx.relative_frobenius_error(a, ref) == pytest.approx(
+            expected, rel=1e-8, abs=1e-7
+        )
 
 
 def test_diagonal_reference_makes_diag_exact(setup):
