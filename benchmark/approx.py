@@ -170,8 +170,9 @@ def top_eigen(c: Curvature, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         vecs[idx.numpy(), np.arange(k)] = 1.0
         return d[idx].numpy(), vecs
     if isinstance(c, LowRankCurvature):
-        u = _f64(c.factor.detach().cpu())
-        gram = (u @ u.T).numpy()
+        u = c.factor.detach().cpu()
+        gram = _f64(u @ u.T).numpy()  # in the factor's dtype: float32 halves the cost
+        u = _f64(u)
         k = min(k, gram.shape[0])
         if gram.shape[0] <= EIGH_MAX:
             vals, w = np.linalg.eigh(gram)
