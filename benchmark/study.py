@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import eigsh
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -59,6 +60,8 @@ class StudyConfig:
     data: str = "real"
     root: str | None = None
     model: str = "mlp-16"
+    extra_models: tuple[str, ...] = ("cnn",)
+    extra_n_ref: int = 300
     epochs: int = 1
     n_ref: int = 1000
     n_grid: tuple[int, ...] = (100, 300, 1000)
@@ -80,6 +83,7 @@ class StudyConfig:
 
 QUICK = {
     "n_ref": 20,
+    "extra_n_ref": 10,
     "n_grid": (10, 20),
     "seeds": (0, 1),
     "mc_grid": (1, 8),
@@ -217,12 +221,19 @@ def _directions(layout: ParamLayout, k: int) -> torch.Tensor:
 
 
 # -- parts --------------------------------------------------------------------------------------
-def ground_truth(cfg: StudyConfig, trained: Trained, bar: Callable[[str], None]) -> dict[str, Any]:
-    """Part A: every estimator against the dense full-exact Fisher on the same inputs."""
-    x, y = subset(trained, cfg.n_ref, 0)
+def ground_truth(
+    cfg: StudyConfig, trained: Trained, model: str, n_ref: int, bar: Callable[[str], None]
+) -> dict[str, Any]:
+    """Part A: every estimator against the exact Fisher (its exact factor) on the same inputs."""
+    x, y = subset(trained, n_ref, 0)
     ref, ref_seconds = fit("full-exact", trained.model, x, y, 0)  # the exact factor: F = U^T U
-    bar("reference")
-    ref_vals, ref_vecs = approx.top_eigen(ref, cfg.top_k)
+    bar(f"{model} reference")
+    start = time.perf_counter()
+    ref_vals, ref_vecs = approx.top_eigen(ref, cfg.top_k)  # through the Gram matrix U U^T
+    gram_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    eigsh(ref.as_linear_operator(), k=cfg.top_k, which="LA", return_eigenvectors=False)
+    operator_seconds = time.perf_counter() - start
     reference = Reference.of(ref)
     dirs = _directions(trained.layout, cfg.directions)
     rows, spectra, curvs = [], {"full-exact (reference)": ref_vals.tolist()}, {"full-exact": ref}
@@ -233,9 +244,9 @@ def ground_truth(cfg: StudyConfig, trained: Trained, bar: Callable[[str], None])
         vals, vecs = approx.top_eigen(curv, cfg.top_k)
         row = {
             "part": "ground-truth",
-            "model": cfg.model,
+            "model": model,
             "estimator": name,
-            "n_inputs": cfg.n_ref,
+            "n_inputs": n_ref,
             "seed": 0,
         }
         row.update(compare(curv, reference, trained.drift, dirs))
@@ -249,7 +260,7 @@ def ground_truth(cfg: StudyConfig, trained: Trained, bar: Callable[[str], None])
         spectra[name] = vals.tolist()
         if name in ("kfac-exact", "diag-exact"):
             curvs[name] = curv
-        bar(name)
+        bar(f"{model} {name}")
     blocks = layer_blocks(trained.model, trained.layout)
     return {
         "rows": rows,
@@ -257,6 +268,8 @@ def ground_truth(cfg: StudyConfig, trained: Trained, bar: Callable[[str], None])
         "off_block_share": approx.off_block_share(ref, blocks),
         "block_images": last_layer_images(curvs, blocks[-1]),
         "parameters": trained.layout.numel,
+        "reference_rows": ref.factor.shape[0],
+        "spectrum_seconds": {"gram": gram_seconds, "operator": operator_seconds},
         "reference": reference,
     }
 
@@ -372,7 +385,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     """All parts; returns rows and figure data with provenance."""
     started, t0 = provenance.now(), time.perf_counter()
     provenance.pin_git_sha()
-    total = 2 + len(ALL) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS) + len(ALL) + 1
+    models = (cfg.model, *cfg.extra_models)
+    total = len(models) * (2 + len(ALL)) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS)
+    total += len(ALL) + 1
     progress = tqdm(total=total, desc="study", unit="step")
 
     def bar(label: str) -> None:
@@ -381,8 +396,16 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
     small = train(cfg, cfg.model, cfg.epochs)
     bar(f"trained {cfg.model}")
-    part_a = ground_truth(cfg, small, bar)
-    rows = part_a["rows"] + convergence(cfg, small, part_a.pop("reference"), bar)
+    truth = {cfg.model: ground_truth(cfg, small, cfg.model, cfg.n_ref, bar)}
+    rows = truth[cfg.model]["rows"] + convergence(
+        cfg, small, truth[cfg.model].pop("reference"), bar
+    )
+    for extra in cfg.extra_models:
+        trained = train(cfg, extra, cfg.epochs)
+        bar(f"trained {extra}")
+        truth[extra] = ground_truth(cfg, trained, extra, cfg.extra_n_ref, bar)
+        truth[extra].pop("reference")
+        rows += truth[extra]["rows"]
     tutorial = train(cfg, "tutorial-mlp", cfg.tutorial_epochs)
     bar("trained tutorial-mlp")
     rows += batched_bias(cfg, tutorial)
@@ -391,10 +414,11 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     return {
         "config": cfg.to_dict(),
         "rows": rows,
-        "spectra": part_a["spectra"],
-        "block_images": part_a["block_images"],
-        "off_block_share": part_a["off_block_share"],
-        "parameters": {cfg.model: part_a["parameters"], "tutorial-mlp": tutorial.layout.numel},
+        "ground_truth": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in truth.items()},
+        "parameters": {
+            **{m: t["parameters"] for m, t in truth.items()},
+            "tutorial-mlp": tutorial.layout.numel,
+        },
         "provenance": {
             **provenance.machine(),
             "git_sha": provenance.git_sha(),

@@ -116,10 +116,11 @@ def outcomes(
 
 
 # -- markdown ------------------------------------------------------------------------------------
-def ground_truth_section(study: dict[str, Any]) -> str:
-    """Part A: every estimator against the dense exact Fisher."""
-    rows = _part(study["rows"], "ground-truth")
+def ground_truth_section(study: dict[str, Any], model: str) -> str:
+    """Part A for one model: every estimator against the exact Fisher."""
+    rows = [r for r in _part(study["rows"], "ground-truth") if r["model"] == model]
     cfg = study["config"]
+    truth = study["ground_truth"][model]
     body = [
         [
             r["estimator"],
@@ -147,28 +148,40 @@ def ground_truth_section(study: dict[str, Any]) -> str:
         "fit (ms)",
         "bytes",
     ]
-    p = study["parameters"][cfg["model"]]
+    n = rows[0]["n_inputs"] if rows else 0
+    spec = truth["spectrum_seconds"]
     return "\n\n".join(
         [
-            f"## A. Ground truth: `{cfg['model']}` ({p:,} parameters), exact dense Fisher",
-            f"The reference F is `full-exact` (dense) on {cfg['n_ref']:,} MNIST training inputs "
-            "at the "
-            f"end of task A (MNIST, {cfg['epochs']} epoch(s), seed 0); every estimator is fitted "
-            "on the same "
-            "inputs. *Relative Frobenius error* is ‖F̂ − F‖/‖F‖; the *scale-free error* is the "
-            "same "
-            "after the best rescaling of F̂ (min over s of ‖sF̂ − F‖/‖F‖ = √(1 − cos²)), which is "
-            "what "
-            "matters once lambda is tuned; *drift penalty error* is (δᵀF̂δ − δᵀFδ)/δᵀFδ on the "
-            "real drift "
-            "δ = θ_B − θ_A of the same network trained on FashionMNIST next without a penalty; the "
-            f"random-direction error is the mean absolute error over {cfg['directions']} Gaussian "
-            "directions.",
+            f"### `{model}` ({truth['parameters']:,} parameters), {n:,} inputs",
             _table(header, body),
-            "Off-diagonal layer blocks (what any block-diagonal approximation, KFAC included, "
-            "drops) "
-            f"hold {100 * study['off_block_share']:.1f}% of ‖F‖²_F (a relative Frobenius error of "
-            f"{np.sqrt(study['off_block_share']):.3f} on their own).",
+            f"The exact Fisher here is stored as its factor U ({truth['reference_rows']:,} rows: "
+            f"{n:,} inputs x 10 classes), F = UᵀU. Its off-diagonal layer blocks (what any "
+            f"block-diagonal approximation, KFAC included, drops) hold "
+            f"{100 * truth['off_block_share']:.1f}% of ‖F‖²_F: a relative Frobenius error of "
+            f"{np.sqrt(truth['off_block_share']):.3f} on their own. The top {cfg['top_k']} "
+            f"eigenvalues took {spec['gram']:.2f} s through the Gram matrix UUᵀ and "
+            f"{spec['operator']:.2f} s with eigsh on F as a {truth['parameters']:,}-dimensional "
+            "operator (same values).",
+        ]
+    )
+
+
+def ground_truth_intro(study: dict[str, Any]) -> str:
+    """What part A measures."""
+    cfg = study["config"]
+    return "\n\n".join(
+        [
+            "## A. Ground truth: every estimator against the exact Fisher",
+            "Small models trained through the harness on MNIST (task A, "
+            f"{cfg['epochs']} epoch(s), seed 0); the reference F is `full-exact` on MNIST training "
+            "inputs at the end of task A; every estimator is fitted on the same inputs. *Relative "
+            "Frobenius error* is ‖F̂ − F‖/‖F‖; the *scale-free error* is the same after the best "
+            "rescaling of F̂ (min over s of ‖sF̂ − F‖/‖F‖ = √(1 − cos²)), which is what matters "
+            "once lambda is tuned; *drift penalty error* is (δᵀF̂δ − δᵀFδ)/δᵀFδ on the real "
+            "drift δ = θ_B − θ_A of the same network trained on FashionMNIST next without a "
+            f"penalty; the random-direction error is the mean absolute error over "
+            f"{cfg['directions']} Gaussian directions. The identity's errors compare I with F "
+            "(its scale-free error is what l2 can hope for).",
         ]
     )
 
@@ -304,20 +317,20 @@ def tutorial_section(study: dict[str, Any], outcome: dict[str, dict[str, float]]
 
 
 def render(
-    study: dict[str, Any], outcome: dict[str, dict[str, float]], figures: Sequence[tuple[str, str]]
+    study: dict[str, Any],
+    outcome: dict[str, dict[str, float]],
+    figures: Sequence[tuple[str, str]],
 ) -> str:
     """The whole STUDY.md."""
     prov = study["provenance"]
     head = "\n".join(
         [
-            "# Full vs KFAC vs diagonal: how good is each Fisher approximation, and does it "
-            "matter?",
+            "# Full vs KFAC vs diagonal: how good is each Fisher approximation, does it matter?",
             "",
             f"- Command: `{prov.get('command', '')}`",
             f"- Machine: {prov.get('platform', '')}; CPU: {prov.get('cpu', '')} "
-            f"({prov.get('cores', '?')} cores); "
-            f"torch threads {prov.get('torch_threads', '?')}; Python {prov.get('python', '')}, "
-            f"torch {prov.get('torch', '')}; "
+            f"({prov.get('cores', '?')} cores); torch threads {prov.get('torch_threads', '?')}; "
+            f"Python {prov.get('python', '')}, torch {prov.get('torch', '')}; "
             f"git {prov.get('git_sha', '')}",
             f"- Started {study['started']}, finished {study['finished']} "
             f"({study['duration_seconds'] / 60:.1f} min)",
@@ -325,20 +338,65 @@ def render(
         ]
     )
     figs = "\n\n".join(f"![{caption}]({path})\n\n*{caption}*" for path, caption in figures)
-    return (
-        "\n\n".join(
-            [
-                head,
-                ground_truth_section(study),
-                convergence_section(study),
-                batched_section(study),
-                tutorial_section(study, outcome),
-                "## Figures",
-                figs,
-            ]
-        )
-        + "\n"
+    parts = [head, findings(study, outcome), ground_truth_intro(study)]
+    parts += [ground_truth_section(study, m) for m in study["ground_truth"]]
+    parts += [convergence_section(study), batched_section(study), tutorial_section(study, outcome)]
+    return "\n\n".join([*parts, "## Figures", figs]) + "\n"
+
+
+def _row(rows: Sequence[dict[str, Any]], part: str, name: str, model: str | None = None) -> dict:
+    for r in rows:
+        if r["part"] == part and r["estimator"] == name and (model is None or r["model"] == model):
+            return r
+    return {}
+
+
+def findings(study: dict[str, Any], outcome: dict[str, dict[str, float]]) -> str:
+    """The main findings, as sentences with this run's numbers."""
+    from scipy.stats import spearmanr
+
+    rows, cfg = study["rows"], study["config"]
+    model = cfg["model"]
+    truth = study["ground_truth"][model]
+    diag, kfac = (
+        _row(rows, "ground-truth", "diag-exact", model),
+        _row(rows, "ground-truth", "kfac-exact", model),
     )
+    lines = ["## Findings", ""]
+    if diag and kfac:
+        lines.append(
+            f"- Structure ({model}): the exact diagonal misses {100 * diag['rel_frobenius']:.0f}% "
+            f"of F's Frobenius norm (relative error {diag['rel_frobenius']:.2f}) although its "
+            f"trace is exact; KFAC misses {100 * kfac['rel_frobenius']:.0f}%, of which the "
+            f"cross-layer blocks it ignores alone account for "
+            f"{np.sqrt(truth['off_block_share']):.2f}. After the best rescaling (what a tuned "
+            f"lambda does) the errors are "
+            f"{diag['scale_free_error']:.2f} and {kfac['scale_free_error']:.2f}."
+        )
+        lines.append(
+            f"- The penalty where it matters: on the real drift of task B, diag-exact's "
+            f"δᵀF̂δ is off by {100 * diag['drift_penalty_error']:+.0f}% and KFAC's by "
+            f"{100 * kfac['drift_penalty_error']:+.0f}%."
+        )
+    batched = {r["batch_size"]: r["ratio_to_empirical"] for r in _part(rows, "batched-bias")}
+    if 100 in batched:
+        lines.append(
+            f"- The tutorial's batched estimator at batch 100 is {batched[100]:.4f} times the "
+            f"per-input empirical Fisher (about 1/batch size), so its lambda = 100,000 is "
+            f"lambda ≈ {TUTORIAL_LAMBDA * batched[100]:,.0f} on the per-input scale."
+        )
+    tut = [r for r in _part(rows, "tutorial") if r["estimator"] in outcome]
+    if len(tut) >= 3:
+        rho, p = spearmanr(
+            [r["scale_free_error"] for r in tut],
+            [outcome[r["estimator"]]["forgetting"] for r in tut],
+        )
+        lines.append(
+            f"- Does better curvature buy less forgetting? Across {len(tut)} estimators on the "
+            f"tutorial sequence, Spearman's rho between the scale-free error of F̂ and forgetting "
+            f"at the validation-chosen lambda is {rho:+.2f} (p = {p:.2g})."
+        )
+    return "\n".join(lines)
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -351,11 +409,11 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def plot_blocks(study: dict[str, Any], path: Path) -> None:
+def plot_blocks(study: dict[str, Any], model: str, path: Path) -> None:
     """The last layer's Fisher block: exact full, KFAC, diagonal, on one colour scale."""
     from matplotlib.colors import SymLogNorm
 
-    images = study["block_images"]
+    images = study["ground_truth"][model]["block_images"]
     order = [n for n in ("full-exact", "kfac-exact", "diag-exact") if n in images]
     arrays = [np.asarray(images[n]) for n in order]
     vmax = max(float(np.abs(a).max()) for a in arrays)
@@ -370,24 +428,22 @@ def plot_blocks(study: dict[str, Any], path: Path) -> None:
     fig.colorbar(
         im, ax=list(np.atleast_1d(axes)), shrink=0.8, label="Fisher entry (symmetric log scale)"
     )
-    fig.suptitle(
-        f"Last layer's block of F ({arrays[0].shape[0]} parameters), {study['config']['model']}"
-    )
+    fig.suptitle(f"Last layer's block of F ({arrays[0].shape[0]} parameters), {model}")
     fig.savefig(path, dpi=110)
 
 
-def plot_spectra(study: dict[str, Any], path: Path) -> None:
+def plot_spectra(study: dict[str, Any], model: str, path: Path) -> None:
     """Top-k eigenvalues of F and of each approximation, log scale."""
     fig = _figure(8, 5)
     ax = fig.subplots()
-    for name, vals in study["spectra"].items():
+    for name, vals in study["ground_truth"][model]["spectra"].items():
         v = np.asarray(vals, dtype=float)
         style = {"color": "black", "linewidth": 2.5} if "reference" in name else {"linewidth": 1.2}
         ax.plot(np.arange(1, len(v) + 1), np.maximum(v, 1e-12), marker=".", label=name, **style)
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue rank")
     ax.set_ylabel("eigenvalue")
-    ax.set_title(f"Top eigenvalues of F and its approximations ({study['config']['model']})")
+    ax.set_title(f"Top eigenvalues of F and its approximations ({model})")
     ax.legend(fontsize=7, ncols=2)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
@@ -478,18 +534,24 @@ def write_study(study: dict[str, Any], out_dir: Path, results: str | None = None
     figs.mkdir(exist_ok=True)
     outcome = outcomes(results)
     figures = []
+    for model in study["ground_truth"]:
+        for kind, fn, caption in (
+            (
+                "blocks",
+                plot_blocks,
+                "the last layer's block of the Fisher: exact full, KFAC and "
+                "diagonal on one colour scale",
+            ),
+            (
+                "spectra",
+                plot_spectra,
+                "top eigenvalues of the exact Fisher (black) and of each approximation",
+            ),
+        ):
+            name = f"study_{kind}_{model}.png"
+            fn(study, model, figs / name)
+            figures.append((f"figures/{name}", f"{model}: {caption}."))
     for name, fn, caption in (
-        (
-            "study_blocks.png",
-            plot_blocks,
-            "The last layer's block of the Fisher: exact full, KFAC and diagonal on one colour "
-            "scale.",
-        ),
-        (
-            "study_spectra.png",
-            plot_spectra,
-            "Top eigenvalues of the exact Fisher (black) and of each approximation.",
-        ),
         (
             "study_convergence.png",
             plot_convergence,
@@ -498,8 +560,8 @@ def write_study(study: dict[str, Any], out_dir: Path, results: str | None = None
         (
             "study_batched.png",
             plot_batched,
-            "The batched estimator's trace relative to the per-input empirical Fisher, by batch "
-            "size.",
+            "The batched estimator's trace relative to the "
+            "per-input empirical Fisher, by batch size.",
         ),
     ):
         fn(study, figs / name)
