@@ -675,6 +675,19 @@ def record_shas(runs: Sequence[Run]) -> str:
     return ", ".join(f"{sha} ({n} runs)" for sha, n in sorted(counts.items()))
 
 
+def peak_memory_text(runs: Sequence[Run]) -> str:
+    """The largest peak resident memory of any run (runs go one per process slot)."""
+    peaks = [(r.record.peak_rss_mb, r) for r in runs if r.record.peak_rss_mb is not None]
+    if not peaks:
+        return "- Peak memory: not recorded"
+    mb, run = max(peaks, key=lambda p: p[0])
+    return (
+        f"- Peak memory: {mb:,.0f} MiB resident, the largest of any run "
+        f"({run.record.config['sequence']}, {run.label}); each run's peak is in "
+        "[runs.csv](runs.csv)"
+    )
+
+
 def provenance_section(
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
@@ -701,6 +714,7 @@ def provenance_section(
         f"- Records: {len(runs)} runs ({statuses['diverged']} diverged, {statuses['failed']} "
         f"failed); sequences {', '.join(sequences(runs))}; seeds "
         f"{', '.join(str(s) for s in seeds)}; git SHAs in the records: {record_shas(runs)}",
+        peak_memory_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
         f"validation split of seed {selection_seed}: the highest validation average accuracy, "
