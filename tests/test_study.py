@@ -56,8 +56,10 @@ def test_files(study, tmp_path):
     rows = list(csv.DictReader((tmp_path / "study.csv").open()))
     assert rows and tuple(rows[0]) == COLUMNS
     for name in (
-        "study_blocks.png",
-        "study_spectra.png",
+        "study_blocks_mlp-16.png",
+        "study_spectra_mlp-16.png",
+        "study_blocks_cnn.png",
+        "study_spectra_cnn.png",
         "study_convergence.png",
         "study_batched.png",
     ):
