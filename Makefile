@@ -12,8 +12,12 @@ export EWC_BENCH_DATA := $(DATA_ROOT)
 THREADS ?= 2
 export OMP_NUM_THREADS := $(THREADS)
 BENCH_JSON ?= reports/bench/estimators.json
+# Saved pytest-benchmark runs to compare against (one folder per machine id inside).
+BENCH_STORAGE ?= reports/bench/baseline
+# A benchmark whose median is this much slower than the baseline's fails `make bench-compare`.
+COMPARE_FAIL ?= median:25%
 
-.PHONY: help install test test-all bench timing reproduce reproduce-quick report study lint format clean
+.PHONY: help install test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report study lint format clean
 
 help:  ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,17 +41,33 @@ bench: install  ## pytest-benchmark timing suite; JSON saved under reports/bench
 	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only \
 		--benchmark-json=$(BENCH_JSON) -p no:cacheprovider
 
+bench-baseline: install  ## Run the suite and save it as this machine's baseline (BENCH_STORAGE).
+	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only -p no:cacheprovider \
+		--benchmark-storage=file://$(BENCH_STORAGE) --benchmark-save=baseline
+
+bench-compare: install  ## Run the suite against the saved baseline; fail on a regression (COMPARE_FAIL).
+	$(PY) -m benchmark.bench_baseline --storage $(BENCH_STORAGE)
+	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only -p no:cacheprovider \
+		--benchmark-storage=file://$(BENCH_STORAGE) --benchmark-compare \
+		--benchmark-compare-fail=$(COMPARE_FAIL) --benchmark-group-by=group
+
 timing: install  ## Estimator timing and peak-memory table -> reports/timing.md.
 	$(PY) -m benchmark timing --data-root $(DATA_ROOT) --out reports
 
 JOBS ?= 1
 RESULTS ?= results
 
-reproduce: install  ## Default protocol: sweep (resumable) + pipeline + report + study + timing -> reports/.
+reproduce: install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
 	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) \
 		--results $(RESULTS)/default --out reports --jobs $(JOBS)
 	$(MAKE) study
+
+costs: install  ## What each estimator costs: `make timing` then `make scaling` (run on an idle machine).
 	$(MAKE) timing
+	$(MAKE) scaling
+
+scaling: install  ## Cost vs N, width, depth, classes and past tasks; dense limit -> reports/scaling.md.
+	$(PY) -m benchmark scaling --results $(RESULTS)/default --out reports
 
 study: install  ## Approximation study (full vs KFAC vs diagonal) -> reports/STUDY.md, study.csv.
 	$(PY) -m benchmark study --data-root $(DATA_ROOT) --results $(RESULTS)/default --out reports

@@ -81,6 +81,13 @@ def inner(a: Curvature, b: Curvature) -> float:
             return y.scale * float(_f64(x.diagonal_flat()).sum())
         if isinstance(y, DiagCurvature):
             return float((_f64(x.diagonal_flat()) * _f64(y.diag)).sum())
+    if isinstance(a, LowRankCurvature) and isinstance(b, LowRankCurvature):
+        # tr(U_a^T U_a U_b^T U_b) = ||U_a U_b^T||_F^2: R_a R_b P flops, half of the general case
+        total = 0.0
+        for start in range(0, b.factor.shape[0], CHUNK):
+            rows = b.factor[start : start + CHUNK]
+            total += float(_f64(a.factor @ rows.T).square().sum())
+        return total
     for x, y in ((a, b), (b, a)):
         if isinstance(y, LowRankCurvature):
             u = y.factor

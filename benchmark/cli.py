@@ -27,6 +27,9 @@ Commands:
            the same run (the floor: one batched forward + backward; the naive per-input loop),
            with each fit's extra peak memory (fresh subprocess) and the EWC penalty's cost per
            training step; writes OUT/timing.json and OUT/timing.md.
+  scaling  fit time and memory vs N, width, depth and classes; penalty cost per step vs past
+           tasks (separate vs online); where the dense Fisher stops fitting; the time split of
+           a sweep's runs; writes OUT/scaling.json, OUT/scaling.md and figures.
 
 Run `python -m benchmark COMMAND --help` for a command's options."""
 
@@ -148,11 +151,90 @@ def add_timing_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="measure extra peak memory (one subprocess per row on CPU; default: on)",
     )
     p.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time BackPACK and nngeometry where installed (pip install -e '.[compare]'), "
+        "on the network without BatchNorm, and check their diagonals against ours (default: on)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="tiny run for tests: N=200, 1 repeat, 10 steps"
     )
     p.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run_timing_command, subparser=p)
     return p
+
+
+def add_scaling_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``scaling`` subcommand's parser."""
+    p = sub.add_parser(
+        "scaling",
+        help="cost vs N, width, depth, classes and past tasks -> OUT/scaling.md",
+        description="Scaling study on seeded synthetic inputs (no dataset needed); see "
+        "benchmark.scaling for what is measured and how.",
+        epilog="examples:\n  python -m benchmark scaling --results results/default --out reports\n"
+        "  python -m benchmark scaling --quick --out /tmp/scaling   # seconds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="a sweep's results folder, for the time split of whole runs (default: none)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (default auto: cuda when available)",
+    )
+    p.add_argument(
+        "--repeats", type=_positive_int, default=None, help="timed rounds per point (default 3)"
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch.set_num_threads (default: torch's)",
+    )
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure extra peak memory (one more call per row; default: on)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny configuration (tests, smoke runs)")
+    p.set_defaults(func=run_scaling_command, subparser=p)
+    return p
+
+
+def run_scaling_command(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> int:
+    """Run the scaling study; a bad configuration becomes an argparse-style error."""
+    from pathlib import Path
+
+    from . import scaling, scaling_report
+    from .timing import SetupError, resolve_device
+
+    try:
+        overrides = dict(
+            device=resolve_device(args.device),
+            threads=args.threads,
+            memory=args.memory,
+            results=args.results,
+            command=shlex.join(["python", "-m", "benchmark", *argv]),
+        )
+        if args.repeats is not None:
+            overrides["repeats"] = args.repeats
+        config = (
+            scaling.quick_config(**overrides) if args.quick else scaling.ScalingConfig(**overrides)
+        )
+        record = scaling.run_scaling(config)
+    except (scaling.ScalingError, SetupError) as err:
+        parser.error(str(err))
+    print(f"wrote {scaling_report.write_reports(record, Path(args.out))}")
+    return 0
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -169,6 +251,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_sweep_parsers(sub)
     add_timing_parser(sub)
+    add_scaling_parser(sub)
     return parser
 
 
@@ -192,6 +275,7 @@ def run_timing_command(
             penalty_steps=args.penalty_steps,
             quick=args.quick,
             synthetic=args.synthetic,
+            compare=args.compare,
             command=shlex.join(["python", "-m", "benchmark", *argv]),
         )
         record = timing.run_timing(config)

@@ -114,6 +114,8 @@ class TimingConfig:
         synthetic: random inputs of MNIST's shape instead of MNIST (tests).
         quick: the tiny test configuration was asked for.
         command: the command line, for the report.
+        compare: also time BackPACK and nngeometry (where installed) against ours
+            (``benchmark.compare``).
     """
 
     sizes: tuple[int, ...] = DEFAULT_SIZES
@@ -129,6 +131,7 @@ class TimingConfig:
     synthetic: bool = False
     quick: bool = False
     command: str = ""
+    compare: bool = True
 
 
 def check_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -176,6 +179,7 @@ def make_config(
     quick: bool = False,
     synthetic: bool = False,
     command: str = "",
+    compare: bool = True,
 ) -> TimingConfig:
     """Build a ``TimingConfig``; ``quick`` supplies tiny defaults that explicit values override.
 
@@ -208,6 +212,7 @@ def make_config(
         synthetic=synthetic,
         quick=quick,
         command=command,
+        compare=compare,
     )
 
 
@@ -885,6 +890,11 @@ def run_timing(config: TimingConfig) -> dict[str, Any]:
     sizes = [measure_size(config, n, model, inputs, targets, probe) for n in config.sizes]
     wanted = any(name in config.names for name, _ in PENALTY_ESTIMATORS)
     penalty = measure_penalty(config, model, inputs, targets) if wanted else None
+    compare = None
+    if config.compare:
+        from .compare import measure_compare
+
+        compare = measure_compare(min(config.sizes), inputs, targets, config.repeats, config.device)
     return {
         "schema": SCHEMA,
         "environment": environment(config, load_start),
@@ -903,6 +913,7 @@ def run_timing(config: TimingConfig) -> dict[str, Any]:
         },
         "sizes": sizes,
         "penalty": penalty,
+        "compare": compare,
     }
 
 
@@ -1137,6 +1148,9 @@ def render_markdown(record: dict[str, Any]) -> str:
     for size in record["sizes"]:
         lines += size_section(size, record["settings"])
     lines += penalty_section(record.get("penalty"))
+    from .compare import compare_section
+
+    lines += compare_section(record.get("compare"))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

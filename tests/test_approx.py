@@ -35,6 +35,9 @@ def all_kinds(model, x, y):
         "factor": estimators.make("full-mc", representation="factor", mc_samples=2).fit(
             model, x, y
         ),
+        "factor-empirical": estimators.make("full-empirical", representation="factor").fit(
+            model, x, y
+        ),
     }
 
 

@@ -144,6 +144,57 @@ RECORD = {
             },
         ],
     },
+    "compare": {
+        "n": 1000,
+        "model": "mlp 784-100-100-10 (no BatchNorm)",
+        "parameters": 89610,
+        "versions": {"backpack": "1.7.1", "nngeometry": None},
+        "missing": "not installed: nngeometry; their rows are skipped "
+        "(install with `pip install -e '.[compare]'`)",
+        "floor": {"name": "floor", "status": "ok", "median_s": 0.004},
+        "rows": [
+            {
+                "name": "diag-exact",
+                "library": "ewc-bench",
+                "method": "diag-exact",
+                "ours": "diag-exact",
+                "status": "ok",
+                "median_s": 0.012,
+                "x_floor": 3.0,
+            },
+            {
+                "name": "backpack DiagGGNExact",
+                "library": "backpack",
+                "method": "DiagGGNExact",
+                "ours": "diag-exact",
+                "status": "ok",
+                "median_s": 0.02,
+                "x_floor": 5.0,
+                "against": "diag-exact",
+                "rel_diff": 1.5e-7,
+            },
+            {
+                "name": "backpack KFLR",
+                "library": "backpack",
+                "method": "KFLR",
+                "ours": "kfac-exact",
+                "status": "ok",
+                "median_s": 0.03,
+                "x_floor": 7.5,
+                "against": "kfac-exact",
+                "rel_diff": None,
+                "error": "ValueError: diagonals differ in size: 10 vs 12",
+            },
+            {
+                "name": "backpack KFAC (1 sample)",
+                "library": "backpack",
+                "method": "KFAC (1 sample)",
+                "ours": "kfac-mc",
+                "status": "error",
+                "message": "RuntimeError: unsupported module",
+            },
+        ],
+    },
 }
 
 

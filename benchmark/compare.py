@@ -1,0 +1,336 @@
+r"""The libraries users already know, timed beside ours and checked against ours.
+
+Optional extra: ``pip install -e '.[compare]'`` (backpack-for-pytorch, nngeometry). Without it,
+``measure_compare`` returns the rows as skipped, saying which package is missing.
+
+Network: the tutorial network **without BatchNorm** (MLP 784-100-100-10, ReLU): BackPACK's
+second-order extensions and nngeometry's layer collection do not support BatchNorm in eval mode
+the way our estimators do (ours replace it by its elementwise affine map), so every row of this
+table, ours included, runs on the plain MLP.
+
+What is compared (F is the mean over the N inputs of per-input Fisher matrices, as in ours):
+
+============================  ==================  ================================================
+theirs                        ours                conversion
+============================  ==================  ================================================
+BackPACK SumGradSquared       diag-empirical      x N (BackPACK's loss is the batch mean, so its
+                                                  individual gradients carry a 1/N)
+BackPACK DiagGGNExact         diag-exact          none (GGN = Fisher for softmax cross-entropy)
+BackPACK DiagGGNMC (1)        diag-mc             none; sampled, compared against diag-exact
+BackPACK KFLR                 kfac-exact          diag(G) x diag(A) per layer, bias from G
+BackPACK KFAC (1 sample)      kfac-mc             as KFLR; sampled, compared against kfac-exact
+nngeometry FIM PMatDiag       diag-exact          none
+nngeometry FIM PMatKFAC       kfac-exact          ``get_diag()``
+============================  ==================  ================================================
+
+Agreement is the relative difference of the diagonals, :math:`\|d - d_{ours}\| / \|d_{ours}\|`
+(for the KFAC rows, the diagonal of the Kronecker approximation: a check of both factors and their
+normalisation, not of the off-diagonal entries). Sampled rows are compared against the exact
+quantity they estimate, so they differ by sampling noise, O(1/sqrt(N)).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import estimators
+
+from .models import mlp
+
+LIBRARIES = {"backpack": "backpack-for-pytorch", "nngeometry": "nngeometry"}
+EXACT_OF = {
+    "diag-empirical": "diag-empirical",
+    "diag-mc": "diag-exact",
+    "kfac-mc": "kfac-exact",
+}
+"""The ours-row a sampled row is checked against (default: the row's own ``ours``)."""
+
+
+@dataclass(frozen=True)
+class External:
+    """One external method: its library, label, our counterpart and a ``fn(model, x, y)``."""
+
+    library: str
+    label: str
+    ours: str
+    sampled: bool
+    fit: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def versions() -> dict[str, str | None]:
+    """The installed version of each library, None when it is missing."""
+    out: dict[str, str | None] = {}
+    for module in LIBRARIES:
+        try:
+            out[module] = getattr(importlib.import_module(module), "__version__", "installed")
+        except ImportError:
+            out[module] = None
+    return out
+
+
+def plain_network(device: str) -> nn.Module:
+    """MLP 784-100-100-10 without BatchNorm, seeded, eval mode."""
+    torch.manual_seed(0)
+    return mlp(hidden=100, depth=2).to(device).eval()
+
+
+# -- BackPACK ----------------------------------------------------------------------------------
+
+
+def _backpack(extension: Callable[[], Any], field: str, scale_by_n: bool = False) -> Callable:
+    """A fit function: one backward with a BackPACK extension; the flat diagonal."""
+
+    def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from backpack import backpack, extend
+
+        net = extend(copy.deepcopy(model))
+        loss = extend(nn.CrossEntropyLoss())(net(x), y)
+        with backpack(extension()):
+            loss.backward()
+        parts = [getattr(p, field) for p in net.parameters()]
+        if field in ("kflr", "kfac"):
+            parts = [
+                kron_diagonal(f, p.shape) for f, p in zip(parts, net.parameters(), strict=True)
+            ]
+        flat = torch.cat([t.reshape(-1) for t in parts])
+        return flat * x.shape[0] if scale_by_n else flat
+
+    return fit
+
+
+def kron_diagonal(factors: list[torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """Diagonal of BackPACK's Kronecker factors: ``[G, A]`` (weight) or ``[G]`` (bias)."""
+    if len(factors) == 1:
+        return torch.diagonal(factors[0])
+    g, a = factors
+    return (torch.diagonal(g)[:, None] * torch.diagonal(a)[None, :]).reshape(shape)
+
+
+def backpack_methods() -> list[External]:
+    """BackPACK's equivalents of our diag and KFAC estimators."""
+    from backpack import extensions as ext
+
+    return [
+        External(
+            "backpack",
+            "SumGradSquared",
+            "diag-empirical",
+            False,
+            _backpack(ext.SumGradSquared, "sum_grad_squared", True),
+        ),
+        External(
+            "backpack",
+            "DiagGGNExact",
+            "diag-exact",
+            False,
+            _backpack(ext.DiagGGNExact, "diag_ggn_exact"),
+        ),
+        External(
+            "backpack",
+            "DiagGGNMC (1 sample)",
+            "diag-mc",
+            True,
+            _backpack(lambda: ext.DiagGGNMC(mc_samples=1), "diag_ggn_mc"),
+        ),
+        External("backpack", "KFLR", "kfac-exact", False, _backpack(ext.KFLR, "kflr")),
+        External(
+            "backpack",
+            "KFAC (1 sample)",
+            "kfac-mc",
+            True,
+            _backpack(lambda: ext.KFAC(mc_samples=1), "kfac"),
+        ),
+    ]
+
+
+# -- nngeometry --------------------------------------------------------------------------------
+
+
+def _nngeometry(representation: str) -> Callable:
+    """A fit function: nngeometry's closed-form classification FIM; the flat diagonal."""
+
+    def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from nngeometry import object as objects
+        from nngeometry.metrics import FIM
+        from torch.utils.data import DataLoader, TensorDataset
+
+        net = copy.deepcopy(model)  # nngeometry leaves hooks on the model it is given
+        loader = DataLoader(TensorDataset(x, y), batch_size=min(len(x), 500))
+        fim = FIM(net, loader, getattr(objects, representation), variant="classif_logits")
+        return fim.get_diag()
+
+    return fit
+
+
+def nngeometry_methods() -> list[External]:
+    """The nngeometry equivalents of our diag-exact and kfac-exact."""
+    return [
+        External("nngeometry", "FIM PMatDiag", "diag-exact", False, _nngeometry("PMatDiag")),
+        External("nngeometry", "FIM PMatKFAC", "kfac-exact", False, _nngeometry("PMatKFAC")),
+    ]
+
+
+def external_methods(available: dict[str, str | None]) -> list[External]:
+    """Every external method whose library is installed."""
+    methods: list[External] = []
+    if available.get("backpack"):
+        methods += backpack_methods()
+    if available.get("nngeometry"):
+        methods += nngeometry_methods()
+    return methods
+
+
+# -- agreement ---------------------------------------------------------------------------------
+
+
+def our_diagonal(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The flat diagonal of our estimator ``name`` (layout: ``named_parameters`` order)."""
+    curvature = estimators.make(name).fit(model, x, y)
+    return torch.cat([d.reshape(-1) for d in curvature.diagonal().values()])
+
+
+def relative_difference(theirs: torch.Tensor, ours: torch.Tensor) -> float:
+    r""":math:`\|d - d_{ours}\| / \|d_{ours}\|` in float64."""
+    theirs, ours = theirs.double().flatten(), ours.double().flatten()
+    if theirs.shape != ours.shape:
+        raise ValueError(f"diagonals differ in size: {theirs.numel()} vs {ours.numel()}")
+    return float((theirs - ours).norm() / ours.norm())
+
+
+def agreement(
+    method: External, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cache: dict
+) -> dict[str, Any]:
+    """The relative difference of ``method``'s diagonal from ours (or the error it raised)."""
+    against = EXACT_OF.get(method.ours, method.ours)
+    if against not in cache:
+        cache[against] = our_diagonal(against, model, x, y)
+    try:
+        theirs = method.fit(model, x, y)
+        return {"against": against, "rel_diff": relative_difference(theirs, cache[against])}
+    except Exception as err:  # a disagreement or failure is a finding, not a crash
+        return {"against": against, "rel_diff": None, "error": f"{type(err).__name__}: {err}"}
+
+
+def missing_note(available: dict[str, str | None]) -> str | None:
+    """What to install for the missing libraries, or None when all are there."""
+    missing = [LIBRARIES[m] for m, v in available.items() if v is None]
+    if not missing:
+        return None
+    return (
+        f"not installed: {', '.join(missing)}; their rows are skipped "
+        "(install with `pip install -e '.[compare]'`)"
+    )
+
+
+# -- timed in the timing run -------------------------------------------------------------------
+
+OURS = ("diag-empirical", "diag-exact", "diag-mc", "kfac-exact", "kfac-mc")
+
+
+def measure_compare(
+    n: int, inputs: torch.Tensor, targets: torch.Tensor, repeats: int, device: str
+) -> dict[str, Any]:
+    """Ours and theirs on the plain MLP at N = ``n``: interleaved times, ratios, agreement."""
+    from .timing import (
+        Progress,
+        Task,
+        estimator_task,
+        floor_pass,
+        interleaved_rounds,
+        ratios,
+        synchronizer,
+    )
+
+    available = versions()
+    model = plain_network(device)
+    x, y = inputs[:n], targets[:n]
+    sync = synchronizer(device)
+    methods = external_methods(available)
+    floor = Task("floor", lambda: floor_pass(model, x, y), adaptive=False)
+    ours = [estimator_task(name, model, x, y) for name in OURS]
+    theirs = [
+        Task(f"{m.library} {m.label}", lambda m=m: m.fit(model, x, y), lambda _: {})
+        for m in methods
+    ]
+    bar = Progress(len(ours) + len(theirs), f"N={n:,} vs other libraries")
+    floor.warm_up(repeats, sync)
+    for task in ours + theirs:
+        task.warm_up(repeats, sync)
+        bar.tick(task.name)
+    bar.grow(sum(t.repeats for t in ours + theirs))
+    interleaved_rounds(ours + theirs, floor, sync, bar.tick)
+    bar.close()
+    floor_row = floor.finish()
+    rows = []
+    cache: dict[str, torch.Tensor] = {}
+    for task, method in [(t, None) for t in ours] + list(zip(theirs, methods, strict=True)):
+        row = task.finish()
+        row.update(ratios(row, floor_row.get("median_s"), None))
+        row.pop("naive_over_time", None)
+        if method is None:
+            row.update(library="ewc-bench", method=row["name"], ours=row["name"])
+        else:
+            row.update(library=method.library, method=method.label, ours=method.ours)
+            row["sampled"] = method.sampled
+            if row.get("status") == "ok":
+                row.update(agreement(method, model, x, y, cache))
+        rows.append(row)
+    return {
+        "n": n,
+        "model": "mlp 784-100-100-10 (no BatchNorm)",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "versions": available,
+        "missing": missing_note(available),
+        "floor": floor_row,
+        "rows": rows,
+    }
+
+
+def compare_section(compare: dict[str, Any] | None) -> list[str]:
+    """The timing report's table against other libraries (pure)."""
+    if not compare:
+        return []
+    from .timing import cell, fmt_ms, fmt_ratio
+
+    have = ", ".join(f"{LIBRARIES[k]} {v}" for k, v in compare["versions"].items() if v)
+    lines = [
+        "## Against other libraries",
+        "",
+        f"{compare['model']} ({compare['parameters']:,} parameters), N = {compare['n']:,}, the "
+        "same inputs, timed in the same interleaved rounds against this network's own floor "
+        f"({fmt_ms(compare['floor']['median_s'])} ms). BatchNorm is left out for every row: the "
+        "other libraries do not handle it in eval mode. Agreement: relative difference of the "
+        "diagonal from ours, ||d - d_ours|| / ||d_ours|| (for KFAC, the diagonal of the "
+        "Kronecker approximation); sampled rows are compared against the exact quantity, so "
+        "they differ by sampling noise. Installed: " + (have or "none") + ".",
+        "",
+        "| library | method | ours | time (ms) | x floor | diagonal vs ours |",
+        "| --- | --- | --- | ---: | ---: | --- |",
+    ]
+    for row in compare["rows"]:
+        if row.get("status") != "ok":
+            timing = cell(f"{row.get('status')}: {row.get('message', '')}", 100)
+            lines.append(
+                f"| {row['library']} | {row['method']} | {row['ours']} | {timing} | — | — |"
+            )
+            continue
+        if row["library"] == "ewc-bench":
+            agree = "—"
+        elif row.get("rel_diff") is None:
+            agree = cell(f"failed: {row.get('error', '?')}", 100)
+        else:
+            agree = f"{row['rel_diff']:.2e} vs {row['against']}"
+        lines.append(
+            f"| {row['library']} | {row['method']} | {row['ours']} | {fmt_ms(row['median_s'])} "
+            f"| {fmt_ratio(row.get('x_floor'))} | {agree} |"
+        )
+    if compare.get("missing"):
+        lines += ["", f"Skipped: {compare['missing']}."]
+    return [*lines, ""]

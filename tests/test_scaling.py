@@ -1,0 +1,169 @@
+"""The scaling command: end to end on a tiny configuration, its arithmetic, its report (golden).
+
+Regenerate the golden file after an intended change of the report's layout with
+``EWC_BENCH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_scaling.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmark import cli, scaling, scaling_report
+from benchmark.records import RunRecord
+
+GOLDEN = Path(__file__).parent / "golden" / "scaling.md"
+SAMPLE = Path(__file__).parent / "data" / "scaling_record.json"
+
+
+@pytest.fixture(scope="module")
+def record():
+    return scaling.run_scaling(scaling.quick_config(memory=False))
+
+
+def rows(point):
+    return {r["estimator"]: r for r in point["rows"]}
+
+
+def test_every_sweep_times_every_estimator_and_the_floor(record):
+    cfg = scaling.quick_config()
+    for key, values, names in (
+        ("n", cfg.n_values, cfg.n_estimators),
+        ("width", cfg.widths, cfg.size_estimators),
+        ("depth", cfg.depths, cfg.size_estimators),
+        ("classes", cfg.classes, cfg.class_estimators),
+    ):
+        points = record[key]
+        assert [p[key] for p in points] == list(values)
+        for point in points:
+            by_name = rows(point)
+            assert set(by_name) == {"floor", *names}
+            for row in by_name.values():
+                assert row["status"] == "ok", row
+                assert len(row["times_s"]) == cfg.repeats
+                assert row["median_s"] > 0
+                assert row["x_floor"] == pytest.approx(
+                    row["median_s"] / by_name["floor"]["median_s"]
+                )
+
+
+def test_sizes_grow_as_the_models_do(record):
+    params = [p["parameters"] for p in record["width"]]
+    # 784-h-h-10: P = 784h + h + h^2 + h + 10h + 10
+    assert params == [784 * h + h + h * h + h + 10 * h + 10 for h in (4, 8)]
+    depth = [p["parameters"] for p in record["depth"]]
+    assert depth[1] - depth[0] == 8 * 8 + 8
+    # diag holds P floats whatever the model; full holds P^2 (dense: these models are tiny)
+    for point in record["width"]:
+        by_name = rows(point)
+        assert by_name["diag-exact"]["nbytes"] == 4 * point["parameters"]
+        assert by_name["full-mc"]["structure"] == "full-dense"
+        assert by_name["full-mc"]["nbytes"] == 4 * point["parameters"] ** 2
+
+
+def test_penalty_terms_grow_in_separate_mode_only(record):
+    pen = record["penalty"]
+    got = {(r["estimator"], r["mode"], r["tasks"]): r for r in pen["rows"]}
+    diag_one = got[("diag-exact", "separate", 1)]["penalty_bytes"]
+    assert got[("diag-exact", "separate", 3)]["penalty_bytes"] == 3 * diag_one
+    assert got[("diag-exact", "online", 3)]["penalty_bytes"] == diag_one
+    # KFAC and the low-rank factor have no closed online sum: refused, and said so
+    refused = {r["estimator"] for r in pen["online_refused"]}
+    assert refused == {"kfac-exact", "full-mc"}
+    assert ("kfac-exact", "online", 1) not in got
+    assert len(pen["rows"]) == 4 * len(scaling.quick_config().past_tasks)
+
+
+def test_refusal_is_a_row_with_the_bytes_it_needs():
+    cfg = scaling.quick_config(
+        memory=False,
+        memory_budget=10_000,
+        n_estimators=("full-mc",),
+        widths=(4,),
+        depths=(1,),
+        classes=(2,),
+        class_estimators=("diag-exact",),
+        past_tasks=(1,),
+        penalty_estimators=("diag-exact",),
+    )
+    record = scaling.run_scaling(cfg)
+    row = rows(record["width"][0])["full-mc"]
+    assert row["status"] == "refused"
+    p = record["width"][0]["parameters"]
+    assert row["needed_bytes"] == 4 * cfg.size_n * p  # the smaller choice, the factor
+    assert "times_s" not in row
+    text = scaling_report.render_markdown(record)
+    assert "refused (needs" in text
+
+
+def test_dense_limit():
+    budget = 2 * 1024**3
+    p = scaling.dense_limit(budget)
+    assert p == 23170
+    assert 4 * p * p <= budget < 4 * (p + 1) ** 2
+
+
+def test_bad_configuration_says_what_is_wrong():
+    with pytest.raises(scaling.ScalingError, match="widths must be positive integers"):
+        scaling.ScalingConfig(widths=(0, 8))
+    with pytest.raises(scaling.ScalingError, match="classes must be >= 2"):
+        scaling.ScalingConfig(classes=(1,))
+    with pytest.raises(scaling.ScalingError, match=r"unknown estimator name.*diag-typo"):
+        scaling.ScalingConfig(n_estimators=("diag-typo",))
+
+
+def test_run_time_split_by_hand():
+    record = RunRecord(
+        run_id="x",
+        config={},
+        train_seconds=[10.0, 12.0],
+        estimate_seconds=[1.0, 0.0],
+        eval_seconds=[0.5, 0.5],
+        step_ms=[2.0, 2.0],
+        penalty_ms=[None, 1.0],
+    )
+    split = scaling.run_time_split(record)
+    # task 2: the penalty is 1 ms of a 3 ms step, a third of its 12 s of training
+    assert split == {"training": 18.0, "penalty": 4.0, "estimation": 1.0, "evaluation": 1.0}
+
+
+def test_time_split_from_sample_records():
+    sample = Path(__file__).parent / "data" / "records_sample"
+    split = scaling.time_split(str(sample))
+    assert split["rows"] and split["reason"] is None
+    for row in split["rows"]:
+        assert row["runs"] >= 1
+        assert all(row[k] >= 0 for k in scaling_report.SPLIT_PARTS)
+    missing = scaling.time_split("/nonexistent/results")
+    assert missing["rows"] == [] and "not a folder" in missing["reason"]
+
+
+def test_report_matches_golden():
+    record = json.loads(SAMPLE.read_text())
+    text = scaling_report.render_markdown(record, list(scaling_report.FIGURES.values()))
+    if os.environ.get("EWC_BENCH_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert cli.main(["scaling", "--quick", "--no-memory", "--out", str(out)]) == 0
+    assert "scaling.md" in capsys.readouterr().out
+    text = (out / "scaling.md").read_text()
+    for heading in ("## Fit cost vs N", "## Penalty cost per training step", "dense full Fisher"):
+        assert heading in text
+    for name in ("scaling_n.png", "scaling_penalty_tasks.png", "scaling_dense_limit.png"):
+        assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((out / "scaling.json").read_text())
+    assert record["schema"] == scaling.SCHEMA
+    assert record["time_split"] is None
+
+
+def test_cli_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["scaling", "--repeats", "0"])
+    assert "positive integer" in capsys.readouterr().err
