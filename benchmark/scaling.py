@@ -13,7 +13,9 @@ of a fit does not depend on the pixel values, so no dataset is needed):
   per class), ``mc`` and ``empirical`` do not;
 - **penalty vs past tasks**: the extra time per training step (batch 100, Adam) of the EWC penalty
   after T tasks, separate mode (one quadratic per past task: linear in T) against online mode
-  (one accumulated curvature: flat in T);
+  (one accumulated curvature: flat in T); all variants step in every round, in a fresh seeded
+  order each round (a step after a large penalty finds cold caches: with a fixed order the plain
+  step always followed the costliest variant and the small overheads came out near zero);
 - **where the dense Fisher stops fitting**: P at which P^2 floats exceed the memory budget, against
   the bytes of the low-rank factor (rows x P) — computed, and checked against the ``nbytes`` of the
   full-Fisher fits of the width sweep (``full-mc`` picks dense where it fits, else the factor);
@@ -21,9 +23,10 @@ of a fit does not depend on the pixel values, so no dataset is needed):
   harness's runs, read from a sweep's records when ``--results`` is given.
 
 Timing: each point gets one warm-up call, then ``repeats`` rounds in which every estimator of the
-point and the floor are called in rotating order (load on shared cores then hits all alike); the
-median is reported, with its ratio to the floor's median of the same rounds. Memory: ``nbytes`` of
-the fitted curvature, and the extra peak resident memory of one more call, measured in process
+point and the floor are called in a fresh seeded order (load on shared cores then hits all alike);
+the median is reported, with its ratio to the floor's median of the same rounds. Memory:
+``nbytes`` of the fitted curvature, and the extra peak resident memory of one more call, measured
+in process
 (the kernel's high-water mark is reset through ``/proc/self/clear_refs`` before the call; on CUDA,
 ``torch.cuda.max_memory_allocated``). Rendering lives in ``benchmark.scaling_report``.
 """
@@ -55,6 +58,7 @@ from .timing import (
     floor_pass,
     load_average,
     proc_memory_unsupported,
+    shuffled,
     synchronizer,
     timed,
     warn_if_busy,
@@ -247,6 +251,8 @@ def measure_point(
             rows[name].update(failure(err))
             rows[name].pop("traceback", None)
             progress.tick(name)
+            if config.memory:
+                progress.tick(f"{name}: no memory to measure")
             continue
         rows[name].update(
             status="ok",
@@ -261,8 +267,7 @@ def measure_point(
     order = list(calls)
     times: dict[str, list[float]] = {k: [] for k in order}
     for r in range(config.repeats):
-        shift = r % len(order)
-        for key in order[shift:] + order[:shift]:
+        for key in shuffled(order, r):
             seconds, result = timed(calls[key], sync)
             del result
             times[key].append(seconds)
@@ -415,8 +420,7 @@ def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
     sync = synchronizer(config.device)
     warmup = min(5, config.penalty_steps)
     for step in range(warmup + config.penalty_steps):
-        shift = step % len(variants)
-        for v in variants[shift:] + variants[:shift]:
+        for v in shuffled(variants, step):  # no variant always follows the same one
             seconds, _ = timed(lambda v=v: penalty_step(v, x, y), sync)
             if step >= warmup:
                 v.times.append(seconds)

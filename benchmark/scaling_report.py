@@ -122,7 +122,8 @@ def header_section(record: dict[str, Any]) -> list[str]:
         "the pixel values), float32; models seeded, in eval mode, untrained.",
         f"- Timing: one warm-up call per estimator, then rounds ({s['repeats']}) in which every "
         "estimator of a point and the FLOOR (one batched forward + backward of the mean loss on "
-        "the same inputs) run in rotating order; medians, and ratios to the floor's median of "
+        "the same inputs) run in a fresh seeded order; medians, and ratios to the floor's median "
+        "of "
         "the same rounds (ratios, not lone seconds, are what carries over between machines).",
         f"- Memory: `nbytes` of the curvature, and the extra peak memory of one more call, "
         f"{s.get('memory_method', '?')}"
@@ -198,7 +199,8 @@ def penalty_section(record: dict[str, Any]) -> list[str]:
         "## Penalty cost per training step vs past tasks",
         "",
         f"Tutorial network, batch {pen['batch_size']}, Adam; extra ms per step over a plain "
-        f"step ({fmt_ms(pen['plain_s'])} ms), median of {pen['steps']} interleaved steps "
+        f"step ({fmt_ms(pen['plain_s'])} ms), median of {pen['steps']} interleaved steps, every "
+        "round in a fresh seeded order "
         "(share of the plain step in brackets). Separate mode keeps one quadratic per past task "
         "(Kirkpatrick et al. 2017), so its cost grows linearly with T; online mode keeps one "
         "accumulated curvature (Schwarz et al. 2018), so its cost stays flat.",

@@ -10,10 +10,11 @@ What is measured (``python -m benchmark timing``, see ``benchmark.cli``):
   cross-entropy over the same N inputs, and the NAIVE loop, one forward + backward per input with
   squared gradients accumulated (the per-input empirical diagonal the slow obvious way; timed on
   at most ``NAIVE_MAX_INPUTS`` inputs and scaled linearly to N). After one warm-up call each, all
-  rows are timed in interleaved rounds (rotating order), each call right after a floor call: on
-  shared cores, load then hits every row alike.
+  rows are timed in interleaved rounds (a fresh seeded order each), each call right after a floor
+  call: on shared cores, load then hits every row alike.
 - The EWC penalty cost: one Adam training step at batch 100 with and without
-  ``0.5 * lam * curv.quadratic(theta - theta_old)``, medians over many interleaved steps.
+  ``0.5 * lam * curv.quadratic(theta - theta_old)``, medians over many interleaved steps (each
+  round in a fresh seeded order, so that no variant always follows the same one).
 
 The model is ``tutorial-mlp`` in float32 with a seeded initialisation (``torch.manual_seed(0)``),
 BatchNorm running statistics taken from a few hundred training inputs in train mode (no gradient),
@@ -35,6 +36,7 @@ import copy
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -425,15 +427,14 @@ def naive_task(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Task:
 def interleaved_rounds(
     tasks: list[Task], floor: Task, sync: Callable[[], None], tick: Callable[[], None]
 ) -> None:
-    """Time the tasks in rounds, rotating their order, each call right after a floor call.
+    """Time the tasks in rounds, in a fresh seeded order each, each call right after a floor call.
 
     Every task gets its ``repeats`` timed calls; the floor gets one before each of them, so that
     both see the same machine load (the cores may be shared) and the ratio stays meaningful.
     """
     live = [t for t in tasks if t.repeats > 0]
     for r in range(max((t.repeats for t in live), default=0)):
-        shift = r % max(1, len(live))
-        for task in live[shift:] + live[:shift]:
+        for task in shuffled(live, r):
             if r >= task.repeats:
                 continue
             floor.times.append(timed(floor.fn, sync)[0])
@@ -653,6 +654,13 @@ def train_step(variant: Variant, inputs: torch.Tensor, targets: torch.Tensor) ->
     variant.optimizer.step()
 
 
+def shuffled(items: Sequence[Any], round_index: int, seed: int = 0) -> list[Any]:
+    """``items`` in a permutation fixed by (``seed``, ``round_index``): reproducible, varied."""
+    order = list(items)
+    random.Random(seed * 1_000_003 + round_index).shuffle(order)
+    return order
+
+
 def interleaved_steps(
     variants: list[Variant],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -660,11 +668,15 @@ def interleaved_steps(
     warmup: int,
     sync: Callable[[], None],
 ) -> None:
-    """Step every variant once per round, in a rotating order; record times after ``warmup``."""
+    """Step every variant once per round, in a shuffled order; record times after ``warmup``.
+
+    The order is a fresh seeded permutation each round (``shuffled``): a step's time depends on
+    what ran just before it (a large penalty evicts the caches), so no variant may always follow
+    the same one; the plain step in particular must not always follow the costliest.
+    """
     for step in range(warmup + steps):
         x, y = batches[step % len(batches)]
-        shift = step % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
+        for variant in shuffled(variants, step):
             seconds, _ = timed(lambda v=variant, x=x, y=y: train_step(v, x, y), sync)
             if step >= warmup:
                 variant.times.append(seconds)
@@ -1135,7 +1147,8 @@ def header_section(record: dict[str, Any]) -> list[str]:
         "x floor = time / floor, naive / time = naive loop / time",
         "- Floor: one batched forward + backward of the mean cross-entropy over the same N "
         "inputs (all parameters), timed right before every timed call of the other rows, which "
-        "run in interleaved rounds in rotating order, so that all see the same machine load; "
+        "run in interleaved rounds in a fresh seeded order each, so that all see the same machine "
+        "load and none always follows the same row; "
         "naive loop: one forward + backward per input, squared gradients accumulated",
         f"- Extra peak memory: {mem_text}",
         "",
