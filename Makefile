@@ -41,8 +41,10 @@ bench: install  ## pytest-benchmark timing suite; JSON saved under reports/bench
 	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only \
 		--benchmark-json=$(BENCH_JSON) -p no:cacheprovider
 
-bench-baseline: install  ## Run the suite and save it as this machine's baseline (BENCH_STORAGE).
+bench-baseline: install  ## `make bench`, also saved as this machine's baseline (BENCH_STORAGE).
+	@mkdir -p $(dir $(BENCH_JSON))
 	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only -p no:cacheprovider \
+		--benchmark-json=$(BENCH_JSON) \
 		--benchmark-storage=file://$(BENCH_STORAGE) --benchmark-save=baseline
 
 bench-compare: install  ## Run the suite against the saved baseline; fail on a regression (COMPARE_FAIL).

@@ -35,6 +35,7 @@ import copy
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -67,11 +68,14 @@ class External:
 def versions() -> dict[str, str | None]:
     """The installed version of each library, None when it is missing."""
     out: dict[str, str | None] = {}
-    for module in LIBRARIES:
+    for module, distribution in LIBRARIES.items():
         try:
-            out[module] = getattr(importlib.import_module(module), "__version__", "installed")
+            importlib.import_module(module)
+            out[module] = metadata.version(distribution)
         except ImportError:
             out[module] = None
+        except metadata.PackageNotFoundError:  # importable without its metadata (a checkout)
+            out[module] = "unknown version"
     return out
 
 

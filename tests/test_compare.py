@@ -94,3 +94,9 @@ def test_measure_and_render_without_failures(tiny):
         assert f"| ewc-bench | {name} |" in text
     if result["missing"]:
         assert "Skipped: not installed" in text
+
+
+def test_versions_name_installed_distributions():
+    for module, version in compare.versions().items():
+        assert module in compare.LIBRARIES
+        assert version is None or version[0].isdigit() or version == "unknown version"
