@@ -14,8 +14,10 @@ export OMP_NUM_THREADS := $(THREADS)
 BENCH_JSON ?= reports/bench/estimators.json
 # Saved pytest-benchmark runs to compare against (one folder per machine id inside).
 BENCH_STORAGE ?= reports/bench/baseline
-# A benchmark whose median is this much slower than the baseline's fails `make bench-compare`.
-COMPARE_FAIL ?= median:25%
+# A benchmark whose best round (min) is this much slower than the baseline's fails
+# `make bench-compare`. min is the statistic least moved by other load on shared cores; on the
+# 2-core reference machine medians of unchanged code moved by up to 45% between runs.
+COMPARE_FAIL ?= min:50%
 
 .PHONY: help install test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report study lint format clean
 

@@ -167,7 +167,13 @@ def _nngeometry(representation: str) -> Callable:
 
         net = copy.deepcopy(model)  # nngeometry leaves hooks on the model it is given
         loader = DataLoader(TensorDataset(x, y), batch_size=min(len(x), 500))
-        fim = FIM(net, loader, getattr(objects, representation), variant="classif_logits")
+        fim = FIM(
+            net,
+            loader,
+            getattr(objects, representation),
+            variant="classif_logits",
+            device=str(x.device),
+        )
         return fim.get_diag()
 
     return fit

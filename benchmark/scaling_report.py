@@ -327,6 +327,14 @@ def render_markdown(record: dict[str, Any], figures: Sequence[str] = ()) -> str:
 # -- figures -----------------------------------------------------------------------------------
 
 
+def _color(name: str) -> str:
+    """One colour per estimator name across every panel (the floor is always blue)."""
+    import estimators
+
+    names = ["floor", *estimators.names()]
+    return f"C{names.index(name) % 10}" if name in names else "gray"
+
+
 def _plot_sweep(ax: Any, points: Sequence[dict[str, Any]], x_key: str, what: str) -> None:
     """Median time (s) or held bytes of each estimator against ``x_key``, log-log."""
     for name in estimator_names(points):
@@ -340,7 +348,9 @@ def _plot_sweep(ax: Any, points: Sequence[dict[str, Any]], x_key: str, what: str
                 xs.append(point[x_key])
                 ys.append(value)
         if xs:
-            ax.plot(xs, ys, marker="o", label=name, ls="--" if name == "floor" else "-")
+            ax.plot(
+                xs, ys, marker="o", label=name, ls="--" if name == "floor" else "-", c=_color(name)
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
@@ -368,6 +378,7 @@ def write_figures(record: dict[str, Any], folder: Path) -> list[str]:
     _plot_sweep(axes[1], record["n"], "n", "bytes")
     axes[1].set(xlabel="N (inputs)", ylabel="curvature bytes", title="Bytes held vs N")
     axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     save(fig, "n")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
