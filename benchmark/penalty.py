@@ -45,7 +45,8 @@ class EWCPenalty:
         params = dict(model.named_parameters())
         total = None
         for anchor, curvature in self.terms:
-            q = curvature.quadratic({n: params[n] - a for n, a in anchor.items()})
+            names = curvature.layout.names
+            q = curvature.penalty([params[n] for n in names], [anchor[n] for n in names])
             total = q if total is None else total + q
         if total is None:
             return torch.zeros((), device=next(model.parameters()).device)

@@ -12,8 +12,9 @@ What is measured (``python -m benchmark timing``, see ``benchmark.cli``):
   at most ``NAIVE_MAX_INPUTS`` inputs and scaled linearly to N). After one warm-up call each, all
   rows are timed in interleaved rounds (a fresh seeded order each), each call right after a floor
   call: on shared cores, load then hits every row alike.
-- The EWC penalty cost: one Adam training step at batch 100 with and without
-  ``0.5 * lam * curv.quadratic(theta - theta_old)``, medians over many interleaved steps (each
+- The EWC penalty cost: one Adam training step at batch 100 with and without the harness's
+  ``EWCPenalty`` (``0.5 * lam * curv.penalty(theta, theta_old)``, the fused form for diagonal and
+  identity curvatures), medians over many interleaved steps (each
   round in a fresh seeded order, so that no variant always follows the same one).
 
 The model is ``tutorial-mlp`` in float32 with a seeded initialisation (``torch.manual_seed(0)``),
@@ -57,6 +58,7 @@ from estimators import FisherMemoryError
 from . import provenance
 from .data import DataNotFoundError, load_split, resolve_root
 from .models import make_model
+from .penalty import EWCPenalty
 
 SCHEMA = "ewc-bench/timing/1"
 MODEL = "tutorial-mlp"
@@ -635,13 +637,9 @@ def make_variant(
     optimizer = torch.optim.Adam(model.parameters(), lr=PENALTY_LR)
     if curvature is None:
         return Variant(name, model, optimizer)
-    old = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    def penalty() -> torch.Tensor:
-        delta = {n: p - old[n] for n, p in model.named_parameters()}
-        return 0.5 * lam * curvature.quadratic(delta)
-
-    return Variant(name, model, optimizer, penalty)
+    ewc = EWCPenalty(lam)  # the harness's own penalty: what a training step really pays
+    ewc.consolidate(model, curvature)
+    return Variant(name, model, optimizer, lambda: ewc(model))
 
 
 def train_step(variant: Variant, inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -1085,10 +1083,11 @@ def penalty_section(penalty: dict[str, Any] | None) -> list[str]:
         "",
         f"One training step of {MODEL} (train mode) at batch {penalty['batch_size']}: forward, "
         f"cross-entropy, backward, {penalty['optimizer']} step; with the penalty "
-        f"`0.5 * lam * curv.quadratic({{n: p - p_old}})` added to the loss (lam = "
+        "the harness's penalty `0.5 * lam * curv.penalty(theta, theta_old)` (fused for diagonal "
+        f"and identity curvatures) added to the loss (lam = "
         f"{penalty['lam']:g}), curvatures fitted on N = {penalty['n']:,}. Median over "
-        f"{penalty['steps']:,} steps per variant, all variants interleaved in one loop "
-        f"(after {penalty['warmup_steps']} warm-up rounds).",
+        f"{penalty['steps']:,} steps per variant, all variants interleaved in one loop, every "
+        f"round in a fresh seeded order (after {penalty['warmup_steps']} warm-up rounds).",
         "",
         "| estimator | representation | curvature bytes | step (ms) | overhead |",
         "| --- | --- | ---: | ---: | ---: |",
