@@ -45,8 +45,7 @@ class EWCPenalty:
         params = dict(model.named_parameters())
         total = None
         for anchor, curvature in self.terms:
-            names = curvature.layout.names
-            q = curvature.penalty([params[n] for n in names], [anchor[n] for n in names])
+            q = curvature.quadratic({n: params[n] - a for n, a in anchor.items()})
             total = q if total is None else total + q
         if total is None:
             return torch.zeros((), device=next(model.parameters()).device)

@@ -13,8 +13,8 @@ What is measured (``python -m benchmark timing``, see ``benchmark.cli``):
   rows are timed in interleaved rounds (a fresh seeded order each), each call right after a floor
   call: on shared cores, load then hits every row alike.
 - The EWC penalty cost: one Adam training step at batch 100 with and without the harness's
-  ``EWCPenalty`` (``0.5 * lam * curv.penalty(theta, theta_old)``, the fused form for diagonal and
-  identity curvatures), medians over many interleaved steps (each
+  ``EWCPenalty`` (``0.5 * lam * curv.quadratic(theta - theta_old)``), medians over many
+  interleaved steps (each
   round in a fresh seeded order, so that no variant always follows the same one).
 
 The model is ``tutorial-mlp`` in float32 with a seeded initialisation (``torch.manual_seed(0)``),
@@ -1083,8 +1083,8 @@ def penalty_section(penalty: dict[str, Any] | None) -> list[str]:
         "",
         f"One training step of {MODEL} (train mode) at batch {penalty['batch_size']}: forward, "
         f"cross-entropy, backward, {penalty['optimizer']} step; with the penalty "
-        "the harness's penalty `0.5 * lam * curv.penalty(theta, theta_old)` (fused for diagonal "
-        f"and identity curvatures) added to the loss (lam = "
+        "the harness's penalty `0.5 * lam * curv.quadratic({n: p - p_old})` added to the loss "
+        f"(lam = "
         f"{penalty['lam']:g}), curvatures fitted on N = {penalty['n']:,}. Median over "
         f"{penalty['steps']:,} steps per variant, all variants interleaved in one loop, every "
         f"round in a fresh seeded order (after {penalty['warmup_steps']} warm-up rounds).",

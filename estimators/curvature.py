@@ -13,7 +13,7 @@ Convention: F is the mean over N inputs of per-input Fisher matrices, and the EW
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -73,41 +73,6 @@ class Curvature(ABC):
         Returns a 0-dim tensor, differentiable in ``delta`` (the EWC penalty's core).
         """
         return self._quadratic(self.layout.flatten(delta).to(self.layout.dtype))
-
-    def penalty(
-        self, params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
-        r""":math:`(\theta - \theta^*)^\top F (\theta - \theta^*)`, the EWC penalty's core.
-
-        ``params`` and ``anchors`` are the trainable parameters and their old values in the
-        layout's order (``layout.names``). The value is ``quadratic({n: p - a})``; structures with
-        a cheaper fused form (diagonal, identity) override this. Differentiable in ``params``.
-        """
-        self._check_pairs(params, anchors)
-        return self.quadratic(
-            {n: p - a for n, p, a in zip(self.layout.names, params, anchors, strict=True)}
-        )
-
-    def _check_pairs(self, params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]) -> None:
-        """One parameter and one anchor per layout entry, shapes as in the layout."""
-        if len(params) != len(self.layout.names) or len(anchors) != len(self.layout.names):
-            raise ValueError(
-                f"expected {len(self.layout.names)} parameters and anchors (layout order: "
-                f"{', '.join(self.layout.names)}), got {len(params)} and {len(anchors)}"
-            )
-        for name, shape, p, a in zip(
-            self.layout.names, self.layout.shapes, params, anchors, strict=True
-        ):
-            if tuple(p.shape) != tuple(shape) or tuple(a.shape) != tuple(shape):
-                raise ValueError(
-                    f"parameter {name!r}: expected shape {tuple(shape)}, got parameter "
-                    f"{tuple(p.shape)} and anchor {tuple(a.shape)}"
-                )
-
-    def _fusable(self, params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]) -> bool:
-        """Whether every tensor has the layout's dtype and device (the fused path's condition)."""
-        dtype, device = self.layout.dtype, self.layout.device
-        return all(t.dtype == dtype and t.device == device for t in (*params, *anchors))
 
     def quadratic_flat(self, d: torch.Tensor) -> torch.Tensor:
         r""":math:`d^\top F d` for a flat vector ``d`` of shape ``[P]``."""

@@ -7,7 +7,6 @@ materialising :math:`u` (e.g. one matmul of :math:`g^2` and :math:`a^2` for ``nn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,7 +15,6 @@ from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .estimator import Accumulator
 from .fitting import Capture, Plan
 from .layout import ParamLayout
-from .penalty_ops import weighted_squares
 
 
 class DiagCurvature(Curvature):
@@ -29,28 +27,12 @@ class DiagCurvature(Curvature):
     ) -> None:
         super().__init__(layout, memory_budget)
         self.diag = diag
-        self._roots: list[torch.Tensor] | None = None
 
     def _matmat(self, m: torch.Tensor) -> torch.Tensor:
         return self.diag.unsqueeze(1) * m
 
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
         return torch.dot(self.diag * d, d)
-
-    def penalty(
-        self, params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
-        r""":math:`\sum_i \lVert \sqrt{f_i} \odot (\theta_i - \theta_i^*) \rVert^2`, fused.
-
-        One autograd node and a few foreach kernels (``penalty_ops``); sqrt(f) is computed once.
-        """
-        self._check_pairs(params, anchors)
-        if self._roots is None:  # once per curvature; a negative entry keeps the generic path
-            negative = bool((self.diag < 0).any())
-            self._roots = [] if negative else list(self.layout.unflatten(self.diag.sqrt()).values())
-        if not self._roots or not self._fusable(params, anchors):
-            return super().penalty(params, anchors)
-        return weighted_squares(params, anchors, self._roots)
 
     def diagonal_flat(self) -> torch.Tensor:
         """The stored diagonal."""

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .estimator import Estimator
 from .layout import ParamLayout
-from .penalty_ops import weighted_squares
 
 
 class IdentityCurvature(Curvature):
@@ -29,15 +26,6 @@ class IdentityCurvature(Curvature):
 
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
         return self.scale * torch.dot(d, d)
-
-    def penalty(
-        self, params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor]
-    ) -> torch.Tensor:
-        r""":math:`s \lVert \theta - \theta^* \rVert^2`, fused (``penalty_ops``)."""
-        self._check_pairs(params, anchors)
-        if self.scale < 0 or not self._fusable(params, anchors):
-            return super().penalty(params, anchors)
-        return weighted_squares(params, anchors, self.scale**0.5)
 
     def diagonal_flat(self) -> torch.Tensor:
         r""":math:`s \mathbf{1}`."""
