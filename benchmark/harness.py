@@ -115,11 +115,16 @@ def train_step(
     y: torch.Tensor,
     penalty: EWCPenalty | None,
 ) -> torch.Tensor:
-    """One optimizer step on cross-entropy (+ penalty); returns the cross-entropy (detached)."""
+    """One optimizer step on cross-entropy (+ penalty); returns the cross-entropy (detached).
+
+    The penalty enters through its closed-form gradient, added after the loss's backward
+    (``EWCPenalty.add_gradients``): the same step as differentiating loss + penalty, cheaper.
+    """
     loss = F.cross_entropy(forward(model, x), y)
-    total = loss + penalty(model) if penalty else loss
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    loss.backward()
+    if penalty:
+        penalty.add_gradients(model)
     optimizer.step()
     return loss.detach()
 

@@ -51,6 +51,28 @@ class EWCPenalty:
             return torch.zeros((), device=next(model.parameters()).device)
         return 0.5 * self.lam * total
 
+    def add_gradients(self, model: nn.Module) -> None:
+        r"""Add the penalty's gradient :math:`\lambda \sum_t F_t (\theta - \theta_t)` to ``.grad``.
+
+        Call after the loss's ``backward()``: the same gradient as differentiating ``self(model)``,
+        without recording the quadratic forms (``Curvature.accumulate_penalty_grad``). Trainable
+        parameters without a gradient yet get one.
+        """
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for anchor, curvature in self.terms:
+                names = curvature.layout.names
+                ps = [params[n] for n in names]
+                for p in ps:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                curvature.accumulate_penalty_grad(
+                    [p.detach() for p in ps],
+                    [anchor[n] for n in names],
+                    [p.grad for p in ps],
+                    self.lam,
+                )
+
     @property
     def nbytes(self) -> int:
         """Bytes held by all curvature terms."""

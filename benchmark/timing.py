@@ -13,7 +13,8 @@ What is measured (``python -m benchmark timing``, see ``benchmark.cli``):
   rows are timed in interleaved rounds (a fresh seeded order each), each call right after a floor
   call: on shared cores, load then hits every row alike.
 - The EWC penalty cost: one Adam training step at batch 100 with and without the harness's
-  ``EWCPenalty`` (``0.5 * lam * curv.quadratic(theta - theta_old)``), medians over many
+  ``EWCPenalty`` (the gradient ``lam * F (theta - theta_old)`` of ``0.5 * lam *
+  curv.quadratic(theta - theta_old)``, added after the backward), medians over many
   interleaved steps (each
   round in a fresh seeded order, so that no variant always follows the same one).
 
@@ -625,7 +626,7 @@ class Variant:
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    penalty: Callable[[], torch.Tensor] | None = None
+    penalty: Callable[[], None] | None = None
     times: list[float] = field(default_factory=list)
 
 
@@ -639,16 +640,15 @@ def make_variant(
         return Variant(name, model, optimizer)
     ewc = EWCPenalty(lam)  # the harness's own penalty: what a training step really pays
     ewc.consolidate(model, curvature)
-    return Variant(name, model, optimizer, lambda: ewc(model))
+    return Variant(name, model, optimizer, lambda: ewc.add_gradients(model))
 
 
 def train_step(variant: Variant, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-    """Forward, cross-entropy (+ penalty), backward, Adam step."""
+    """Forward, cross-entropy, backward (+ the penalty's gradient, as the harness adds it), Adam."""
     variant.optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(variant.model(inputs), targets)
+    F.cross_entropy(variant.model(inputs), targets).backward()
     if variant.penalty is not None:
-        loss = loss + variant.penalty()
-    loss.backward()
+        variant.penalty()
     variant.optimizer.step()
 
 
@@ -1083,7 +1083,8 @@ def penalty_section(penalty: dict[str, Any] | None) -> list[str]:
         "",
         f"One training step of {MODEL} (train mode) at batch {penalty['batch_size']}: forward, "
         f"cross-entropy, backward, {penalty['optimizer']} step; with the penalty "
-        "the harness's penalty `0.5 * lam * curv.quadratic({n: p - p_old})` added to the loss "
+        "the harness's penalty `0.5 * lam * (theta - theta_old)^T F (theta - theta_old)`, "
+        "entering through its gradient `lam * F (theta - theta_old)` added after the backward "
         f"(lam = "
         f"{penalty['lam']:g}), curvatures fitted on N = {penalty['n']:,}. Median over "
         f"{penalty['steps']:,} steps per variant, all variants interleaved in one loop, every "

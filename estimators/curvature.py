@@ -13,7 +13,7 @@ Convention: F is the mean over N inputs of per-input Fisher matrices, and the EW
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,56 @@ class Curvature(ABC):
         Returns a 0-dim tensor, differentiable in ``delta`` (the EWC penalty's core).
         """
         return self._quadratic(self.layout.flatten(delta).to(self.layout.dtype))
+
+    def accumulate_penalty_grad(
+        self,
+        params: Sequence[torch.Tensor],
+        anchors: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        scale: float,
+    ) -> None:
+        r"""``grads += scale * F (theta - theta*)`` in place, with no autograd graph.
+
+        This is the gradient of :math:`\frac{s}{2} (\theta - \theta^*)^\top F
+        (\theta - \theta^*)`, the EWC penalty with :math:`s = \lambda`, added after the loss's
+        own backward: one matrix-vector product instead of a recorded quadratic form and its
+        backward. ``params``, ``anchors`` and ``grads`` are lists in the layout's order
+        (``layout.names``); ``params`` are read, not differentiated. Diagonal and identity
+        curvatures override this with three foreach kernels.
+        """
+        self._check_triples(params, anchors, grads)
+        flat = torch.cat([(p - a).reshape(-1) for p, a in zip(params, anchors, strict=True)])
+        product = self.matvec(flat.to(self.layout.dtype))
+        for g, f in zip(grads, self.layout.unflatten(product).values(), strict=True):
+            g.add_(f.to(g.dtype), alpha=scale)
+
+    def _check_triples(
+        self,
+        params: Sequence[torch.Tensor],
+        anchors: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+    ) -> None:
+        """One parameter, anchor and gradient per layout entry, each of the layout's shape."""
+        n = len(self.layout.names)
+        if not len(params) == len(anchors) == len(grads) == n:
+            raise ValueError(
+                f"expected {n} parameters, anchors and gradients (layout order: "
+                f"{', '.join(self.layout.names)}), got {len(params)}, {len(anchors)} and "
+                f"{len(grads)}"
+            )
+        for name, shape, *ts in zip(
+            self.layout.names, self.layout.shapes, params, anchors, grads, strict=True
+        ):
+            if any(tuple(t.shape) != tuple(shape) for t in ts):
+                raise ValueError(
+                    f"parameter {name!r}: expected shape {tuple(shape)} for the parameter, its "
+                    f"anchor and its gradient, got {[tuple(t.shape) for t in ts]}"
+                )
+
+    def _same_dtype_device(self, *lists: Sequence[torch.Tensor]) -> bool:
+        """Whether every tensor has the layout's dtype and device (the foreach paths' condition)."""
+        dtype, device = self.layout.dtype, self.layout.device
+        return all(t.dtype == dtype and t.device == device for ts in lists for t in ts)
 
     def quadratic_flat(self, d: torch.Tensor) -> torch.Tensor:
         r""":math:`d^\top F d` for a flat vector ``d`` of shape ``[P]``."""

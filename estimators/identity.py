@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -26,6 +28,21 @@ class IdentityCurvature(Curvature):
 
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
         return self.scale * torch.dot(d, d)
+
+    def accumulate_penalty_grad(
+        self,
+        params: Sequence[torch.Tensor],
+        anchors: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        scale: float,
+    ) -> None:
+        r"""``grads += scale * s * (theta - theta*)``: two foreach kernels."""
+        self._check_triples(params, anchors, grads)
+        if not self._same_dtype_device(params, anchors, grads):
+            super().accumulate_penalty_grad(params, anchors, grads, scale)
+            return
+        delta = torch._foreach_sub(list(params), list(anchors))
+        torch._foreach_add_(list(grads), delta, alpha=scale * self.scale)
 
     def diagonal_flat(self) -> torch.Tensor:
         r""":math:`s \mathbf{1}`."""
