@@ -88,13 +88,27 @@ class Curvature(ABC):
         own backward: one matrix-vector product instead of a recorded quadratic form and its
         backward. ``params``, ``anchors`` and ``grads`` are lists in the layout's order
         (``layout.names``); ``params`` are read, not differentiated. Diagonal and identity
-        curvatures override this with three foreach kernels.
+        curvatures act elementwise (``_apply_elementwise_``): three foreach kernels in all.
         """
         self._check_triples(params, anchors, grads)
-        flat = torch.cat([(p - a).reshape(-1) for p, a in zip(params, anchors, strict=True)])
-        product = self.matvec(flat.to(self.layout.dtype))
+        if self._same_dtype_device(params, anchors, grads):
+            delta = torch._foreach_sub(list(params), list(anchors))
+            if self._apply_elementwise_(delta):
+                torch._foreach_add_(list(grads), delta, alpha=scale)
+                return
+        else:
+            delta = [p - a for p, a in zip(params, anchors, strict=True)]
+        flat = torch.cat([d.reshape(-1) for d in delta]).to(self.layout.dtype)
+        product = self.matvec(flat)
         for g, f in zip(grads, self.layout.unflatten(product).values(), strict=True):
             g.add_(f.to(g.dtype), alpha=scale)
+
+    def _apply_elementwise_(self, delta: list[torch.Tensor]) -> bool:
+        """Where F acts elementwise (diagonal, identity): ``delta <- F delta`` in place, True.
+
+        Other structures return False and the caller uses ``matvec``.
+        """
+        return False
 
     def _check_triples(
         self,

@@ -7,7 +7,6 @@ materialising :math:`u` (e.g. one matmul of :math:`g^2` and :math:`a^2` for ``nn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,23 +35,12 @@ class DiagCurvature(Curvature):
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
         return torch.dot(self.diag * d, d)
 
-    def accumulate_penalty_grad(
-        self,
-        params: Sequence[torch.Tensor],
-        anchors: Sequence[torch.Tensor],
-        grads: Sequence[torch.Tensor],
-        scale: float,
-    ) -> None:
-        r"""``grads += scale * f * (theta - theta*)``: three foreach kernels, whatever P."""
-        self._check_triples(params, anchors, grads)
-        if not self._same_dtype_device(params, anchors, grads):
-            super().accumulate_penalty_grad(params, anchors, grads, scale)
-            return
+    def _apply_elementwise_(self, delta: list[torch.Tensor]) -> bool:
+        """``delta_i <- f_i * delta_i`` (one foreach kernel); the views of f are made once."""
         if self._views is None:
             self._views = list(self.layout.unflatten(self.diag).values())
-        delta = torch._foreach_sub(list(params), list(anchors))
         torch._foreach_mul_(delta, self._views)
-        torch._foreach_add_(list(grads), delta, alpha=scale)
+        return True
 
     def diagonal_flat(self) -> torch.Tensor:
         """The stored diagonal."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -29,20 +27,10 @@ class IdentityCurvature(Curvature):
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
         return self.scale * torch.dot(d, d)
 
-    def accumulate_penalty_grad(
-        self,
-        params: Sequence[torch.Tensor],
-        anchors: Sequence[torch.Tensor],
-        grads: Sequence[torch.Tensor],
-        scale: float,
-    ) -> None:
-        r"""``grads += scale * s * (theta - theta*)``: two foreach kernels."""
-        self._check_triples(params, anchors, grads)
-        if not self._same_dtype_device(params, anchors, grads):
-            super().accumulate_penalty_grad(params, anchors, grads, scale)
-            return
-        delta = torch._foreach_sub(list(params), list(anchors))
-        torch._foreach_add_(list(grads), delta, alpha=scale * self.scale)
+    def _apply_elementwise_(self, delta: list[torch.Tensor]) -> bool:
+        """``delta_i <- s * delta_i`` (one foreach kernel)."""
+        torch._foreach_mul_(delta, self.scale)
+        return True
 
     def diagonal_flat(self) -> torch.Tensor:
         r""":math:`s \mathbf{1}`."""
