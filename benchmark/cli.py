@@ -89,6 +89,28 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def add_machine_args(p: argparse.ArgumentParser, memory_how: str) -> None:
+    """``--device``, ``--threads`` and ``--memory``: shared by the timing and scaling commands."""
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (default auto: cuda when available)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch.set_num_threads (default: torch's default, e.g. from OMP_NUM_THREADS)",
+    )
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"measure extra peak memory ({memory_how}; default: on)",
+    )
+
+
 def add_timing_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``timing`` subcommand's parser."""
     p = sub.add_parser(
@@ -105,12 +127,6 @@ def add_timing_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         "default $EWC_BENCH_DATA, else ./data",
     )
     p.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run (default auto: cuda when available)",
-    )
     p.add_argument(
         "--sizes",
         type=_sizes,
@@ -133,23 +149,12 @@ def add_timing_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="estimators to time (default: all)",
     )
     p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch.set_num_threads (default: torch's default, e.g. from OMP_NUM_THREADS)",
-    )
-    p.add_argument(
         "--penalty-steps",
         type=_positive_int,
         default=None,
         help="timed training steps per variant for the penalty cost (default 200; 10 with --quick)",
     )
-    p.add_argument(
-        "--memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure extra peak memory (one subprocess per row on CPU; default: on)",
-    )
+    add_machine_args(p, "one subprocess per row on CPU")
     p.add_argument(
         "--compare",
         action=argparse.BooleanOptionalAction,
@@ -183,26 +188,9 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="a sweep's results folder, for the time split of whole runs (default: none)",
     )
     p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run (default auto: cuda when available)",
-    )
-    p.add_argument(
         "--repeats", type=_positive_int, default=None, help="timed rounds per point (default 3)"
     )
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch.set_num_threads (default: torch's)",
-    )
-    p.add_argument(
-        "--memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure extra peak memory (one more call per row; default: on)",
-    )
+    add_machine_args(p, "one more call per row, in process")
     p.add_argument("--quick", action="store_true", help="tiny configuration (tests, smoke runs)")
     p.set_defaults(func=run_scaling_command, subparser=p)
     return p

@@ -44,6 +44,18 @@ from torch import nn
 import estimators
 
 from .models import mlp
+from .timing import (
+    Progress,
+    Task,
+    cell,
+    estimator_task,
+    floor_pass,
+    fmt_ms,
+    fmt_ratio,
+    interleaved_rounds,
+    ratios,
+    synchronizer,
+)
 
 LIBRARIES = {"backpack": "backpack-for-pytorch", "nngeometry": "nngeometry"}
 EXACT_OF = {
@@ -248,16 +260,6 @@ def measure_compare(
     n: int, inputs: torch.Tensor, targets: torch.Tensor, repeats: int, device: str
 ) -> dict[str, Any]:
     """Ours and theirs on the plain MLP at N = ``n``: interleaved times, ratios, agreement."""
-    from .timing import (
-        Progress,
-        Task,
-        estimator_task,
-        floor_pass,
-        interleaved_rounds,
-        ratios,
-        synchronizer,
-    )
-
     available = versions()
     model = plain_network(device)
     x, y = inputs[:n], targets[:n]
@@ -307,8 +309,6 @@ def compare_section(compare: dict[str, Any] | None) -> list[str]:
     """The timing report's table against other libraries (pure)."""
     if not compare:
         return []
-    from .timing import cell, fmt_ms, fmt_ratio
-
     have = ", ".join(f"{LIBRARIES[k]} {v}" for k, v in compare["versions"].items() if v)
     lines = [
         "## Against other libraries",

@@ -1177,15 +1177,20 @@ def _short(task: str, width: int = 8) -> str:
     return task if len(task) <= width else task[: width - 1] + "…"
 
 
-def plot_heatmaps(runs: Sequence[Run], sequence: str, bn: str, path: Path) -> None:
-    """Small heatmaps of the mean test accuracy matrix, one per method, shared 0-1 scale."""
-    from matplotlib import colormaps
-
-    labels = [
+def plotted_labels(runs: Sequence[Run], sequence: str, bn: str) -> list[str]:
+    """Methods of ``sequence`` / ``bn`` with at least one finished selected run (one panel each)."""
+    return [
         lab
         for lab in method_labels(runs, sequence, bn)
         if any(r.ok for r in selected(runs, sequence, bn, lab))
     ]
+
+
+def plot_heatmaps(runs: Sequence[Run], sequence: str, bn: str, path: Path) -> None:
+    """Small heatmaps of the mean test accuracy matrix, one per method, shared 0-1 scale."""
+    from matplotlib import colormaps
+
+    labels = plotted_labels(runs, sequence, bn)
     tasks = _tasks(runs, sequence)
     T = len(tasks)
     rows, cols = _grid(len(labels))
@@ -1232,11 +1237,7 @@ def plot_task_curves(runs: Sequence[Run], sequence: str, bn: str, path: Path) ->
     """Accuracy on each task after each task, one panel per method (mean over seeds)."""
     from matplotlib import colormaps
 
-    labels = [
-        lab
-        for lab in method_labels(runs, sequence, bn)
-        if any(r.ok for r in selected(runs, sequence, bn, lab))
-    ]
+    labels = plotted_labels(runs, sequence, bn)
     tasks = _tasks(runs, sequence)
     T = len(tasks)
     task_colours = colormaps["tab10" if T <= 10 else "tab20"]

@@ -49,15 +49,16 @@ from torch import nn
 import estimators
 from estimators.curvature import DEFAULT_MEMORY_BUDGET
 
-from . import provenance
 from .models import INPUT_PIXELS, mlp, n_parameters, tutorial_mlp
 from .penalty import EWCPenalty
 from .timing import (
     Progress,
+    environment,
     failure,
     floor_pass,
     load_average,
     proc_memory_unsupported,
+    proc_peak,
     shuffled,
     synchronizer,
     timed,
@@ -224,8 +225,6 @@ def peak_extra(fn: Callable[[], Any], device: str) -> dict[str, Any]:
     reason = proc_memory_unsupported()
     if reason is not None:
         return {"method": "n/a", "extra_bytes": None, "reason": reason}
-    from .timing import proc_peak
-
     out = proc_peak(fn)
     return {"method": "proc", "extra_bytes": int(out["extra_bytes"])}
 
@@ -542,14 +541,7 @@ def run_scaling(config: ScalingConfig) -> dict[str, Any]:
         penalty = sweep_penalty(config, progress)
     finally:
         progress.close()
-    env: dict[str, Any] = provenance.machine(config.device)
-    env.update(
-        git_sha=provenance.git_sha(),
-        command=config.command,
-        date=provenance.now(),
-        load_average_start=load_start,
-        load_average_end=load_average(),
-    )
+    env = environment(config.device, config.command, load_start)
     settings = asdict(config)
     settings.update(
         input_pixels=INPUT_PIXELS,

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import estimators
+
 from .timing import cell, fmt_bytes, fmt_ms, fmt_ratio
 
 FIGURES = {
@@ -329,8 +331,6 @@ def render_markdown(record: dict[str, Any], figures: Sequence[str] = ()) -> str:
 
 def _color(name: str) -> str:
     """One colour per estimator name across every panel (the floor is always blue)."""
-    import estimators
-
     names = ["floor", *estimators.names()]
     return f"C{names.index(name) % 10}" if name in names else "gray"
 

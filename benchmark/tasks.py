@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import SEQUENCES
 from .data import (
     N_CLASSES,
     Split,
@@ -52,14 +53,6 @@ from .data import (
 )
 from .seeds import generator, seed_hash
 
-SEQUENCES = (
-    "mnist-fmnist",
-    "fmnist-mnist",
-    "permuted-mnist",
-    "rotated-mnist",
-    "split-mnist",
-    "split-mnist-class",
-)
 DEFAULT_TASKS = {
     "mnist-fmnist": 2,
     "fmnist-mnist": 2,

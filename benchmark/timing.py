@@ -864,12 +864,12 @@ def warn_if_busy(load: float | None) -> None:
         )
 
 
-def environment(config: TimingConfig, load_start: float | None) -> dict[str, Any]:
-    """Machine, versions, command, date and load for the report."""
-    env: dict[str, Any] = provenance.machine(config.device)
+def environment(device: str, command: str, load_start: float | None) -> dict[str, Any]:
+    """Machine, versions, command, date and load for a timing or scaling report."""
+    env: dict[str, Any] = provenance.machine(device)
     env.update(
         git_sha=provenance.git_sha(),
-        command=config.command,
+        command=command,
         date=provenance.now(),
         load_average_start=load_start,
         load_average_end=load_average(),
@@ -907,7 +907,7 @@ def run_timing(config: TimingConfig) -> dict[str, Any]:
         compare = measure_compare(min(config.sizes), inputs, targets, config.repeats, config.device)
     return {
         "schema": SCHEMA,
-        "environment": environment(config, load_start),
+        "environment": environment(config.device, config.command, load_start),
         "settings": {
             "model": MODEL,
             "parameters": sum(p.numel() for p in trainable(model)),
