@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # Datasets root (torchvision layout: ROOT/MNIST/raw, ROOT/FashionMNIST/raw).
 DATA_ROOT ?= $(if $(EWC_BENCH_DATA),$(EWC_BENCH_DATA),./data)
 export EWC_BENCH_DATA := $(DATA_ROOT)
+# DOWNLOAD=1 (default): `make reproduce` downloads missing datasets into DATA_ROOT through
+# torchvision (checksums verified); DOWNLOAD=0 keeps it offline (missing data is then an error).
+DOWNLOAD ?= 1
+DOWNLOAD_FLAG := $(if $(filter 1 yes true,$(DOWNLOAD)),--download,--no-download)
 # Two threads by default: the reference machine has 2 cores; override for bigger machines.
 THREADS ?= 2
 export OMP_NUM_THREADS := $(THREADS)
@@ -19,7 +23,7 @@ BENCH_STORAGE ?= reports/bench/baseline
 # 2-core reference machine medians of unchanged code moved by up to 45% between runs.
 COMPARE_FAIL ?= min:50%
 
-.PHONY: help install test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report study lint format clean
+.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report study lint format clean
 
 help:  ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -31,6 +35,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv and install ewc-bench with its dev tools.
+
+# Runs with the system Python before anything is installed: a missing or corrupt dataset (or,
+# with DOWNLOAD=1, no reachable download mirror) fails here, in one line, before the install.
+data-check:  ## Check the datasets under DATA_ROOT (sizes, IDX headers, MD5s; no venv needed).
+	@$(PYTHON) -m benchmark.datacheck --data-root $(DATA_ROOT) $(if $(filter --download,$(DOWNLOAD_FLAG)),--download)
 
 test: install  ## Run the test suite (fast; real-data tests need DATA_ROOT).
 	$(PY) -m pytest -m "not slow"
@@ -61,8 +70,8 @@ timing: install  ## Estimator timing and peak-memory table -> reports/timing.md.
 JOBS ?= 1
 RESULTS ?= results
 
-reproduce: install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
-	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) \
+reproduce: data-check install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
+	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
 		--results $(RESULTS)/default --out reports --jobs $(JOBS)
 	$(MAKE) study
 
@@ -76,8 +85,8 @@ scaling: install  ## Cost vs N, width, depth, classes and past tasks; dense limi
 study: install  ## Approximation study (full vs KFAC vs diagonal) -> reports/STUDY.md, study.csv.
 	$(PY) -m benchmark study --data-root $(DATA_ROOT) --results $(RESULTS)/default --out reports
 
-reproduce-quick: install  ## The same pipeline scaled down (< 5 min) -> reports/quick/.
-	$(PY) -m benchmark reproduce --experiment quick --data-root $(DATA_ROOT) \
+reproduce-quick: data-check install  ## The same pipeline scaled down (< 5 min) -> reports/quick/.
+	$(PY) -m benchmark reproduce --experiment quick --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
 		--results $(RESULTS)/quick --out reports/quick --jobs $(JOBS)
 
 report: install  ## Rebuild reports/ from the stored records alone (no training).

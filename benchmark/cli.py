@@ -1,8 +1,11 @@
 """Command line: ``python -m benchmark COMMAND`` (also installed as ``ewc-bench``).
 
-Commands:
-    timing: time every curvature estimator on the tutorial network and write
-        ``OUT/timing.json`` and ``OUT/timing.md`` (see ``benchmark.timing``).
+``main`` runs a command and turns what can go wrong into exit statuses: a user error (bad value,
+missing or corrupt file, unwritable folder, unknown name, absent device, folder in use) is one
+line ``error: ...`` and status 2, without a traceback (``--debug`` shows it); a sweep whose
+selected or test runs failed exits 1; Ctrl-C or SIGTERM exits 130 after saying how to resume.
+The commands are in ``benchmark.commands`` (run, sweep, report, pipeline, reproduce, study,
+experiments) and here (timing, scaling).
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from . import provenance
+from .errors import USER_ERROR_STATUS, UserError, one_line
+from .preflight import check_folders, require_folders
+
+INTERRUPTED_STATUS = 130
 
 DESCRIPTION = """\
 ewc-bench: a benchmark of Fisher/curvature estimators for Elastic Weight Consolidation.
@@ -52,6 +62,15 @@ examples:
   OMP_NUM_THREADS=2 python -m benchmark timing --data-root ../shared/data --out reports
   python -m benchmark timing --sizes 1000 --names diag-exact,kfac-exact --repeats 3
   python -m benchmark timing --quick --no-memory        # a smoke run in seconds"""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, ``error: ...``, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: PROG: message (see PROG --help)`` and exit 2."""
+        print(f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(USER_ERROR_STATUS)
 
 
 def _positive_int(text: str) -> int:
@@ -205,13 +224,14 @@ def run_scaling_command(
     from . import scaling, scaling_report
     from .timing import SetupError, resolve_device
 
+    require_folders({"--out": args.out})
     try:
         overrides = dict(
             device=resolve_device(args.device),
             threads=args.threads,
             memory=args.memory,
             results=args.results,
-            command=shlex.join(["python", "-m", "benchmark", *argv]),
+            command=command(argv),
         )
         if args.repeats is not None:
             overrides["repeats"] = args.repeats
@@ -227,10 +247,15 @@ def run_scaling_command(
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser with its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of one line (also after the command)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
@@ -248,8 +273,8 @@ def run_timing_command(
 ) -> int:
     """Run the timing command; setup problems become argparse-style errors."""
     from . import timing
-    from .data import DataNotFoundError
 
+    preflight_timing(args)
     try:
         config = timing.make_config(
             sizes=args.sizes,
@@ -264,19 +289,69 @@ def run_timing_command(
             quick=args.quick,
             synthetic=args.synthetic,
             compare=args.compare,
-            command=shlex.join(["python", "-m", "benchmark", *argv]),
+            command=command(argv),
         )
         record = timing.run_timing(config)
-    except (timing.SetupError, DataNotFoundError) as err:
+    except timing.SetupError as err:
         parser.error(str(err))
     json_path, md_path = timing.write_reports(record, config.out)
     print(f"wrote {json_path} and {md_path}")
     return 0
 
 
+def command(argv: Sequence[str]) -> str:
+    """The command line as reports show it (an absolute ``--data-root`` not spelled out)."""
+    return shlex.join(["python", "-m", "benchmark", *provenance.redact_argv(list(argv))])
+
+
+def preflight_timing(args: argparse.Namespace) -> None:
+    """The timing command's preflight: the output folder, and MNIST unless synthetic."""
+    from .data import DataError, ensure_dataset
+    from .preflight import PreflightError
+
+    problems = check_folders({"--out": args.out})
+    if not args.synthetic:
+        try:
+            ensure_dataset("mnist", args.data_root)
+        except DataError as err:
+            problems.append(str(err))
+    if problems:
+        raise PreflightError(problems)
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen command; returns 0."""
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    return args.func(args, args.subparser, argv)
+    try:
+        return args.func(args, args.subparser, argv)
+    except KeyboardInterrupt as err:
+        if debug:
+            raise
+        print(f"\ninterrupted: {err or 'stopped'}", file=sys.stderr)
+        if getattr(args, "command", "") in ("sweep", "reproduce", "run"):
+            print(
+                "finished runs are kept; run the same command again to resume "
+                f"(nothing finished is redone): {command(argv)}",
+                file=sys.stderr,
+            )
+        return INTERRUPTED_STATUS
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:
+        if debug:
+            raise
+        problems = getattr(err, "problems", None) or [str(err)]
+        for problem in problems:
+            print(f"error: {one_line(problem)}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    except Exception as err:
+        if debug:
+            raise
+        print(
+            f"error: unexpected {type(err).__name__}: {one_line(err)} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1

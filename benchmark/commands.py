@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import FIELD_HELP, RunConfig
+from .errors import FAILED_RUNS_STATUS, UserError
 
 
 def parse_value(text: str) -> Any:
@@ -36,6 +37,31 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse type: comma-separated seeds, each an integer >= 0, at least one."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 0 (e.g. 0,1,2), got {text!r}"
+        )
+    return seeds
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-root",
@@ -45,8 +71,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--download",
-        action="store_true",
-        help="download missing datasets (needs network; default: never)",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="download missing datasets through torchvision (checksums verified; needs the "
+        "network; default: --no-download, `make reproduce` passes --download unless DOWNLOAD=0)",
     )
 
 
@@ -98,7 +126,10 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
             "--results", default=None, help="results folder (default results/<experiment name>)"
         )
         p.add_argument(
-            "--jobs", type=int, default=1, help="runs in parallel (local process pool; default 1)"
+            "--jobs",
+            type=positive_int,
+            default=1,
+            help="runs in parallel (local process pool; default 1)",
         )
         p.add_argument(
             "--device",
@@ -107,17 +138,30 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
             help="where to run (default: the experiment's, cpu)",
         )
         p.add_argument(
-            "--seeds", default=None, help="comma-separated seeds, overriding the experiment's"
+            "--seeds",
+            type=seed_list,
+            default=None,
+            help="comma-separated seeds (integers >= 0), overriding the experiment's",
         )
         p.add_argument(
             "--set",
             dest="overrides",
             action="append",
             metavar="KEY=VALUE",
-            help="override a run setting for every run (repeatable)",
+            help="set a run setting for every run of the sweep (repeatable); settings the "
+            "experiment decides (lam, seed, sequence, method, estimator, mode, "
+            "estimator_options) are refused with the reason",
         )
         p.add_argument(
-            "--retry-failed", action="store_true", help="run again the runs recorded as failed"
+            "--retry-failed",
+            action="store_true",
+            help="also run again the runs that failed for a reason of their own (runs that "
+            "failed for a reason outside themselves, e.g. missing data, are always retried)",
+        )
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="wait for another sweep on the same results folder to finish (default: refuse)",
         )
         p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
         if name == "reproduce":
@@ -173,25 +217,24 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Validate, run, print the matrices and metrics; optionally store the record."""
+    """Validate and preflight, run, print the matrices and metrics; optionally store the record."""
     from . import metrics
     from .harness import run
+    from .preflight import preflight
     from .records import write_record
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
-    try:
-        fields["estimator_options"] = parse_assignments(
-            args.estimator_options, "--estimator-options"
-        )
-        if fields["method"] != "ewc" and fields["estimator"] == RunConfig().estimator:
-            fields["estimator"] = None
-        config = RunConfig.from_dict(fields)
-        record = run(config, root=args.data_root, download=args.download, progress=args.progress)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+    fields["estimator_options"] = parse_assignments(args.estimator_options, "--estimator-options")
+    if fields["method"] != "ewc" and fields["estimator"] == RunConfig().estimator:
+        fields["estimator"] = None
+    config = RunConfig.from_dict(fields)
+    folders = {"--results": args.results} if args.results else {}
+    preflight([config], root=args.data_root, download=args.download, folders=folders)
+    record = run(config, root=args.data_root, progress=args.progress)
     print(
         f"run {record.run_id}: {config.sequence} {config.label} lam={config.lam:g} "
         f"seed={config.seed} -> {record.status}"
+        + (f" ({record.message})" if record.message else "")
     )
     for name, row in zip(record.tasks, zip(*record.acc_test, strict=True), strict=True):
         print(
@@ -204,21 +247,18 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: lis
     )
     if args.results:
         print(f"  record: {write_record(Path(args.results), record)}")
-    return 0 if record.status == "ok" else 1
+    return 0 if record.status == "ok" else FAILED_RUNS_STATUS
 
 
-def _experiment(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+def _experiment(args: argparse.Namespace) -> Any:
     from .sweep import load_experiment
 
-    try:
-        overrides = parse_assignments(args.overrides, "--set")
-        exp = load_experiment(args.experiment, overrides)
-        if args.seeds:
-            exp.seeds = [int(s) for s in args.seeds.split(",")]
-            if exp.selection_seed not in exp.seeds:
-                exp.selection_seed = exp.seeds[0]
-    except ValueError as err:
-        parser.error(str(err))
+    overrides = parse_assignments(args.overrides, "--set")
+    exp = load_experiment(args.experiment, overrides)
+    if args.seeds:
+        exp.seeds = list(args.seeds)
+        if exp.selection_seed not in exp.seeds:
+            exp.selection_seed = exp.seeds[0]
     return exp
 
 
@@ -226,16 +266,52 @@ def _results(args: argparse.Namespace, name: str) -> Path:
     return Path(args.results) if args.results else Path("results") / name
 
 
-def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Run (or resume) an experiment's sweep."""
-    from .sweep import run_sweep
-
-    exp = _experiment(args, parser)
+def _print_plan(exp: Any) -> None:
     n_sel = len({c.run_id for c in exp.selection_configs()})
     print(
         f"experiment {exp.name}: {len(exp.groups)} groups, {n_sel} selection runs, "
         f"up to {len(exp.groups) * len(exp.seeds)} final runs (seeds {exp.seeds})"
     )
+
+
+def _sweep(args: argparse.Namespace, exp: Any, out: Path | None) -> dict[str, Any]:
+    """Run the sweep and print its summary (to stderr, beside the progress bars)."""
+    from .sweep import run_sweep, summary_lines
+
+    results = _results(args, exp.name)
+    meta = run_sweep(
+        exp,
+        results,
+        jobs=args.jobs,
+        root=args.data_root,
+        download=args.download,
+        retry_failed=args.retry_failed,
+        device=args.device,
+        wait=args.wait,
+        out=out,
+    )
+    print(f"sweep {exp.name} in {results}:", file=sys.stderr)
+    for line in summary_lines(meta):
+        print(f"  {line}", file=sys.stderr)
+    return meta
+
+
+def _failed_note(meta: dict[str, Any]) -> str:
+    from .sweep import failed_runs
+
+    failed = failed_runs(meta)
+    env = sum(f["failure"] != "run" for f in failed)
+    return (
+        f"{len(failed)} runs failed ({env} for reasons outside the run, retried when you run the "
+        f"same command again; {len(failed) - env} for reasons of their own, retried with "
+        "--retry-failed)"
+    )
+
+
+def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Run (or resume) an experiment's sweep; exit 1 when a selected or test run failed."""
+    exp = _experiment(args)
+    _print_plan(exp)
     if args.dry_run:
         for g in exp.groups:
             print(
@@ -243,44 +319,45 @@ def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
                 f"lambdas {list(g.lambdas)}"
             )
         return 0
-    run_sweep(
-        exp,
-        _results(args, exp.name),
-        jobs=args.jobs,
-        root=args.data_root,
-        download=args.download,
-        retry_failed=args.retry_failed,
-        device=args.device,
-    )
+    meta = _sweep(args, exp, None)
+    from .sweep import failed_runs
+
+    if failed_runs(meta):
+        print(f"error: {_failed_note(meta)}", file=sys.stderr)
+        return FAILED_RUNS_STATUS
     return 0
 
 
 def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Rebuild the report from records."""
-    from .report import build_report
+    """Rebuild the report from records; exit 1 when a run it covers failed."""
+    from .preflight import require_folders
+    from .report import build_report, load_meta, load_records
 
     results = _results(args, Path(args.experiment).stem)
     if not (results / "runs").is_dir():
-        parser.error(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
-    path = build_report(results, Path(args.out), selection_seed=_selection_seed(results))
+        raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
+    require_folders({"--out": args.out})
+    meta = load_meta(results)
+    path = build_report(results, Path(args.out), selection_seed=meta.get("selection_seed", 0))
     print(f"wrote {path}")
+    failed = [r for r in load_records(results, meta) if r.status == "failed"]
+    if failed:
+        print(
+            f"error: {len(failed)} of the reported runs failed (the report counts them as "
+            "excluded); rerun the sweep to retry them",
+            file=sys.stderr,
+        )
+        return FAILED_RUNS_STATUS
     return 0
-
-
-def _selection_seed(results: Path) -> int:
-    meta = results / "sweep.json"
-    return json.loads(meta.read_text()).get("selection_seed", 0) if meta.exists() else 0
 
 
 def cmd_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Measure the input pipeline."""
-    from .data import DataNotFoundError
+    from .data import ensure_dataset
     from .pipeline import measure
 
-    try:
-        result = measure(args.data_root)
-    except (DataNotFoundError, RuntimeError) as err:
-        parser.error(str(err))
+    ensure_dataset("mnist", args.data_root, download=args.download)
+    result = measure(args.data_root)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -292,24 +369,24 @@ def cmd_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, argv
 def cmd_reproduce(
     args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]
 ) -> int:
-    """Sweep, pipeline timing (real data), report."""
+    """Sweep, pipeline timing (real data), report; no report when a run failed (exit 1)."""
     from .pipeline import measure
     from .report import build_report
-    from .sweep import run_sweep
+    from .sweep import failed_runs
 
-    exp = _experiment(args, parser)
+    exp = _experiment(args)
     if args.dry_run:
         return cmd_sweep(args, parser, argv)
+    _print_plan(exp)
+    meta = _sweep(args, exp, Path(args.out))
+    if failed_runs(meta):
+        print(
+            f"error: {_failed_note(meta)}; the report was not rebuilt (`make report` builds "
+            "one from what finished)",
+            file=sys.stderr,
+        )
+        return FAILED_RUNS_STATUS
     results = _results(args, exp.name)
-    run_sweep(
-        exp,
-        results,
-        jobs=args.jobs,
-        root=args.data_root,
-        download=args.download,
-        retry_failed=args.retry_failed,
-        device=args.device,
-    )
     uses_real = any(g.base.data == "real" for g in exp.groups)
     if args.pipeline and uses_real and not (results / "pipeline.json").exists():
         print("timing one epoch: DataLoader + ToTensor vs in-memory tensors", file=sys.stderr)
@@ -323,10 +400,15 @@ def cmd_reproduce(
 
 def cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Run the approximation study and write STUDY.md, study.csv and figures."""
-    from .data import DataNotFoundError
+    from .data import ensure_dataset
+    from .preflight import require_folders
     from .study import QUICK, StudyConfig, run_study
     from .study_report import write_study
 
+    require_folders({"--out": args.out})
+    if not args.synthetic:
+        for name in ("mnist", "fmnist"):
+            ensure_dataset(name, args.data_root, download=args.download)
     sizes = QUICK if args.quick else {}
     cfg = StudyConfig(
         data="synthetic" if args.synthetic else "real",
@@ -334,10 +416,7 @@ def cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
         results=args.results,
         **sizes,
     )
-    try:
-        study = run_study(cfg)
-    except DataNotFoundError as err:
-        parser.error(str(err))
+    study = run_study(cfg)
     print(f"wrote {write_study(study, Path(args.out), args.results)}")
     return 0
 

@@ -1,8 +1,11 @@
 """Run configuration: one frozen, validated, hashable description of a run.
 
-``RunConfig.run_id`` is a hash of every field that can change a number (``device`` is recorded in
-provenance, not hashed: the same run on CPU and GPU shares an id). Validation happens before any
-training and says what was wrong and what is allowed.
+``RunConfig.run_id`` is a hash of every field that can change a number or whether the run can
+run at all: every setting, the device kind (``cpu`` or ``cuda``; ``auto`` counts as what it
+resolves to on this machine, and ``cuda:1`` as ``cuda``), and ``RESULTS_VERSION``, so a record
+made on a GPU is never reused by a CPU rerun, and records of a harness whose arithmetic has since
+changed are never reused. Validation happens before any training and says what was wrong and
+what is allowed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 import estimators
+
+from .errors import DeviceError
 
 SEQUENCES = (
     "mnist-fmnist",
@@ -31,6 +38,43 @@ MODES = ("separate", "online")
 BN_MODES = ("update", "freeze")
 OPTIMIZERS = ("adam", "sgd")
 PENALISED = ("l2", "ewc")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""Runs train in float32: lambda, the learning rate and friends must be representable in it."""
+
+RESULTS_VERSION = 2
+"""Part of every run id; raised whenever the harness's arithmetic changes, so that a results
+folder never mixes records of two harnesses. Its history (``RESULTS_VERSIONS``) is in the report."""
+RESULTS_VERSIONS = {
+    1: "first harness",
+    2: "the per-step cost probe runs on deep copies of the model and the optimizer's state "
+    "(before, its 15-30 timing steps after each task shared and advanced Adam's state, so "
+    "measuring changed the training it measured); non-finite parameters or logits after a "
+    "task make the run diverged; the device kind is part of the run id",
+}
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``cuda``: the device kind a run id records (``auto`` resolved on this machine)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if str(device).startswith("cuda") else str(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error.
+
+    Raises:
+        DeviceError: ``cuda`` asked for on a machine where torch sees no CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        built = "with" if torch.backends.cuda.is_built() else "without"
+        raise DeviceError(
+            f"device {name!r} was asked for, but torch {torch.__version__} (built {built} CUDA) "
+            "sees no CUDA GPU on this machine; use --device cpu (or auto)"
+        )
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -69,9 +113,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> dict[str, Any]:
-        """The fields that can change results (everything but ``device``)."""
+        """What the run id hashes: every field, the device as its kind, ``RESULTS_VERSION``."""
         d = self.to_dict()
-        d.pop("device")
+        d["device"] = device_kind(self.device)
+        d["results_version"] = RESULTS_VERSION
         return d
 
     @property
@@ -125,7 +170,7 @@ FIELD_HELP: dict[str, str] = {
     "val_fraction": "fraction of each training set held out for validation (lambda selection)",
     "train_limit": "use at most this many training inputs per task (quick runs); default all",
     "eval_limit": "evaluate on at most this many validation/test inputs per task; default all",
-    "device": "cpu, cuda or auto (not part of the run id)",
+    "device": "cpu, cuda or auto (its kind, cpu or cuda, is part of the run id)",
 }
 
 
@@ -166,10 +211,10 @@ def validate(c: RunConfig) -> None:
             _fail(name, value, "a positive integer, or omitted for the default")
     if not _is_int(c.seed) or c.seed < 0:
         _fail("seed", c.seed, "an integer >= 0")
-    if not _is_num(c.lam) or c.lam < 0:
-        _fail("lam", c.lam, "a finite number >= 0")
-    if not _is_num(c.lr) or c.lr <= 0:
-        _fail("lr", c.lr, "a finite number > 0")
+    if not _is_num(c.lam) or not 0 <= c.lam <= FLOAT32_MAX:
+        _fail("lam", c.lam, f"a finite number in [0, {FLOAT32_MAX:.4g}] (runs train in float32)")
+    if not _is_num(c.lr) or not 0 < c.lr <= FLOAT32_MAX:
+        _fail("lr", c.lr, f"a finite number in (0, {FLOAT32_MAX:.4g}] (runs train in float32)")
     if not _is_num(c.gamma) or not 0 <= c.gamma <= 1:
         _fail("gamma", c.gamma, "a number in [0, 1]")
     if not _is_num(c.val_fraction) or not 0 < c.val_fraction < 1:

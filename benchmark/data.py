@@ -9,7 +9,13 @@ float32 in [0, 1] with one batched op, exactly what torchvision's ``ToTensor`` g
 
 The root may be read-only: nothing is written there unless files are missing and a download was
 allowed. Root resolution: an explicit ``root`` argument (``--data-root``), else the
-``EWC_BENCH_DATA`` environment variable, else ``./data``.
+``EWC_BENCH_DATA`` environment variable, else ``./data`` (``benchmark.datacheck.resolve_root``).
+
+Bad or missing files are diagnosed before torchvision reads them, in one line
+(``benchmark.datacheck`` holds the published files, sizes and MD5s and the rules):
+``load_split`` checks headers and sizes (not MD5s) and raises ``CorruptDataError`` naming the
+file, or ``DataNotFoundError`` naming the missing files, the folder and the fixes;
+``verify_dataset`` and ``ensure_dataset`` also compare MD5s.
 
 Randomness (validation splits, subsets, synthetic data) comes from ``benchmark.seeds``, keyed
 by role, never from torch's global generator.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +37,16 @@ import torch
 import torch.nn.functional as F
 from torchvision import datasets
 
+from . import datacheck
+from .datacheck import resolve_root
+from .errors import UserError
 from .seeds import generator
 
-ENV_VAR = "EWC_BENCH_DATA"
+ENV_VAR = datacheck.ENV_VAR
+DEBIAN_HINT = datacheck.DEBIAN_HINT
 DATASETS: dict[str, type[datasets.MNIST]] = {
     "mnist": datasets.MNIST,
     "fmnist": datasets.FashionMNIST,
-}
-DEBIAN_HINT = {
-    "fmnist": " On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` installs the gzipped "
-    "files under /usr/share/datasets/fashion-mnist/; decompress them into that folder.",
 }
 IMAGE_SHAPE = (1, 28, 28)
 PIXEL_MAX = 255.0
@@ -53,8 +60,16 @@ SYNTHETIC_MNIST_BLACK = 0.25
 """Synthetic ``mnist`` pixels below this are set to 0 (black background)."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataError(UserError):
+    """A dataset's files are missing or wrong; the message is one line saying what and how."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """A dataset's files are missing and downloading was not allowed (or failed)."""
+
+
+class CorruptDataError(DataError, ValueError):
+    """A dataset's files exist but are wrong (truncated, bad header, wrong size or MD5)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,22 +105,15 @@ class Split:
 # -- real datasets -------------------------------------------------------------------------------
 
 
-def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: ``root`` if given, else ``$EWC_BENCH_DATA``, else ``./data``."""
-    if root is not None and str(root) != "":
-        return Path(root)
-    env = os.environ.get(ENV_VAR, "")
-    return Path(env) if env else Path("data")
-
-
 def raw_folder(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """Where dataset ``name``'s uncompressed IDX files are looked for: ``ROOT/<Class>/raw``."""
-    return resolve_root(root) / _dataset_class(name).__name__ / "raw"
+    return datacheck.raw_folder(name, root)
 
 
 def raw_files(name: str) -> tuple[str, ...]:
     """The uncompressed IDX files dataset ``name`` needs (train and test, images and labels)."""
-    return tuple(Path(url).stem for url, _ in _dataset_class(name).resources)
+    datacheck.check_name(name)
+    return datacheck.FILES
 
 
 def files_present(name: str, root: str | os.PathLike[str] | None = None) -> bool:
@@ -114,30 +122,94 @@ def files_present(name: str, root: str | os.PathLike[str] | None = None) -> bool
     return all((folder / f).is_file() for f in raw_files(name))
 
 
+def verify_dataset(
+    name: str, root: str | os.PathLike[str] | None = None, *, checksums: bool = True
+) -> None:
+    """Check dataset ``name``'s files (``benchmark.datacheck.check_dataset``); raise if bad.
+
+    Args:
+        name: ``mnist`` or ``fmnist``.
+        root: the data root; None resolves as ``resolve_root``.
+        checksums: also compare files of the published size with their published MD5.
+
+    Raises:
+        ValueError: unknown dataset name.
+        CorruptDataError: a file exists but is wrong (every problem, joined by ``"; "``).
+        DataNotFoundError: files are missing (names them, the folder and the fixes).
+    """
+    _raise_if_bad(datacheck.check_dataset(name, root, checksums=checksums))
+
+
+def ensure_dataset(
+    name: str, root: str | os.PathLike[str] | None = None, *, download: bool = False
+) -> bool:
+    """Verify dataset ``name`` (MD5s included); download it first if missing and allowed.
+
+    The download goes through torchvision (which checks the archives' MD5s) into ``root``, with
+    one line on stderr first and torchvision's progress bars; the files are verified again after.
+
+    Args:
+        name: ``mnist`` or ``fmnist``.
+        root: the data root; None resolves as ``resolve_root``.
+        download: download missing files.
+
+    Returns:
+        Whether it downloaded.
+
+    Raises:
+        ValueError: unknown dataset name.
+        CorruptDataError: a file exists but is wrong.
+        DataNotFoundError: files missing and downloading not allowed, or the download failed.
+    """
+    base = resolve_root(root).resolve()
+    check = datacheck.check_dataset(name, base, checksums=True)
+    if not (check.missing and download):
+        _raise_if_bad(check, "Downloading was not allowed.")
+        return False
+    print(
+        f"downloading {check.label} into {check.folder} through torchvision "
+        "(archive MD5s verified) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        _download(name, base)
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataNotFoundError(
+            datacheck.missing_message(check, f"Downloading failed: {reason}.", tried=True)
+        ) from None
+    _raise_if_bad(
+        datacheck.check_dataset(name, base, checksums=True),
+        "The download did not provide them.",
+        tried=True,
+    )
+    return True
+
+
 def load_split(
     name: str, train: bool, root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> Split:
     """Load ``name`` (``mnist`` or ``fmnist``), train or test split, as uint8 tensors.
 
-    Downloads (through torchvision, into the root) only when the files are missing and
-    ``download`` is true. Cached per process: loading the same split from the same root again
-    returns the same ``Split`` (treat it as read-only).
+    Checks the files' headers and sizes first (not their MD5s: see ``verify_dataset``).
+    Downloads (through torchvision, into the root; see ``ensure_dataset``) only when files are
+    missing and ``download`` is true. Cached per process: loading the same split from the same
+    root again returns the same ``Split`` (treat it as read-only).
 
     Raises:
         ValueError: unknown dataset name.
+        CorruptDataError: a file exists but is wrong (names it and what is wrong).
         DataNotFoundError: files missing and not downloadable (says where it looked and how to
             provide them).
     """
-    cls = _dataset_class(name)
+    _dataset_class(name)
     base = resolve_root(root).resolve()
-    if not files_present(name, base):
-        if not download:
-            raise DataNotFoundError(_missing_message(name, base, "Downloading was not allowed."))
-        try:
-            cls(str(base), train=train, download=True)
-        except (OSError, RuntimeError) as err:
-            msg = _missing_message(name, base, f"Downloading failed: {err}")
-            raise DataNotFoundError(msg) from None
+    check = datacheck.check_dataset(name, base, checksums=False)
+    if check.missing and download:
+        ensure_dataset(name, base, download=True)
+    else:
+        _raise_if_bad(check, "Downloading was not allowed.")
     return _load_cached(name, bool(train), str(base))
 
 
@@ -147,20 +219,24 @@ def clear_cache() -> None:
     synthetic_split.cache_clear()
 
 
-def _dataset_class(name: str) -> type[datasets.MNIST]:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
-
-
-def _missing_message(name: str, base: Path, how: str) -> str:
+def _download(name: str, base: Path) -> None:
+    """Download dataset ``name`` into ``base`` through torchvision (both splits)."""
     cls = _dataset_class(name)
-    raw = base / cls.__name__ / "raw"
-    return (
-        f"{cls.__name__} not found: looked for {', '.join(raw_files(name))} in {raw}. {how} "
-        f"Provide the uncompressed IDX files there, or point --data-root / ${ENV_VAR} at a "
-        f"folder holding {cls.__name__}/raw/." + DEBIAN_HINT.get(name, "")
-    )
+    for train in (True, False):
+        cls(str(base), train=train, download=True)
+
+
+def _dataset_class(name: str) -> type[datasets.MNIST]:
+    return DATASETS[datacheck.check_name(name)]
+
+
+def _raise_if_bad(check: datacheck.DatasetCheck, reason: str = "", tried: bool = False) -> None:
+    """Raise ``CorruptDataError`` for problems, else ``DataNotFoundError`` for missing files."""
+    if check.problems:
+        also = f"; also missing in {check.folder}: {', '.join(check.missing)}"
+        raise CorruptDataError("; ".join(check.problems) + (also if check.missing else ""))
+    if check.missing:
+        raise DataNotFoundError(datacheck.missing_message(check, reason, tried=tried))
 
 
 @functools.lru_cache(maxsize=8)
@@ -168,8 +244,9 @@ def _load_cached(name: str, train: bool, root: str) -> Split:
     """Read one split's IDX files (they exist) into uint8 ``[N, 1, 28, 28]`` and long labels."""
     try:
         ds = _dataset_class(name)(root, train=train, download=False)
-    except RuntimeError as err:  # a file vanished or is unreadable between check and read
-        raise DataNotFoundError(_missing_message(name, Path(root), str(err))) from None
+    except (RuntimeError, AssertionError, ValueError, OSError):  # changed since it was checked
+        _raise_if_bad(datacheck.check_dataset(name, root, checksums=False))
+        raise
     inputs = ds.data.to(torch.uint8).unsqueeze(1).contiguous()
     return Split(inputs=inputs, targets=ds.targets.to(torch.long))
 

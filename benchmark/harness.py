@@ -11,12 +11,16 @@ BatchNorm is an explicit axis: ``bn = update`` keeps its running statistics upda
 task (train mode); ``bn = freeze`` puts BatchNorm layers in eval mode after the first task, so
 their statistics stay those of task 1 (no Fisher penalty protects buffers).
 
-A loss that becomes NaN/inf stops the run: it is recorded as ``diverged`` with what it had.
+Divergence is checked where it happens: a training loss that becomes NaN/inf (checked every
+``CHECK_EVERY`` steps and at the end of each epoch), a parameter or buffer that is non-finite
+after a task's last update, or non-finite logits in the evaluation stop the run; it is recorded
+as ``diverged`` with what it had and a message saying where.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import statistics
 import time
@@ -31,7 +35,7 @@ from tqdm.auto import tqdm
 import estimators
 
 from . import provenance
-from .config import RunConfig
+from .config import RESULTS_VERSION, RunConfig, resolve_device
 from .models import make_model, task_forward
 from .penalty import EWCPenalty
 from .records import RunRecord
@@ -45,17 +49,6 @@ PROBE_STEPS = 15
 """Interleaved steps with and without the penalty to measure its cost per step."""
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            "device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto"
-        )
-    return torch.device(name)
 
 
 def sync(device: torch.device) -> None:
@@ -140,7 +133,10 @@ def train_task(
 ) -> tuple[float | None, bool]:
     """Train on one task. Returns (mean loss of the last epoch, diverged)."""
     mean = None
-    for _ in range(epochs):
+    label = getattr(bar, "desc", "").removesuffix(": ")
+    for epoch in range(epochs):
+        if bar is not None and not bar.disable and epochs > 1:
+            bar.set_description(f"{label} epoch {epoch + 1}/{epochs}", refresh=False)
         running = torch.zeros((), device=batches.device)
         steps = batches.epoch()
         for i, index in enumerate(steps):
@@ -156,24 +152,40 @@ def train_task(
     return mean, False
 
 
+def first_non_finite(model: nn.Module) -> str | None:
+    """The name of the first floating-point parameter or buffer holding NaN/inf, else None."""
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, task: Task, split: str, device: torch.device) -> float:
-    """Top-1 accuracy on ``task``'s ``split`` (``val`` or ``test``), eval mode, its own head."""
+def accuracy(model: nn.Module, task: Task, split: str, device: torch.device) -> float | None:
+    """Top-1 accuracy on ``task``'s ``split`` (``val`` or ``test``), eval mode, its own head.
+
+    None when any logit is NaN/inf: an accuracy from non-finite logits means nothing.
+    """
     data = getattr(task, split)
     forward = task_forward(model, task.head)
     correct = 0
     for start in range(0, len(data), EVAL_BATCH):
         index = torch.arange(start, min(len(data), start + EVAL_BATCH))
         x = data.float_inputs(index).to(device)
-        pred = forward(model, x).argmax(-1).cpu()
-        correct += int((pred == data.targets[index]).sum())
+        logits = forward(model, x)
+        if not bool(torch.isfinite(logits).all()):
+            return None
+        correct += int((logits.argmax(-1).cpu() == data.targets[index]).sum())
     return correct / len(data)
 
 
 def evaluate(
     model: nn.Module, sequence: TaskSequence, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """Validation and test accuracy on every task (one row of each matrix); restores the mode."""
+) -> tuple[list[float | None], list[float | None]]:
+    """Validation and test accuracy on every task (one row of each matrix); restores the mode.
+
+    An entry is None where the task's logits were non-finite (see ``accuracy``).
+    """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -208,23 +220,32 @@ def probe_step_cost(
     penalty: EWCPenalty | None,
     forward: Forward,
 ) -> tuple[float, float | None]:
-    """Median ms of a plain step and the penalty's extra ms per step, on copies (interleaved)."""
+    """Median ms of a plain step and the penalty's extra ms per step, on copies (interleaved).
+
+    Measuring never touches the experiment: the steps are taken on deep copies of the model and
+    of the optimizer's state, under a forked random state, so a run's record is the same with and
+    without the probe (tested).
+    """
     model_c = copy.deepcopy(model)
     opt_c = type(optimizer)(
         [p for p in model_c.parameters() if p.requires_grad], **optimizer.defaults
     )
-    opt_c.load_state_dict(optimizer.state_dict())
+    # load_state_dict keeps the tensors it is given (Adam's step, exp_avg, exp_avg_sq): without
+    # the deep copy the probe's steps would advance the training optimizer's state.
+    opt_c.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     x, y = batches.get(torch.arange(min(batches.batch_size, len(batches.task.train))))
     plain, with_penalty = [], []
-    for _ in range(PROBE_STEPS):
-        for store, pen in ((plain, None), (with_penalty, penalty)):
-            if store is with_penalty and not penalty:
-                continue
-            sync(batches.device)
-            start = time.perf_counter()
-            train_step(model_c, opt_c, forward, x, y, pen)
-            sync(batches.device)
-            store.append((time.perf_counter() - start) * 1e3)
+    devices = [batches.device] if batches.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # a model that draws random numbers
+        for _ in range(PROBE_STEPS):
+            for store, pen in ((plain, None), (with_penalty, penalty)):
+                if store is with_penalty and not penalty:
+                    continue
+                sync(batches.device)
+                start = time.perf_counter()
+                train_step(model_c, opt_c, forward, x, y, pen)
+                sync(batches.device)
+                store.append((time.perf_counter() - start) * 1e3)
     step = statistics.median(plain[2:])
     extra = statistics.median(with_penalty[2:]) - step if with_penalty else None
     return step, extra
@@ -240,12 +261,14 @@ def run(
     download: bool = False,
     progress: bool = False,
     on_task_end: OnTaskEnd | None = None,
+    probe: bool = True,
 ) -> RunRecord:
     """Run one config end to end and return its record (status ok or diverged).
 
     ``on_task_end(t, model)`` is called after task t is trained and evaluated, before its
     curvature is fitted (e.g. to keep the weights for an offline study); it must not change
-    the model.
+    the model. ``probe = False`` skips the per-step cost probe (``step_ms`` and ``penalty_ms``
+    are then None); the accuracies and losses are the same either way.
     """
     started, t0 = provenance.now(), time.perf_counter()
     provenance.reset_peak_memory()
@@ -268,12 +291,13 @@ def run(
     if config.method == "joint":
         _run_joint(config, model, sequence, device, record)
     else:
-        _run_sequential(config, model, sequence, device, record, progress, on_task_end)
+        _run_sequential(config, model, sequence, device, record, progress, on_task_end, probe)
     record.total_seconds = time.perf_counter() - t0
     record.peak_rss_mb = provenance.peak_rss_mb()
     record.provenance = {
         **provenance.machine(str(device)),
         "git_sha": provenance.git_sha(),
+        "results_version": RESULTS_VERSION,
         "command": provenance.command_line(),
         "started": started,
         "finished": provenance.now(),
@@ -289,6 +313,7 @@ def _run_sequential(
     record: RunRecord,
     progress: bool,
     on_task_end: OnTaskEnd | None = None,
+    probe: bool = True,
 ) -> None:
     penalty = (
         EWCPenalty(config.lam, config.mode, config.gamma)
@@ -317,20 +342,25 @@ def _run_sequential(
         record.train_seconds.append(time.perf_counter() - start)
         bar.close()
         record.train_loss.append(loss)
+        where = f"task {t + 1} ({task.name})"
         if diverged:
-            record.status = "diverged"
-            record.message = (
-                f"the training loss became non-finite during task {t + 1} ({task.name})"
-            )
-            record.acc_val.append([None] * n_tasks)
-            record.acc_test.append([None] * n_tasks)
+            _diverged(record, n_tasks, f"the training loss became non-finite during {where}")
             return
-        step, extra = probe_step_cost(model, optimizer, batches, penalty, forward)
+        bad = first_non_finite(model)
+        if bad is not None:
+            _diverged(record, n_tasks, f"{bad} became non-finite by the end of {where}")
+            return
+        step, extra = (
+            probe_step_cost(model, optimizer, batches, penalty, forward) if probe else (None, None)
+        )
         record.step_ms.append(step)
         record.penalty_ms.append(extra)
         start = time.perf_counter()
         val, test = evaluate(model, sequence, device)
         record.eval_seconds.append(time.perf_counter() - start)
+        if None in val or None in test:
+            _diverged(record, n_tasks, f"the logits became non-finite after {where}")
+            return
         record.acc_val.append(val)
         record.acc_test.append(test)
         if on_task_end is not None:
@@ -348,6 +378,14 @@ def _run_sequential(
         penalty.consolidate(model, curvature)
 
 
+def _diverged(record: RunRecord, n_tasks: int, message: str) -> None:
+    """Mark the run diverged: a row of None closes the accuracy matrices."""
+    record.status = "diverged"
+    record.message = message
+    record.acc_val.append([None] * n_tasks)
+    record.acc_test.append([None] * n_tasks)
+
+
 def _run_joint(
     config: RunConfig,
     model: nn.Module,
@@ -356,6 +394,7 @@ def _run_joint(
     record: RunRecord,
 ) -> None:
     """Train once on the union of all tasks (each input through its task's head)."""
+    n = len(sequence.tasks)
     optimizer = make_optimizer(config, model)
     xs = torch.cat([t.train.inputs for t in sequence.tasks])
     ys = torch.cat([t.train.targets for t in sequence.tasks])
@@ -377,17 +416,21 @@ def _run_joint(
             running += loss.detach()
         steps = len(chunks)
         if not torch.isfinite(running):
-            record.status = "diverged"
-            record.message = "the training loss became non-finite during joint training"
             record.train_seconds.append(time.perf_counter() - start)
-            record.acc_val.append([None] * len(sequence.tasks))
-            record.acc_test.append([None] * len(sequence.tasks))
+            _diverged(record, n, "the training loss became non-finite during joint training")
             return
     record.train_seconds.append(time.perf_counter() - start)
     record.train_loss.append(float(running) / max(1, steps))
+    bad = first_non_finite(model)
+    if bad is not None:
+        _diverged(record, n, f"{bad} became non-finite by the end of joint training")
+        return
     start = time.perf_counter()
     val, test = evaluate(model, sequence, device)
     record.eval_seconds.append(time.perf_counter() - start)
+    if None in val or None in test:
+        _diverged(record, n, "the logits became non-finite after joint training")
+        return
     record.acc_val.append(val)
     record.acc_test.append(test)
     record.estimate_seconds.append(0.0)

@@ -87,12 +87,48 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     return env
 
 
+DATA_ROOT_FLAG = "--data-root"
+DATA_ROOT_ENV = "EWC_BENCH_DATA"
+
+
+def shown_data_root(root: str | os.PathLike[str]) -> str:
+    """A data root as reports may show it: as given when relative, else a placeholder.
+
+    Committed reports never record a local absolute path: an absolute root reads
+    ``$EWC_BENCH_DATA`` when it is that variable's value, else ``<data root>``.
+    """
+    text = str(root)
+    if not Path(text).is_absolute():
+        return text
+    env = os.environ.get(DATA_ROOT_ENV, "")
+    if env and Path(env).resolve() == Path(text).resolve():
+        return f"${DATA_ROOT_ENV}"
+    return "<data root>"
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``--data-root`` shown as ``shown_data_root`` does."""
+    out, after_flag = [], False
+    for arg in argv:
+        if after_flag:
+            arg, after_flag = shown_data_root(arg), False
+        elif arg == DATA_ROOT_FLAG:
+            after_flag = True
+        elif arg.startswith(DATA_ROOT_FLAG + "="):
+            arg = f"{DATA_ROOT_FLAG}={shown_data_root(arg.split('=', 1)[1])}"
+        out.append(arg)
+    return out
+
+
 def command_line() -> str:
-    """The command that is running, as typed (``python -m ...`` for module runs)."""
+    """The command that is running, as typed (``python -m ...`` for module runs).
+
+    An absolute ``--data-root`` is shown as ``shown_data_root`` does (no local paths in reports).
+    """
     argv = list(sys.argv)
     if argv and argv[0].endswith("__main__.py"):
         argv[0] = "python -m " + Path(argv[0]).parent.name
-    return " ".join(argv)
+    return " ".join(redact_argv(argv))
 
 
 def reset_peak_memory() -> bool:

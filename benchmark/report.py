@@ -42,8 +42,9 @@ import numpy as np
 import estimators
 
 from . import metrics
-from .config import BN_MODES, PENALISED, SEQUENCES
-from .records import RunRecord, read_records
+from .config import BN_MODES, PENALISED, RESULTS_VERSIONS, SEQUENCES
+from .errors import UserError
+from .records import RunRecord, quarantine, read_records
 from .selection import choose_lambdas, group_key, is_selected
 
 CSV_COLUMNS = (
@@ -134,8 +135,12 @@ class Run:
         return self.record.status == "diverged"
 
 
-def load_records(results_dir: Path) -> list[RunRecord]:
-    """Every run record under ``results_dir/runs``.
+def load_records(results_dir: Path, meta: dict[str, Any] | None = None) -> list[RunRecord]:
+    """The run records of a results folder: the sweep's own runs when ``meta`` lists them.
+
+    ``meta["run_ids"]`` (written by the sweep into ``sweep.json``) names the runs of the sweep
+    that made the folder; other records (an earlier sweep's, a lone ``run --results``) are left
+    out. Without it, every record under ``results_dir/runs`` is used.
 
     Raises:
         FileNotFoundError: the results directory does not exist or holds no record.
@@ -147,6 +152,10 @@ def load_records(results_dir: Path) -> list[RunRecord]:
             f"or point the report at the folder that holds runs/"
         )
     records = list(read_records(results_dir))
+    ids = (meta or {}).get("run_ids")
+    if isinstance(ids, dict):
+        wanted = {i for phase in ids.values() for i in phase}
+        records = [r for r in records if r.run_id in wanted]
     if not records:
         raise FileNotFoundError(
             f"no run records under {results_dir / 'runs'} (expected runs/<run_id>.json)"
@@ -155,12 +164,17 @@ def load_records(results_dir: Path) -> list[RunRecord]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file; None when absent, or when unreadable (then moved to quarantine/)."""
     if not path.is_file():
         return None
-    with path.open() as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    try:
+        with path.open() as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as err:
+        quarantine(path, path.parent, f"not a valid {path.name}: {' '.join(str(err).split())}")
+        return None
     return data
 
 
@@ -675,6 +689,20 @@ def record_shas(runs: Sequence[Run]) -> str:
     return ", ".join(f"{sha} ({n} runs)" for sha, n in sorted(counts.items()))
 
 
+def results_version_text(runs: Sequence[Run]) -> str:
+    """Which harness made the records (``config.RESULTS_VERSION``), and what changed in it."""
+    counts = Counter(r.record.provenance.get("results_version", 1) for r in runs)
+    parts = [
+        f"version {v} ({n} runs: {RESULTS_VERSIONS.get(v, 'unknown')})"
+        for v, n in sorted(counts.items())
+    ]
+    return (
+        "- Harness: results "
+        + "; ".join(parts)
+        + ". The version is part of every run id, so records of another version are never reused"
+    )
+
+
 def peak_memory_text(runs: Sequence[Run]) -> str:
     """The largest peak resident memory of any run (runs go one per process slot)."""
     peaks = [(r.record.peak_rss_mb, r) for r in runs if r.record.peak_rss_mb is not None]
@@ -715,6 +743,7 @@ def provenance_section(
         f"failed); sequences {', '.join(sequences(runs))}; seeds "
         f"{', '.join(str(s) for s in seeds)}; git SHAs in the records: {record_shas(runs)}",
         peak_memory_text(runs),
+        results_version_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
         f"validation split of seed {selection_seed}: the highest validation average accuracy, "
@@ -1003,7 +1032,8 @@ def cost_section(runs: Sequence[Run]) -> str:
         "Finished selected runs of each method, bn modes pooled (means over runs of per-task "
         "means). Estimation: wall time of fitting the curvature after a task (tasks where one "
         "was fitted). Penalty: median extra time per training step that the penalty costs "
-        "(quadratic form and its backward), in ms and as a share of a plain step (forward, "
+        "(its closed-form gradient, added after the loss's backward), in ms and as a share of "
+        "a plain step (forward, "
         "loss, backward, optimizer step). Curvature: bytes of one task's curvature. Peak RSS: "
         "the process's peak resident memory during the run.",
     ]
@@ -1398,6 +1428,10 @@ def draw_figure(spec: FigureSpec, runs: Sequence[Run], fig_dir: Path, selection_
 # ============================================================================================
 
 
+class NoResultsError(UserError):
+    """A results folder without a single finished run: there is nothing to report."""
+
+
 def build_report(
     results_dir: Path,
     out_dir: Path,
@@ -1423,8 +1457,16 @@ def build_report(
         ValueError: a malformed record or metadata file.
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    runs = summarise(load_records(results_dir), selection_seed)
     meta_all = load_meta(results_dir, meta)
+    records = load_records(results_dir, meta_all)
+    if not any(r.status == "ok" for r in records):
+        counts = Counter(r.status for r in records)
+        raise NoResultsError(
+            f"no finished run in {results_dir} ({counts['failed']} failed, {counts['diverged']} "
+            f"diverged): nothing to report, REPORT.md not written; run the sweep again "
+            f"(failures outside the runs are retried) or see runs/*.json for the reasons"
+        )
+    runs = summarise(records, selection_seed)
     pipeline = load_pipeline(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runs.csv").write_text(runs_csv(runs))

@@ -6,33 +6,29 @@ An experiment (a TOML file, see ``benchmark/experiments/``) expands in two phase
 2. final: each group at the lambda chosen on the validation split (``selection``), on every seed
    (paired: the same seeds, hence the same tasks, inits and data orders, for every method).
 
-Each run is keyed by the hash of its config and written atomically to ``<results>/runs``; a run
-whose record exists is skipped, so an interrupted sweep resumes where it stopped and redoes
-nothing. Runs go through a ``concurrent.futures.Executor``: in-process for ``jobs = 1``, a local
-process pool for ``jobs > 1`` (another engine can be plugged in the same way).
+Each run is keyed by the hash of its config; its record is written atomically to
+``<results>/runs`` by the driver, and a finished run is skipped, so an interrupted sweep resumes
+where it stopped and redoes nothing (runs that failed for a reason outside themselves are tried
+again; see ``execution``). Before any run, a preflight checks everything that can be known up
+front (``preflight``), and the results folder is locked for the sweep (``lock``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-import traceback
 from collections.abc import Iterable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 from . import provenance
-from .config import FIELD_HELP, RunConfig
-from .records import RunRecord, read_records, record_path, write_record
+from .config import FIELD_HELP, FLOAT32_MAX, RunConfig, device_kind
+from .execution import Pool, Tally, phase_summary, run_configs, sigterm_as_interrupt
+from .lock import FolderLock
+from .preflight import preflight
+from .records import RunRecord, clean_partial, read_records, write_json_atomic
 from .selection import choose_lambdas, group_key
 
 if sys.version_info >= (3, 11):
@@ -54,6 +50,17 @@ EXPERIMENT_KEYS = {
     "extend_factor": "the factor between an edge and the value added past it (default 10)",
 }
 STUDY_KEYS = ("sequence", "bn", "methods", "settings", "lambdas", "method_settings")
+FIXED_BY_EXPERIMENT = {
+    "lam": "lambda comes from the experiment's grids ([lambdas], chosen on validation); "
+    "edit the grid in a copy of the experiment's TOML, or use `run --lam`",
+    "seed": "seeds come from the experiment's seed list; use --seeds",
+    "sequence": "each study names its sequence; edit [[studies]] in a copy of the experiment",
+    "method": "methods come from each study's list; edit [[studies]] in a copy of the experiment",
+    "estimator": "estimators come from each study's method list ('ewc <estimator>')",
+    "mode": "the mode comes from each study's method list ('ewc' or 'ewc-online')",
+    "estimator_options": "estimator options differ per method: set them in [method_settings]",
+}
+"""Run settings that ``--set`` refuses, and why: the experiment's structure decides them."""
 
 
 def parse_method(label: str) -> dict[str, Any]:
@@ -115,7 +122,7 @@ class Experiment:
             if lam is None or grid == [0.0]:
                 continue
             new = []
-            if lam == grid[-1]:
+            if lam == grid[-1] and grid[-1] * self.extend_factor <= FLOAT32_MAX:
                 new.append(grid[-1] * self.extend_factor)
             if lam == grid[0] and grid[0] > 0:
                 new.append(grid[0] / self.extend_factor)
@@ -160,7 +167,12 @@ def _grid(label: str, *tables: dict[str, Any]) -> tuple[float, ...]:
 def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Experiment:
     """Validate an experiment table and expand it into groups; errors name what is allowed."""
     _check_keys("the experiment", data, EXPERIMENT_KEYS)
-    defaults = {**data.get("defaults", {}), **(overrides or {})}
+    overrides = dict(overrides or {})
+    _check_keys("--set", overrides, FIELD_HELP)
+    for key in overrides:
+        if key in FIXED_BY_EXPERIMENT:
+            raise ValueError(f"--set {key}=... is refused: {FIXED_BY_EXPERIMENT[key]}")
+    defaults = dict(data.get("defaults", {}))
     _check_keys("[defaults]", defaults, FIELD_HELP)
     seeds = data.get("seeds", [0])
     if (
@@ -180,6 +192,7 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
         settings = {**defaults, **study.get("settings", {}), "sequence": study["sequence"]}
         _check_keys(f"studies[{i}].settings", settings, FIELD_HELP)
         bns = study.get("bn", [settings.get("bn", "freeze")])
+        bns = [overrides["bn"]] if "bn" in overrides else bns
         for bn in bns if isinstance(bns, list) else [bns]:
             for label in study["methods"]:
                 per_method = {
@@ -187,10 +200,11 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
                     **study.get("method_settings", {}).get(label, {}),
                 }
                 _check_keys(f"method_settings for {label!r}", per_method, FIELD_HELP)
-                fields = {**settings, **per_method, **parse_method(label), "bn": bn}
+                fields = {**settings, **per_method, **overrides, **parse_method(label), "bn": bn}
                 base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": selection_seed})
                 grid = _grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
-                groups.append(Group(base, grid))
+                if all(g.base != base for g in groups):  # --set bn can merge two groups
+                    groups.append(Group(base, grid))
     if not groups:
         raise ValueError("the experiment has no studies: add at least one [[studies]] table")
     for g in groups:  # every config validates before any training
@@ -253,98 +267,8 @@ def load_experiment(name_or_path: str, overrides: dict[str, Any] | None = None) 
 # -- execution ---------------------------------------------------------------------------------
 
 
-class InlineExecutor(Executor):
-    """Runs each submitted call at once, in this process (``jobs = 1``)."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
-        """Run ``fn`` now; return a finished future."""
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # KeyboardInterrupt included: stop the sweep
-            if not isinstance(err, Exception):
-                raise
-            future.set_exception(err)
-        return future
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def make_executor(jobs: int) -> Executor:
-    """In-process for one job; a spawn-based process pool for several, threads split evenly."""
-    if jobs <= 1:
-        return InlineExecutor()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    return ProcessPoolExecutor(
-        jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)
-    )
-
-
-def execute(
-    config: dict[str, Any], results: str, root: str | None, download: bool
-) -> tuple[str, str]:
-    """Run one config unless its record exists; an error is recorded as a failed run."""
-    from .harness import run  # imported here: workers import torch once, lazily
-
-    cfg = RunConfig.from_dict(config)
-    if record_path(Path(results), cfg.run_id).exists():
-        return cfg.run_id, "skipped"
-    try:
-        record = run(cfg, root=root, download=download)
-    except Exception as err:  # the sweep goes on; the record says why
-        tail = "".join(traceback.format_exception_only(type(err), err)).strip()
-        record = RunRecord(run_id=cfg.run_id, config=cfg.to_dict(), status="failed", message=tail)
-        record.provenance = {"git_sha": provenance.git_sha(), "finished": provenance.now()}
-    write_record(Path(results), record)
-    return cfg.run_id, record.status
-
-
-def clean_partial(results: Path) -> int:
-    """Remove temporary files left by an interrupted write; returns how many."""
-    folder = results / "runs"
-    stale = list(folder.glob(".*.tmp")) if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
-
-
-def run_configs(
-    configs: list[RunConfig],
-    results: Path,
-    executor: Executor,
-    *,
-    root: str | None = None,
-    download: bool = False,
-    retry_failed: bool = False,
-    desc: str = "runs",
-) -> dict[str, int]:
-    """Run every config not done yet; returns counts per status (``skipped`` for done ones)."""
-    unique = {c.run_id: c for c in configs}
-    todo = []
-    counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
-    for run_id, cfg in unique.items():
-        path = record_path(results, run_id)
-        if (
-            path.exists()
-            and retry_failed
-            and json.loads(path.read_text()).get("status") == "failed"
-        ):
-            path.unlink()
-        if path.exists():
-            counts["skipped"] += 1
-        else:
-            todo.append(cfg)
-    bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not todo)
-    futures = {executor.submit(execute, c.to_dict(), str(results), root, download): c for c in todo}
-    for future in as_completed(futures):
-        _, status = future.result()
-        counts[status] += 1
-        bar.set_postfix_str(f"{futures[future].sequence} {futures[future].label}", refresh=False)
-        bar.update(1)
-    bar.close()
-    return counts
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C or SIGTERM; finished runs are kept and a rerun resumes."""
 
 
 def run_sweep(
@@ -356,59 +280,85 @@ def run_sweep(
     download: bool = False,
     retry_failed: bool = False,
     device: str | None = None,
+    wait: bool = False,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Both phases; writes ``<results>/sweep.json`` (experiment, command, machine, durations)."""
+    """Both phases; writes ``<results>/sweep.json`` (experiment, command, machine, outcomes).
+
+    Before any run: the preflight (data, device, writable ``results`` and ``out`` folders,
+    memory budgets; ``PreflightError``), then the folder's lock (``FolderInUseError``, or wait).
+    ``meta["counts"]`` holds each phase's outcomes (``ok``/``diverged``/``failed``, how many ran
+    now and how many were reused, the failed runs with their reasons).
+
+    Raises:
+        PreflightError: problems found before training; nothing was written.
+        FolderInUseError: another live sweep holds ``results``.
+        SweepInterrupted: Ctrl-C or SIGTERM; workers were stopped, finished records kept.
+    """
+    if device is not None:
+        resolved = device_kind(device)  # auto: what this machine has
+        for g in experiment.groups:
+            g.base = g.base.replace(device=resolved)
+    preflight(
+        [g.base for g in experiment.groups],
+        root=root,
+        download=download,
+        folders={"--results": results, "--out": out},
+    )
     results.mkdir(parents=True, exist_ok=True)
+    with FolderLock(results, wait=wait), sigterm_as_interrupt():
+        return _run_phases(experiment, results, jobs, root, retry_failed)
+
+
+def _run_phases(
+    experiment: Experiment, results: Path, jobs: int, root: str | None, retry_failed: bool
+) -> dict[str, Any]:
     clean_partial(results)
     provenance.pin_git_sha()
-    if device is not None:
-        for g in experiment.groups:
-            g.base = g.base.replace(device=device)
     started, t0 = provenance.now(), time.perf_counter()
-    executor = make_executor(jobs)
+    pool = Pool(jobs)
+    ran: dict[str, Tally] = {}
+    kill = True
     try:
+
+        def phase(configs: list[RunConfig], desc: str) -> None:
+            ran[desc] = run_configs(
+                configs, results, pool, root=root, retry_failed=retry_failed, desc=desc
+            )
+
         sel = experiment.selection_configs()
-        c1 = run_configs(
-            sel,
-            results,
-            executor,
-            root=root,
-            download=download,
-            retry_failed=retry_failed,
-            desc="lambda selection",
-        )
+        phase(sel, "lambda selection")
         for round_ in range(experiment.extend):
             ids = {c.run_id for c in sel}
             more = experiment.extend_grids([r for r in read_records(results) if r.run_id in ids])
             if not more:
                 break
             sel += more
-            run_configs(
-                more,
-                results,
-                executor,
-                root=root,
-                download=download,
-                retry_failed=retry_failed,
-                desc=f"lambda grid extension {round_ + 1}",
-            )
+            phase(more, f"lambda grid extension {round_ + 1}")
         ids = {c.run_id for c in sel}
         chosen = choose_lambdas(
             [r for r in read_records(results) if r.run_id in ids], experiment.selection_seed
         )
         final = experiment.final_configs(chosen)
-        c2 = run_configs(
-            final,
-            results,
-            executor,
-            root=root,
-            download=download,
-            retry_failed=retry_failed,
-            desc="final seeds",
-        )
+        phase(final, "final seeds")
+        kill = False
+    except KeyboardInterrupt as err:
+        done = sum(sum(t.ran.values()) for t in ran.values())
+        raise SweepInterrupted(f"{done} runs finished in the phases completed before it") from err
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-    runs = [r for r in read_records(results) if r.run_id in ids | {c.run_id for c in final}]
+        pool.close(kill=kill)
+    all_ids = ids | {c.run_id for c in final}
+    runs = [r for r in read_records(results) if r.run_id in all_ids]
+    counts = {
+        "selection": phase_summary(sel, results),
+        "final": phase_summary(final, results),
+    }
+    for key, tallies in (
+        ("selection", [t for d, t in ran.items() if d != "final seeds"]),
+        ("final", [ran["final seeds"]]),
+    ):
+        counts[key]["ran"] = sum(sum(t.ran.values()) for t in tallies)
+        counts[key]["reused"] = sum(t.reused for t in tallies)
     meta = {
         "experiment": experiment.name,
         "description": experiment.description,
@@ -417,18 +367,47 @@ def run_sweep(
         "selection_seed": experiment.selection_seed,
         "source": experiment.source,
         "command": provenance.command_line(),
-        "provenance": {**provenance.machine(device or "cpu"), "git_sha": provenance.git_sha()},
+        "provenance": {
+            **provenance.machine(experiment.groups[0].base.device),
+            "git_sha": provenance.git_sha(),
+        },
         "started": started,
         "finished": provenance.now(),
         "duration_seconds": time.perf_counter() - t0,
         "compute_seconds": sum(r.total_seconds for r in runs),
         "runs": len(runs),
-        "counts": {"selection": c1, "final": c2},
+        "run_ids": {"selection": sorted(ids), "final": sorted({c.run_id for c in final})},
+        "counts": counts,
         "grids": {
             f"{g.base.sequence} bn={g.base.bn} {g.base.label}": list(g.lambdas)
             for g in experiment.groups
         },
     }
-    (results / "sweep.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-    print(f"sweep {experiment.name}: {len(runs)} runs in {results}", file=sys.stderr)
+    write_json_atomic(results / "sweep.json", meta)
     return meta
+
+
+def failed_runs(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every failed run of a sweep's ``meta`` (selection and final)."""
+    counts = meta.get("counts", {})
+    return [
+        f for phase in ("selection", "final") for f in counts.get(phase, {}).get("failed_runs", [])
+    ]
+
+
+def summary_lines(meta: dict[str, Any], limit: int = 10) -> list[str]:
+    """What a sweep did, per phase, and its failed runs (at most ``limit``) with their reasons."""
+    lines = []
+    for phase, name in (("selection", "lambda selection"), ("final", "final seeds")):
+        c = meta.get("counts", {}).get(phase, {})
+        lines.append(
+            f"{name}: {c.get('runs', 0)} runs: {c.get('ok', 0)} finished, "
+            f"{c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed "
+            f"({c.get('ran', 0)} run now, {c.get('reused', 0)} reused from earlier)"
+        )
+    failed = failed_runs(meta)
+    for f in failed[:limit]:
+        lines.append(f"  failed [{f['failure']}] {f['run_id']} {f['what']}: {f['message']}")
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more (runs.csv lists every run)")
+    return lines

@@ -171,7 +171,7 @@ def build_sequence(
     root_key = None
     if data == "real":
         root_key = str(resolve_root(root).resolve())
-        for dataset in _datasets(name):  # fail (or download) before touching the cache
+        for dataset in datasets_of(name):  # fail (or download) before touching the cache
             load_split(dataset, True, root_key, download=download)
     return _build_cached(name, n, seed, data, root_key, val_fraction, train_limit, eval_limit)
 
@@ -265,10 +265,29 @@ def _rotate_chunk(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 Transform = Callable[[Split], Split]
 
 
-def _datasets(name: str) -> tuple[str, ...]:
+def datasets_of(sequence_name: str) -> tuple[str, ...]:
+    """The datasets sequence ``sequence_name`` is built from, in task order (no repeats).
+
+    Raises:
+        ValueError: unknown sequence.
+    """
+    if sequence_name not in SEQUENCES:
+        raise ValueError(f"unknown sequence {sequence_name!r}; valid names: {', '.join(SEQUENCES)}")
     return {"mnist-fmnist": ("mnist", "fmnist"), "fmnist-mnist": ("fmnist", "mnist")}.get(
-        name, ("mnist",)
+        sequence_name, ("mnist",)
     )
+
+
+_datasets = datasets_of  # the former private name
+
+
+def heads_of(sequence_name: str, n_tasks: int | None = None) -> tuple[int, int]:
+    """``(n_heads, n_outputs)`` of a sequence's model, known without loading any data.
+
+    ``split-mnist`` has one 2-way head per task; every other sequence one shared 10-way head.
+    """
+    n = check_n_tasks(sequence_name, n_tasks)
+    return (n, 2) if sequence_name == "split-mnist" else (1, N_CLASSES)
 
 
 @functools.lru_cache(maxsize=SEQUENCE_CACHE_SIZE)
@@ -307,7 +326,7 @@ def _build_cached(
         return Task(name_, train, val, test, head=head, n_classes=n_classes)
 
     if name in ("mnist-fmnist", "fmnist-mnist"):
-        tasks = [task(d, d, _identity, 0, N_CLASSES) for d in _datasets(name)]
+        tasks = [task(d, d, _identity, 0, N_CLASSES) for d in datasets_of(name)]
         return TaskSequence(name, tuple(tasks), n_heads=1, n_outputs=N_CLASSES)
     if name == "permuted-mnist":
         tasks = [
@@ -328,7 +347,7 @@ def _build_cached(
         pick = _pair_filter(pair, relabel=multi)
         name_ = f"split-{pair[0]}/{pair[1]}"
         tasks.append(task(name_, "mnist", _identity, t if multi else 0, 2, select=pick))
-    n_heads, n_outputs = (n_tasks, 2) if multi else (1, N_CLASSES)
+    n_heads, n_outputs = heads_of(name, n_tasks)
     return TaskSequence(name, tuple(tasks), n_heads=n_heads, n_outputs=n_outputs)
 
 

@@ -58,6 +58,17 @@ class Estimator(ABC):
     ) -> Curvature:
         """Estimate F; inputs are on the model's device and dtype, targets validated."""
 
+    def check_memory(self, model: nn.Module, n_inputs: int, n_classes: int) -> None:
+        """Refuse before any computation when fitting ``n_inputs`` inputs would exceed the budget.
+
+        For a caller that wants to know before training (a sweep's preflight): the model is only
+        read for its parameter layout. Structures whose size does not grow with N never refuse.
+
+        Raises:
+            FisherMemoryError: with the bytes the representation would need.
+        """
+        return
+
     def _check_data(
         self, inputs: torch.Tensor, targets: torch.Tensor | None, layout: ParamLayout
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -124,6 +135,13 @@ class Accumulator(ABC):
         """Inputs per batched pass."""
         return self.options["chunk_size"]
 
+    @classmethod
+    def check_memory(
+        cls, layout: ParamLayout, columns: int, n_inputs: int, options: dict[str, Any]
+    ) -> None:
+        """Raise ``FisherMemoryError`` if ``n_inputs`` inputs would not fit; default: always fit."""
+        return
+
     @abstractmethod
     def update(self, cap: Capture) -> None:
         """Add one chunk's contribution."""
@@ -147,6 +165,11 @@ class GridEstimator(Estimator):
         self.structure = structure
         self.labels = labels
         self.needs_targets = labels.needs_targets
+
+    def check_memory(self, model: nn.Module, n_inputs: int, n_classes: int) -> None:
+        """The structure's own rule, with this label mode's columns per input."""
+        columns = self.labels.columns(n_classes)
+        self.structure.check_memory(ParamLayout.of(model), columns, n_inputs, self.options)
 
     def _fit(
         self,

@@ -130,6 +130,13 @@ class FullAccumulator(Accumulator):
             self.factor = torch.empty(columns * n_total, layout.numel, **kw)
         self.next_row = 0
 
+    @classmethod
+    def check_memory(
+        cls, layout: ParamLayout, columns: int, n_inputs: int, options: dict[str, Any]
+    ) -> None:
+        """Refuses as ``fit`` would (``choose_representation``), before computing anything."""
+        choose_representation(layout, columns, n_inputs, options)
+
     def chunk_size(self) -> int:
         """Inputs per pass, capped so each chunk's rows take at most ``WORK_BYTES``."""
         per_input = self.columns * self.layout.numel * self.layout.itemsize
@@ -177,10 +184,16 @@ def choose_representation(
         "factor": "the full Fisher's low-rank factor",
     }[wanted]
     needed = {"auto": min(dense, factor), "dense": dense, "factor": factor}[wanted]
-    fit_inputs = budget // (columns * p * item)
+    per_input = columns * p * item
+    fit_inputs = budget // per_input
+    advice = (
+        f"Raise memory_budget, or use at most {fit_inputs:,} inputs for the factor."
+        if fit_inputs >= 1
+        else f"Raise memory_budget to at least {format_bytes(per_input)}: even one input's rows "
+        "need that."
+    )
     hint = (
         f"P = {p:,} parameters: the dense P x P matrix needs {format_bytes(dense)}; the factor "
-        f"({n_inputs:,} inputs x {columns} rows each, x P) needs {format_bytes(factor)}. "
-        f"Raise memory_budget, or use at most {fit_inputs:,} inputs for the factor."
+        f"({n_inputs:,} inputs x {columns} rows each, x P) needs {format_bytes(factor)}. {advice}"
     )
     raise FisherMemoryError(what, needed, budget, hint)

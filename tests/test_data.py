@@ -18,7 +18,7 @@ from torchvision import datasets
 from torchvision.transforms.functional import to_tensor
 
 from benchmark import data
-from benchmark.data import DataNotFoundError, Split
+from benchmark.data import CorruptDataError, DataError, DataNotFoundError, Split
 from benchmark.models import make_model
 from benchmark.seeds import generator, seed_hash
 
@@ -251,6 +251,125 @@ def test_unknown_dataset_name():
         data.load_split("cifar10", True)
 
 
+def test_torchvision_and_datacheck_agree_on_folders_and_files():
+    from benchmark import datacheck
+
+    for name, cls in data.DATASETS.items():
+        assert datacheck.FOLDERS[name] == cls.__name__
+        assert data.raw_files(name) == tuple(Path(url).stem for url, _ in cls.resources)
+    assert data.resolve_root is datacheck.resolve_root
+
+
+def test_error_classes_keep_their_standard_bases():
+    assert issubclass(DataNotFoundError, DataError)
+    assert issubclass(DataNotFoundError, FileNotFoundError)
+    assert issubclass(CorruptDataError, DataError)
+    assert issubclass(CorruptDataError, ValueError)
+    assert not issubclass(CorruptDataError, FileNotFoundError)
+
+
+def _corrupt_magic(path: Path) -> None:
+    path.write_bytes(struct.pack(">I", 0xDEADBEEF) + path.read_bytes()[4:])
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_load_split_rejects_a_bad_magic_before_torchvision(monkeypatch, tmp_path, download):
+    _write_idx(tmp_path, datasets.MNIST)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    _corrupt_magic(path)
+    monkeypatch.setattr(data, "_download", lambda name, base: pytest.fail("no download"))
+    with pytest.raises(CorruptDataError) as info:
+        data.load_split("mnist", True, tmp_path, download=download)
+    assert not isinstance(info.value, (AssertionError, DataNotFoundError))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(path.resolve()) in msg
+    assert "0xDEADBEEF, expected 0x00000803" in msg
+
+
+def test_load_split_rejects_a_truncated_file_as_corrupt_not_missing(tmp_path):
+    _write_idx(tmp_path, datasets.FashionMNIST)
+    path = tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CorruptDataError, match="truncated: header says 5 labels") as info:
+        data.load_split("fmnist", False, tmp_path)
+    assert not isinstance(info.value, DataNotFoundError)
+    assert str(path.resolve()) in str(info.value)
+    assert "not found" not in str(info.value)
+
+
+def test_verify_dataset_joins_every_problem_in_one_line(tmp_path):
+    with pytest.raises(DataNotFoundError, match="MNIST not found"):
+        data.verify_dataset("mnist", tmp_path)
+    _write_idx(tmp_path, datasets.MNIST)
+    data.verify_dataset("mnist", tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    _corrupt_magic(raw / "train-images-idx3-ubyte")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    (raw / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(CorruptDataError) as info:
+        data.verify_dataset("mnist", tmp_path, checksums=False)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "0xDEADBEEF" in msg
+    assert "; " in msg
+    assert "t10k-labels-idx1-ubyte is truncated: 0 bytes" in msg
+    assert msg.endswith("also missing in " + str(raw.resolve()) + ": t10k-images-idx3-ubyte")
+
+
+def _fake_download(calls: list, cls: type = datasets.MNIST):
+    def download(name: str, base: Path) -> None:
+        calls.append((name, base))
+        _write_idx(base, cls)
+
+    return download
+
+
+def test_ensure_dataset_downloads_missing_files_when_allowed(monkeypatch, tmp_path, capsys):
+    calls: list = []
+    monkeypatch.setattr(data, "_download", _fake_download(calls))
+    with pytest.raises(DataNotFoundError, match=r"MNIST not found: .* Downloading was not allowed"):
+        data.ensure_dataset("mnist", tmp_path, download=False)
+    assert calls == []
+    assert data.ensure_dataset("mnist", tmp_path, download=True) is True
+    assert calls == [("mnist", tmp_path.resolve())]
+    err = capsys.readouterr().err
+    folder = tmp_path.resolve() / "MNIST" / "raw"
+    assert (
+        err == f"downloading MNIST into {folder} through torchvision (archive MD5s verified) ...\n"
+    )
+    assert data.ensure_dataset("mnist", tmp_path, download=True) is False  # present: no download
+    assert len(calls) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_load_split_downloads_through_ensure_dataset(monkeypatch, tmp_path):
+    calls: list = []
+    monkeypatch.setattr(data, "_download", _fake_download(calls, datasets.FashionMNIST))
+    assert len(data.load_split("fmnist", False, tmp_path, download=True)) == 5
+    assert len(calls) == 1
+
+
+def test_failed_download_is_one_line(monkeypatch, tmp_path):
+    def broken(name: str, base: Path) -> None:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried x, got:\nnope\n")
+
+    monkeypatch.setattr(data, "_download", broken)
+    with pytest.raises(DataNotFoundError) as info:
+        data.ensure_dataset("fmnist", tmp_path, download=True)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "Downloading failed: Error downloading train-images-idx3-ubyte.gz: Tried x" in msg
+    assert str(tmp_path.resolve() / "FashionMNIST" / "raw") in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_a_download_that_leaves_files_missing_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "_download", lambda name, base: None)
+    with pytest.raises(DataNotFoundError, match="The download did not provide them"):
+        data.ensure_dataset("mnist", tmp_path, download=True)
+
+
 # -- real data -----------------------------------------------------------------------------------
 
 
@@ -265,6 +384,12 @@ def test_real_datasets_load_with_standard_sizes(data_root, name):
     assert x.dtype == torch.float32
     assert x.min() == 0.0
     assert x.max() == 1.0
+
+
+@pytest.mark.parametrize("name", ["mnist", "fmnist"])
+def test_real_datasets_verify_with_checksums(data_root, name):
+    data.verify_dataset(name, data_root, checksums=True)
+    assert data.ensure_dataset(name, data_root, download=True) is False
 
 
 def test_real_float_inputs_match_the_tutorials_to_tensor(data_root):

@@ -216,3 +216,81 @@ def test_pipeline_measure(data_root):
     assert out["images"] == 1000
     assert out["dataloader_seconds"] > out["dataloader_batches_only_seconds"] > 0
     assert out["ratio"] == pytest.approx(out["dataloader_seconds"] / out["tensor_seconds"])
+
+
+# -- measuring never touches the experiment -------------------------------------------------
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"method": "ewc", "estimator": "diag-exact", "lam": 100.0},
+        {"method": "ewc", "estimator": "kfac-exact", "lam": 10.0, "bn": "update"},
+        {"method": "baseline", "estimator": None},
+    ],
+    ids=["ewc-diag", "ewc-kfac-bn-update", "baseline"],
+)
+def test_record_is_bitwise_the_same_with_and_without_the_cost_probe(changes):
+    """The probe steps copies: Adam's state, BatchNorm statistics and RNG stay the training's."""
+    cfg = tiny(**changes, epochs=2)
+    probed, plain = run(cfg, probe=True), run(cfg, probe=False)
+    assert probed.acc_val == plain.acc_val and probed.acc_test == plain.acc_test
+    assert probed.train_loss == plain.train_loss
+    assert probed.curvature_bytes == plain.curvature_bytes
+    assert all(s is not None for s in probed.step_ms)
+    assert plain.step_ms == [None, None] and plain.penalty_ms == [None, None]
+
+
+def test_probe_leaves_the_optimizer_state_alone():
+    from benchmark import harness
+    from benchmark.data import synthetic_split
+    from benchmark.tasks import Task
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+    split = synthetic_split("mnist", True)
+    task = Task("t", split, split, split, head=0, n_classes=10)
+    batches = harness.Batches(task, 100, torch.Generator().manual_seed(0), torch.device("cpu"))
+    forward = harness.task_forward(model, 0)
+    x, y = batches.get(torch.arange(100))
+    harness.train_step(model, opt, forward, x, y, None)
+    before = {k: v.clone() for k, v in opt.state[model[1].weight].items()}
+    weights = model[1].weight.detach().clone()
+    harness.probe_step_cost(model, opt, batches, None, forward)
+    after = opt.state[model[1].weight]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(model[1].weight, weights)
+
+
+# -- divergence is checked where it happens ---------------------------------------------------
+def _blow_up_after_task(monkeypatch, task_index: int, value: float):
+    """Make the last update of a task put ``value`` into the first weight."""
+    from benchmark import harness
+
+    real = harness.train_task
+    calls = []
+
+    def wrapped(model, *args, **kwargs):
+        out = real(model, *args, **kwargs)
+        if len(calls) == task_index:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = value
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(harness, "train_task", wrapped)
+
+
+@pytest.mark.parametrize("task_index", [0, 1])
+def test_blow_up_on_the_last_update_is_diverged_not_ok(monkeypatch, task_index):
+    _blow_up_after_task(monkeypatch, task_index, float("nan"))
+    rec = run(tiny(method="ewc", estimator="diag-exact", lam=10.0))
+    assert rec.status == "diverged"
+    assert f"non-finite by the end of task {task_index + 1}" in rec.message
+    assert rec.acc_test[-1] == [None, None] and len(rec.acc_test) == task_index + 1
+
+
+def test_non_finite_logits_from_finite_weights_are_diverged(monkeypatch):
+    _blow_up_after_task(monkeypatch, 0, 3e38)  # finite, but the logits overflow to inf
+    rec = run(tiny(method="baseline", estimator=None))
+    assert rec.status == "diverged"
+    assert "logits became non-finite after task 1" in rec.message

@@ -281,3 +281,29 @@ def test_input_modified_in_place_is_detected():
     model, x = _ModifiesInput(), torch.randn(5, 4)
     with pytest.raises(ValueError, match="modified in place after the layer used it"):
         estimators.make("diag-exact").fit(model, x)
+
+
+def test_check_memory_refuses_before_fitting_as_fit_would(small):
+    model, x, y = small
+    p = ParamLayout.of(model).numel
+    factor = 7 * 3 * p * 8  # N = 7 inputs, C = 3 rows each (exact), float64
+    est = estimators.make("full-exact", memory_budget=factor - 1)
+    with pytest.raises(estimators.FisherMemoryError) as ahead:
+        est.check_memory(model, 7, 3)
+    with pytest.raises(estimators.FisherMemoryError) as fitting:
+        est.fit(model, x, y)
+    assert str(ahead.value) == str(fitting.value)
+    estimators.make("full-exact", memory_budget=factor).check_memory(model, 7, 3)
+    estimators.make("full-mc", memory_budget=7 * p * 8).check_memory(model, 7, 3)  # 1 row each
+    for name in ("diag-exact", "kfac-exact", "identity", "diag-batched"):
+        estimators.make(name, memory_budget=1).check_memory(model, 10**6, 3)  # never refuse
+
+
+def test_memory_refusal_with_a_tiny_budget_says_what_one_input_needs(small):
+    model, _, _ = small
+    p = ParamLayout.of(model).numel
+    with pytest.raises(estimators.FisherMemoryError) as err:
+        estimators.make("full-exact", memory_budget=10).check_memory(model, 7, 3)
+    message = str(err.value)
+    assert "at most 0 inputs" not in message
+    assert "even one input's rows need" in message and f"{3 * p * 8:,} bytes" in message

@@ -315,10 +315,11 @@ def test_bad_values_are_usage_errors(args, message, capsys):
 
 
 def test_missing_data_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["timing", "--data-root", str(tmp_path), "--device", "cpu", "--no-memory"])
-    assert exit_info.value.code == 2
-    assert "MNIST not found" in capsys.readouterr().err
+    status = cli.main(["timing", "--data-root", str(tmp_path), "--device", "cpu", "--no-memory"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST not found") and err.count("\n") == 1
+    assert not (tmp_path / "timing.md").exists()
 
 
 def test_help_explains_timing(capsys):

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmark.config import RunConfig  # noqa: E402
+from benchmark.config import RESULTS_VERSION, RunConfig  # noqa: E402
 from benchmark.records import RunRecord, write_record  # noqa: E402
 from benchmark.selection import choose_lambdas, group_key  # noqa: E402
 
@@ -147,6 +147,7 @@ def provenance(index: int) -> dict[str, Any]:
     return {
         **MACHINE,
         "git_sha": GIT_SHA,
+        "results_version": RESULTS_VERSION,
         "command": COMMAND,
         "started": f"2026-01-02T{minute // 60 + 3:02d}:{minute % 60:02d}:00+00:00",
         "finished": f"2026-01-02T{minute // 60 + 3:02d}:{minute % 60:02d}:40+00:00",
@@ -344,7 +345,8 @@ def main() -> None:
         shutil.rmtree(OUT / "runs")
     for record in records:
         write_record(OUT, record)
-    for name, data in (("sweep.json", SWEEP), ("pipeline.json", PIPELINE)):
+    sweep = {**SWEEP, "run_ids": {"selection": [], "final": sorted(ids)}}
+    for name, data in (("sweep.json", sweep), ("pipeline.json", PIPELINE)):
         (OUT / name).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(records)} records to {OUT}")
 

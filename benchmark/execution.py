@@ -1,0 +1,324 @@
+"""Running a sweep's runs: executors, workers that never outlive their driver, failures that heal.
+
+Runs go through a ``concurrent.futures.Executor``: in this process for ``jobs = 1``, a local
+spawn-based process pool for ``jobs > 1``. Workers receive a run's config (plain data) and return
+its record as a plain dict; the driver writes every record (atomically), so a worker never
+writes into the results folder. Runs are submitted a few at a time and the progress bar
+advances as each one finishes, whatever the executor.
+
+Failures: a run that raises is recorded as ``failed`` with ``failure = "environment"`` when the
+cause lies outside the run (missing or corrupt data, no device, out of memory, an OS error, a
+worker process that died) and ``"run"`` otherwise (its own configuration, e.g. a curvature over
+its memory budget, or a bug). A sweep retries environment failures by default and the others
+only with ``retry_failed``. A worker that dies is replaced and its runs are tried again, up to
+``MAX_ATTEMPTS`` times in one sweep.
+
+No orphans: workers ignore SIGINT (Ctrl-C is the driver's to handle), and each runs a thread
+that ends the worker as soon as its parent is gone (the driver killed with SIGKILL included);
+an interrupted driver kills its workers before it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import estimators
+
+from . import provenance
+from .config import RunConfig
+from .data import DataError
+from .errors import DeviceError
+from .records import RunRecord, load_record, record_path, write_record
+
+PARENT_POLL_SECONDS = 0.5
+"""How often a worker checks that its driver is alive."""
+ORPHAN_EXIT_STATUS = 70
+MAX_ATTEMPTS = 2
+"""Tries per run in one sweep when its worker process dies under it."""
+WORKER_DIED = (
+    "the worker process running it died (killed, or out of memory) {attempts} time(s); "
+    "a sweep retries it"
+)
+_OOM = tuple(
+    t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t
+)
+
+
+# -- executors -----------------------------------------------------------------------------------
+
+
+class InlineExecutor(Executor):
+    """Runs each submitted call at once, in this process (``jobs = 1``)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn`` now; return a finished future (KeyboardInterrupt propagates)."""
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker as soon as ``parent`` is no longer its parent (the driver died)."""
+    while True:
+        if os.getppid() != parent:
+            os._exit(ORPHAN_EXIT_STATUS)
+        time.sleep(PARENT_POLL_SECONDS)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch").start()
+
+
+def make_executor(jobs: int) -> Executor:
+    """In-process for one job; a spawn-based process pool for several, threads split evenly."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        return InlineExecutor()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return ProcessPoolExecutor(
+        jobs,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads, os.getpid()),
+    )
+
+
+def stop_executor(executor: Executor, *, kill: bool) -> None:
+    """Shut down; with ``kill``, cancel what is queued and end the worker processes now."""
+    if not kill:
+        executor.shutdown(wait=True)
+        return
+    procs = dict(getattr(executor, "_processes", None) or {})
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in procs.values():
+        if proc.is_alive():
+            proc.kill()
+    for proc in procs.values():
+        proc.join(timeout=5)
+
+
+class Pool:
+    """A sweep's executor: replaced when a worker dies, killed when the sweep is interrupted."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.executor = make_executor(jobs)
+
+    @property
+    def inline(self) -> bool:
+        """Whether runs execute in this process."""
+        return isinstance(self.executor, InlineExecutor)
+
+    def rebuild(self) -> None:
+        """A fresh executor after a worker died (the old one is broken)."""
+        stop_executor(self.executor, kill=True)
+        self.executor = make_executor(self.jobs)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Shut down (``kill``: at once, ending the workers)."""
+        stop_executor(self.executor, kill=kill)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only), so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+def classify(err: BaseException) -> str:
+    """``environment`` for causes outside the run (retried on resume), else ``run``."""
+    if isinstance(err, estimators.FisherMemoryError):
+        return "run"  # its memory budget is part of the run's config
+    if isinstance(err, (DataError, DeviceError, MemoryError, OSError, *_OOM)):
+        return "environment"
+    return "run"
+
+
+def failed_record(config: RunConfig, message: str, failure: str) -> RunRecord:
+    """The record of a run that failed before it produced anything."""
+    record = RunRecord(
+        run_id=config.run_id,
+        config=config.to_dict(),
+        status="failed",
+        message=message,
+        failure=failure,
+    )
+    record.provenance = {
+        **provenance.machine(config.device),
+        "git_sha": provenance.git_sha(),
+        "finished": provenance.now(),
+    }
+    return record
+
+
+def execute(
+    config: dict[str, Any], root: str | None, download: bool, progress: bool = False
+) -> dict[str, Any]:
+    """Run one config and return its record as a dict; an exception becomes a failed record."""
+    from .harness import run  # imported here: workers import the harness once, lazily
+
+    cfg = RunConfig.from_dict(config)
+    try:
+        record = run(cfg, root=root, download=download, progress=progress)
+    except Exception as err:  # the sweep goes on; the record says why
+        tail = "".join(traceback.format_exception_only(type(err), err)).strip()
+        record = failed_record(cfg, " ".join(tail.split()), classify(err))
+    return record.to_dict()
+
+
+# -- many runs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What ``run_configs`` did: statuses of the runs it ran, and how many it reused."""
+
+    ran: Counter = field(default_factory=Counter)
+    reused: int = 0
+
+
+def plan(
+    configs: list[RunConfig], results: Path, retry_failed: bool
+) -> tuple[list[RunConfig], int]:
+    """The configs to run now, and how many finished records are reused.
+
+    A run is done when its record is ``ok`` or ``diverged``, or ``failed`` for a reason of its
+    own (unless ``retry_failed``). Environment failures and unreadable records (quarantined)
+    are run again.
+    """
+    todo, reused = [], 0
+    for run_id, cfg in {c.run_id: c for c in configs}.items():
+        record = load_record(record_path(results, run_id), results)
+        if record is None or (
+            record.status == "failed" and (retry_failed or record.retry_by_default)
+        ):
+            todo.append(cfg)
+        else:
+            reused += 1
+    return todo, reused
+
+
+def run_configs(
+    configs: list[RunConfig],
+    results: Path,
+    pool: Pool,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    retry_failed: bool = False,
+    desc: str = "runs",
+) -> Tally:
+    """Run every config not done yet (see ``plan``); write each record as it arrives."""
+    todo, reused = plan(configs, results, retry_failed)
+    tally = Tally(reused=reused)
+    queue = list(reversed(todo))  # pop() from the end: the configs' order
+    attempts: Counter = Counter()
+    in_flight: dict[Future, RunConfig] = {}
+    bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not todo, dynamic_ncols=True)
+    window = 1 if pool.inline else 2 * pool.jobs
+    progress = pool.inline and sys.stderr.isatty()
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < window:
+                cfg = queue.pop()
+                attempts[cfg.run_id] += 1
+                _show(bar, tally, len(in_flight) + 1, f"{cfg.sequence} {cfg.label}")
+                future = pool.executor.submit(execute, cfg.to_dict(), root, download, progress)
+                in_flight[future] = cfg
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                cfg = in_flight.pop(future)
+                record = _outcome(future, cfg, attempts[cfg.run_id])
+                if record is None:  # its worker died: try again
+                    broken = True
+                    queue.append(cfg)
+                    continue
+                write_record(results, record)
+                tally.ran[record.status] += 1
+                bar.update(1)
+                _show(bar, tally, len(in_flight), "")
+            if broken:
+                queue += list(in_flight.values())  # the rest of the broken pool's runs
+                for cfg in in_flight.values():
+                    attempts[cfg.run_id] -= 1  # not their fault: this try does not count
+                in_flight.clear()
+                pool.rebuild()
+    finally:
+        bar.close()
+    return tally
+
+
+def _outcome(future: Future, cfg: RunConfig, attempts: int) -> RunRecord | None:
+    """The record a finished future stands for; None when its worker died and a try is left."""
+    try:
+        return RunRecord.from_dict(future.result())
+    except BrokenProcessPool:
+        if attempts < MAX_ATTEMPTS:
+            return None
+        return failed_record(cfg, WORKER_DIED.format(attempts=attempts), "environment")
+    except Exception as err:  # e.g. a record or config that could not be sent between processes
+        return failed_record(cfg, f"{type(err).__name__}: {err}", "run")
+
+
+def _show(bar: tqdm, tally: Tally, running: int, what: str) -> None:
+    counts = ", ".join(f"{k} {tally.ran[k]}" for k in ("ok", "diverged", "failed") if tally.ran[k])
+    text = "; ".join(p for p in (counts, f"running {running}" if running else "", what) if p)
+    bar.set_postfix_str(text, refresh=True)
+
+
+def phase_summary(configs: list[RunConfig], results: Path) -> dict[str, Any]:
+    """Statuses of a phase's runs as recorded now, and its failed runs (id, label, why)."""
+    counts: Counter = Counter()
+    failed = []
+    for run_id, cfg in {c.run_id: c for c in configs}.items():
+        record = load_record(record_path(results, run_id), results)
+        counts[record.status if record else "missing"] += 1
+        if record is not None and record.status == "failed":
+            failed.append(
+                {
+                    "run_id": run_id,
+                    "what": f"{cfg.sequence} bn={cfg.bn} {cfg.label} "
+                    f"lam={cfg.lam:g} seed={cfg.seed}",
+                    "failure": record.failure or "unknown",
+                    "message": record.message,
+                }
+            )
+    return {"runs": sum(counts.values()), **dict(counts), "failed_runs": failed}
