@@ -10,8 +10,10 @@ Failures: a run that raises is recorded as ``failed`` with ``failure = "environm
 cause lies outside the run (missing or corrupt data, no device, out of memory, an OS error, a
 worker process that died) and ``"run"`` otherwise (its own configuration, e.g. a curvature over
 its memory budget, or a bug). A sweep retries environment failures by default and the others
-only with ``retry_failed``. A worker that dies is replaced and its runs are tried again, up to
-``MAX_ATTEMPTS`` times in one sweep.
+only with ``retry_failed``. A worker that dies is replaced and its runs are tried again: a death
+breaks every run in flight, so it is blamed on a run only when that run was alone in flight;
+runs in flight together at a death are tried again one at a time, and a run whose worker dies
+under it ``MAX_ATTEMPTS`` times is recorded as failed.
 
 No orphans: workers ignore SIGINT (Ctrl-C is the driver's to handle), and each runs a thread
 that ends the worker as soon as its parent is gone (the driver killed with SIGKILL included);
@@ -51,7 +53,7 @@ PARENT_POLL_SECONDS = 0.5
 """How often a worker checks that its driver is alive."""
 ORPHAN_EXIT_STATUS = 70
 MAX_ATTEMPTS = 2
-"""Tries per run in one sweep when its worker process dies under it."""
+"""Worker deaths blamed on one run (alone in flight) before a sweep records it as failed."""
 WORKER_DIED = (
     "the worker process running it died (killed, or out of memory) {attempts} time(s); "
     "a sweep retries it"
@@ -249,7 +251,8 @@ def run_configs(
     todo, reused = plan(configs, results, retry_failed)
     tally = Tally(reused=reused)
     queue = list(reversed(todo))  # pop() from the end: the configs' order
-    attempts: Counter = Counter()
+    attempts: Counter = Counter()  # worker deaths blamed on each run
+    suspects: set[str] = set()  # in flight with others when a worker died: they run alone
     in_flight: dict[Future, RunConfig] = {}
     bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not todo, dynamic_ncols=True)
     window = 1 if pool.inline else 2 * pool.jobs
@@ -257,28 +260,35 @@ def run_configs(
     try:
         while queue or in_flight:
             while queue and len(in_flight) < window:
+                together = (queue[-1], *in_flight.values())
+                if in_flight and any(c.run_id in suspects for c in together):
+                    break  # a suspect runs alone
                 cfg = queue.pop()
-                attempts[cfg.run_id] += 1
                 _show(bar, tally, len(in_flight) + 1, f"{cfg.sequence} {cfg.label}")
                 future = pool.executor.submit(execute, cfg.to_dict(), root, download, progress)
                 in_flight[future] = cfg
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            broken = False
+            alone = len(in_flight) == 1  # a death can only be blamed on a run alone in flight
+            died, retry = False, []
             for future in done:
                 cfg = in_flight.pop(future)
-                record = _outcome(future, cfg, attempts[cfg.run_id])
+                if _died(future):
+                    died = True
+                    if alone:
+                        attempts[cfg.run_id] += 1
+                record = _outcome(future, cfg, attempts[cfg.run_id] if alone else 0)
                 if record is None:  # its worker died: try again
-                    broken = True
-                    queue.append(cfg)
+                    retry.append(cfg)
                     continue
                 write_record(results, record)
                 tally.ran[record.status] += 1
                 bar.update(1)
                 _show(bar, tally, len(in_flight), "")
-            if broken:
-                queue += list(in_flight.values())  # the rest of the broken pool's runs
-                for cfg in in_flight.values():
-                    attempts[cfg.run_id] -= 1  # not their fault: this try does not count
+            if died:  # the pool is broken: a new one, and its other runs are tried again
+                retry += in_flight.values()
+                if not alone:  # which of them killed the worker is unknown: each runs alone
+                    suspects.update(c.run_id for c in retry)
+                queue += retry
                 in_flight.clear()
                 pool.rebuild()
     finally:
@@ -286,8 +296,16 @@ def run_configs(
     return tally
 
 
+def _died(future: Future) -> bool:
+    """Whether a finished future failed because its worker process died."""
+    return isinstance(future.exception(), BrokenProcessPool)
+
+
 def _outcome(future: Future, cfg: RunConfig, attempts: int) -> RunRecord | None:
-    """The record a finished future stands for; None when its worker died and a try is left."""
+    """The record a finished future stands for; None when its worker died and a try is left.
+
+    ``attempts``: the worker deaths blamed on this run so far (this one included).
+    """
     try:
         return RunRecord.from_dict(future.result())
     except BrokenProcessPool:
@@ -306,7 +324,7 @@ def _show(bar: tqdm, tally: Tally, running: int, what: str) -> None:
 
 def phase_summary(configs: list[RunConfig], results: Path) -> dict[str, Any]:
     """Statuses of a phase's runs as recorded now, and its failed runs (id, label, why)."""
-    counts: Counter = Counter()
+    counts: Counter = Counter({"ok": 0, "diverged": 0, "failed": 0})
     failed = []
     for run_id, cfg in {c.run_id: c for c in configs}.items():
         record = load_record(record_path(results, run_id), results)

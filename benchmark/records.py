@@ -178,7 +178,9 @@ def quarantine(path: Path, results: Path, reason: str) -> Path | None:
     """
     folder = Path(results) / QUARANTINE
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = folder / f"{path.name}.{stamp}"
+    target, n = folder / f"{path.name}.{stamp}", 1
+    while target.exists():  # the same file quarantined twice within a second: keep both
+        target, n = folder / f"{path.name}.{stamp}.{n}", n + 1
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)

@@ -251,7 +251,7 @@ def data_description(config: TimingConfig) -> str:
     """One line saying which inputs were used."""
     if config.synthetic:
         return f"synthetic uniform inputs [N, 1, 28, 28] and random labels (seed {SYNTHETIC_SEED})"
-    root = resolve_root(config.data_root).resolve()
+    root = provenance.shown_data_root(resolve_root(config.data_root))
     return f"the first N MNIST training inputs ({root})"
 
 
