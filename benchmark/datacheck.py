@@ -211,13 +211,13 @@ def missing_message(check: DatasetCheck, reason: str = "", *, tried: bool = Fals
     download = (
         ""
         if tried
-        else ", or allow the download (`make reproduce` downloads unless DOWNLOAD=0; "
+        else "; or allow the download (`make reproduce` downloads unless DOWNLOAD=0; "
         "the CLI takes --download)"
     )
     return (
         f"{label} not found: missing {', '.join(check.missing)} in {check.folder}.{reason} "
-        f"Provide the uncompressed IDX files there, pass --data-root pointing at a folder "
-        f"holding {label}/raw/, or set ${ENV_VAR} to such a folder{download}."
+        f"Provide the uncompressed IDX files there; or point DATA_ROOT=... (make), --data-root "
+        f"or ${ENV_VAR} at a folder holding {label}/raw/{download}."
         + DEBIAN_HINT.get(check.name, "")
     )
 
