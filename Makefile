@@ -59,7 +59,7 @@ bench-baseline: install  ## `make bench`, also saved as this machine's baseline 
 		--benchmark-storage=file://$(BENCH_STORAGE) --benchmark-save=baseline
 
 bench-compare: install  ## Run the suite against the saved baseline; fail on a regression (COMPARE_FAIL).
-	$(PY) -m benchmark.bench_baseline --storage $(BENCH_STORAGE)
+	$(PY) -m benchmark.costs.bench_baseline --storage $(BENCH_STORAGE)
 	$(PY) -m pytest tests/bench --benchmark-enable --benchmark-only -p no:cacheprovider \
 		--benchmark-storage=file://$(BENCH_STORAGE) --benchmark-compare \
 		--benchmark-compare-fail=$(COMPARE_FAIL) --benchmark-group-by=group

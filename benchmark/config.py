@@ -21,23 +21,16 @@ import torch
 
 import estimators
 
-from .errors import DeviceError
+from .device import DEVICES, device_kind, resolve_device  # noqa: F401  (re-exported)
+from .methods import METHODS as METHOD_SPECS
+from .methods import MODES, label_of, method_names
+from .models import MODELS, check_model
+from .tasks import SEQUENCES, check_n_tasks
 
-SEQUENCES = (
-    "mnist-fmnist",
-    "fmnist-mnist",
-    "permuted-mnist",
-    "rotated-mnist",
-    "split-mnist",
-    "split-mnist-class",
-)
-"""``split-mnist``: task-incremental (one head per task); ``split-mnist-class``: one shared head."""
-MODELS = ("tutorial-mlp", "mlp", "cnn", "mlp-16")
-METHODS = ("baseline", "l2", "ewc", "joint")
-MODES = ("separate", "online")
+METHODS = method_names()
 BN_MODES = ("update", "freeze")
 OPTIMIZERS = ("adam", "sgd")
-PENALISED = ("l2", "ewc")
+PENALISED = tuple(n for n in METHODS if METHOD_SPECS[n].penalised)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 """Runs train in float32: lambda, the learning rate and friends must be representable in it."""
 
@@ -53,30 +46,6 @@ RESULTS_VERSIONS = {
 }
 
 
-def device_kind(device: str) -> str:
-    """``cpu`` or ``cuda``: the device kind a run id records (``auto`` resolved on this machine)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if str(device).startswith("cuda") else str(device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error.
-
-    Raises:
-        DeviceError: ``cuda`` asked for on a machine where torch sees no CUDA device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        built = "with" if torch.backends.cuda.is_built() else "without"
-        raise DeviceError(
-            f"device {name!r} was asked for, but torch {torch.__version__} (built {built} CUDA) "
-            "sees no CUDA GPU on this machine; use --device cpu (or auto)"
-        )
-    return torch.device(name)
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """One run: a sequence, a model, a method and how to train. See ``FIELD_HELP``."""
@@ -85,6 +54,7 @@ class RunConfig:
     data: str = "real"
     n_tasks: int | None = None
     model: str = "tutorial-mlp"
+    model_options: dict[str, Any] = field(default_factory=dict)
     method: str = "ewc"
     estimator: str | None = "diag-exact"
     mode: str = "separate"
@@ -113,10 +83,16 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> dict[str, Any]:
-        """What the run id hashes: every field, the device as its kind, ``RESULTS_VERSION``."""
+        """What the run id hashes: every field, the device as its kind, ``RESULTS_VERSION``.
+
+        Settings added after records exist are left out while at their default (empty
+        ``model_options``), so the ids of earlier runs do not change.
+        """
         d = self.to_dict()
         d["device"] = device_kind(self.device)
         d["results_version"] = RESULTS_VERSION
+        if not d["model_options"]:
+            del d["model_options"]
         return d
 
     @property
@@ -142,10 +118,8 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """Method label: ``baseline``, ``joint``, ``l2``, ``ewc diag-exact``, ``ewc-online ...``."""
-        if self.method != "ewc":
-            return self.method
-        return ("ewc-online " if self.mode == "online" else "ewc ") + str(self.estimator)
+        """Method label: ``baseline``, ``l2``, ``ewc diag-exact``, ``ewc-online ...``, ``mas``."""
+        return label_of(self.to_dict())
 
 
 FIELD_HELP: dict[str, str] = {
@@ -153,7 +127,8 @@ FIELD_HELP: dict[str, str] = {
     "data": "real (MNIST/FashionMNIST from the data root) or synthetic (tiny stand-ins, for tests)",
     "n_tasks": "number of tasks (permuted/rotated: any >= 1; split: <= 5); default per sequence",
     "model": f"network: {', '.join(MODELS)}",
-    "method": f"{', '.join(METHODS)}",
+    "model_options": "network options (benchmark.models), e.g. hidden=400 for mlp",
+    "method": f"{', '.join(METHODS)} (see benchmark.methods)",
     "estimator": "curvature estimator for ewc (estimators.names()); l2 uses identity",
     "mode": "ewc penalty: separate (one term per past task) or online (decayed running curvature)",
     "gamma": "online decay of the old curvature, in [0, 1]",
@@ -196,7 +171,7 @@ def validate(c: RunConfig) -> None:
         "mode": MODES,
         "bn": BN_MODES,
         "optimizer": OPTIMIZERS,
-        "device": ("cpu", "cuda", "auto"),
+        "device": DEVICES,
     }
     for name, allowed in choices.items():
         value = getattr(c, name)
@@ -221,23 +196,24 @@ def validate(c: RunConfig) -> None:
         _fail("val_fraction", c.val_fraction, "a number strictly between 0 and 1")
     if not isinstance(c.reset_optimizer, bool):
         _fail("reset_optimizer", c.reset_optimizer, "true or false")
-    if c.sequence.startswith("split-mnist") and c.n_tasks is not None and c.n_tasks > 5:
-        _fail("n_tasks", c.n_tasks, "split-mnist has at most 5 tasks of 2 classes")
-    if c.sequence in ("mnist-fmnist", "fmnist-mnist") and c.n_tasks not in (None, 2):
-        _fail("n_tasks", c.n_tasks, f"{c.sequence} has exactly 2 tasks")
+    for name in ("model_options", "estimator_options"):
+        if not isinstance(getattr(c, name), dict):
+            _fail(name, getattr(c, name), "a table of options")
+    check_n_tasks(c.sequence, c.n_tasks)  # ValueErrors that say what the sequence takes
+    check_model(c.model, c.model_options)  # and what the model's options are
     _validate_method(c)
 
 
 def _validate_method(c: RunConfig) -> None:
-    if c.method == "ewc":
+    """The method's own rules (``benchmark.methods``): estimator, strength, mode, options."""
+    method = METHOD_SPECS[c.method]
+    if method.takes_estimator:
         if c.estimator not in estimators.names():
             _fail("estimator", c.estimator, f"one of {', '.join(estimators.names())}")
         estimators.make(c.estimator, **c.estimator_options)  # unknown options fail here
-        dense_full = (
-            c.estimator.startswith("full") and c.estimator_options.get("representation") == "dense"
-        )
-        diagonal = c.estimator.startswith(("diag", "identity"))
-        if c.mode == "online" and not diagonal and not dense_full:
+        if c.mode == "online" and not estimators.supports_online(
+            c.estimator, **c.estimator_options
+        ):
             _fail(
                 "mode",
                 c.mode,
@@ -245,12 +221,10 @@ def _validate_method(c: RunConfig) -> None:
                 f"{c.estimator} is not (use mode = 'separate')",
             )
     elif c.estimator is not None:
-        _fail("estimator", c.estimator, f"only method 'ewc' takes an estimator, not {c.method!r}")
-    if c.method not in PENALISED and c.lam != 0:
+        _fail("estimator", c.estimator, f"method {c.method!r} takes no estimator")
+    if c.estimator_options and not method.takes_estimator:
+        _fail("estimator_options", c.estimator_options, f"method {c.method!r} takes no estimator")
+    if not method.penalised and c.lam != 0:
         _fail("lam", c.lam, f"method {c.method!r} has no penalty: leave lam at 0")
-    if c.method not in ("ewc",) and c.mode != "separate":
-        _fail("mode", c.mode, "only ewc has an online mode")
-    if c.estimator_options and c.method != "ewc":
-        _fail("estimator_options", c.estimator_options, "only for method 'ewc'")
-    if not isinstance(c.estimator_options, dict):
-        _fail("estimator_options", c.estimator_options, "a table of estimator options")
+    if c.mode not in method.modes:
+        _fail("mode", c.mode, f"method {c.method!r} allows {', '.join(method.modes)}")

@@ -319,6 +319,28 @@ def _writable(folder: Path) -> bool:
     return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
+def _missing_problem(check: DatasetCheck, download: bool) -> str | None:
+    """Why missing files are a problem (None: they will be downloaded, said on stderr)."""
+    if not download:
+        return missing_message(check)
+    if not _writable(check.folder):
+        return (
+            f"{check.label} is missing {', '.join(check.missing)} in {check.folder} and "
+            "cannot be downloaded there: the folder is not writable. Pass --data-root "
+            f"pointing at a writable folder, or provide the files there."
+        )
+    unreachable = _unreachable(check.name)
+    if unreachable:
+        reason = f"It cannot be downloaded: no mirror answers ({unreachable})."
+        return missing_message(check, reason, tried=True)
+    print(
+        f"{check.label} will be downloaded into {check.folder} "
+        f"(missing there: {', '.join(check.missing)})",
+        file=sys.stderr,
+    )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the datasets; return 0 (good, or missing with ``--download``) or 2 (problems)."""
     parser = argparse.ArgumentParser(
@@ -355,29 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in dict.fromkeys(names):
         check = check_dataset(name, args.data_root, checksums=not args.no_checksums)
         errors.extend(check.problems)
-        if check.missing and not args.download:
-            errors.append(missing_message(check))
-        elif check.missing and not _writable(check.folder):
-            errors.append(
-                f"{check.label} is missing {', '.join(check.missing)} in {check.folder} and "
-                "cannot be downloaded there: the folder is not writable. Pass --data-root "
-                f"pointing at a writable folder, or provide the files there."
-            )
-        elif check.missing and (unreachable := _unreachable(name)):
-            errors.append(
-                missing_message(
-                    check,
-                    f"It cannot be downloaded: no mirror answers ({unreachable}).",
-                    tried=True,
-                )
-            )
-        elif check.missing:
-            print(
-                f"{check.label} will be downloaded into {check.folder} "
-                f"(missing there: {', '.join(check.missing)})",
-                file=sys.stderr,
-            )
-        elif not check.problems:
+        problem = _missing_problem(check, args.download) if check.missing else None
+        if problem:
+            errors.append(problem)
+        elif not check.problems and not check.missing:
             good.append(check.label)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -1,15 +1,23 @@
-"""Models: the source tutorial's MLP, a plain MLP and a small CNN, single- or multi-head.
+"""Models as specs with options: the source tutorial's MLP, a plain MLP, a small CNN; multi-head.
 
 ``tutorial-mlp``: Flatten -> Linear(784, 100) -> ReLU -> BatchNorm1d(100) -> Linear(100, 100) ->
 ReLU -> BatchNorm1d(100) -> Linear(100, 10): 90,010 trainable parameters (89,610 in the Linear
 layers, 400 in BatchNorm affine). Activation before BatchNorm, as in the tutorial.
 
-``mlp``: the same without BatchNorm (89,610 parameters), for libraries with limited BatchNorm
-support.
+``mlp``: ReLU MLP with options ``hidden`` (100), ``depth`` (2) and ``bn`` (false: no BatchNorm;
+true: BatchNorm1d after each ReLU, so ``mlp`` with ``bn = true`` is ``tutorial-mlp``). E.g. the
+784-400-400 MLP is ``model = "mlp"``, ``model_options = {hidden = 400}``.
 
-``cnn``: Conv2d(1, 8, 5) -> ReLU -> MaxPool2d(2) -> Conv2d(8, 16, 5) -> ReLU -> MaxPool2d(2) ->
-Flatten -> Linear(256, 64) -> ReLU -> Linear(64, 10): 20,522 parameters (28 -> 24 -> 12 -> 8 -> 4
-pixels, so the flattened width is 16 * 4 * 4 = 256).
+``cnn``: Conv2d(1, c1, 5) -> ReLU -> MaxPool2d(2) -> Conv2d(c1, c2, 5) -> ReLU -> MaxPool2d(2) ->
+Flatten -> Linear(16 c2, hidden) -> ReLU -> Linear(hidden, 10), options ``channels`` ((8, 16)),
+``hidden`` (64), ``bn`` (BatchNorm2d after each convolution's ReLU): 20,522 parameters with the
+defaults (28 -> 24 -> 12 -> 8 -> 4 pixels, so the flattened width is 16 * 4 * 4 = 256).
+
+``mlp-16``: 784-16-10, small enough for the dense Fisher (the approximation study's ground truth).
+
+Each model is a ``ModelSpec`` in ``SPECS``: a builder and the options it takes, checked by
+``check_model`` (unknown option or bad value: a ValueError saying what is allowed). A run's
+``model_options`` are part of its identity.
 
 Heads: with ``n_heads == 1`` a model is a plain ``nn.Sequential`` whose last layer is
 ``Linear(width, n_outputs)`` (with the defaults, ``tutorial-mlp`` is exactly the tutorial's
@@ -22,7 +30,9 @@ the curvature estimators take.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,42 +79,44 @@ def _with_heads(layers: list[nn.Module], width: int, n_outputs: int, n_heads: in
 
 def tutorial_mlp(n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
     """The source tutorial's 784-100-100-``n_outputs`` network with ReLU then BatchNorm."""
-    layers: list[nn.Module] = [
-        nn.Flatten(),
-        nn.Linear(INPUT_PIXELS, 100),
-        nn.ReLU(),
-        nn.BatchNorm1d(100),
-        nn.Linear(100, 100),
-        nn.ReLU(),
-        nn.BatchNorm1d(100),
-    ]
-    return _with_heads(layers, 100, n_outputs, n_heads)
+    return mlp(n_outputs, n_heads, hidden=100, depth=2, bn=True)
 
 
-def mlp(n_outputs: int = 10, n_heads: int = 1, hidden: int = 100, depth: int = 2) -> nn.Module:
-    """Plain ReLU MLP 784-hidden-...-``n_outputs`` (``depth`` hidden layers), no BatchNorm."""
+def mlp(
+    n_outputs: int = 10, n_heads: int = 1, hidden: int = 100, depth: int = 2, bn: bool = False
+) -> nn.Module:
+    """ReLU MLP 784-hidden-...-``n_outputs`` (``depth`` hidden layers; ``bn``: BatchNorm after)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = INPUT_PIXELS
     for _ in range(depth):
         layers += [nn.Linear(width, hidden), nn.ReLU()]
+        if bn:
+            layers.append(nn.BatchNorm1d(hidden))
         width = hidden
     return _with_heads(layers, width, n_outputs, n_heads)
 
 
-def cnn(n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
-    """Small LeNet-style CNN for ``[N, 1, 28, 28]`` inputs (20,522 parameters at 10 outputs)."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(1, 8, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 64),
-        nn.ReLU(),
-    ]
-    return _with_heads(layers, 64, n_outputs, n_heads)
+def cnn(
+    n_outputs: int = 10,
+    n_heads: int = 1,
+    channels: tuple[int, int] = (8, 16),
+    hidden: int = 64,
+    bn: bool = False,
+) -> nn.Module:
+    """LeNet-style CNN for ``[N, 1, 28, 28]`` inputs (20,522 parameters with the defaults).
+
+    Two 5x5 convolutions (``channels``), each ReLU (then BatchNorm2d with ``bn``) and 2x2 max
+    pooling (28 -> 24 -> 12 -> 8 -> 4 pixels), then Linear(c2 * 16, ``hidden``), ReLU, the head.
+    """
+    c1, c2 = channels
+    layers: list[nn.Module] = []
+    for c_in, c_out in ((1, c1), (c1, c2)):
+        layers += [nn.Conv2d(c_in, c_out, 5), nn.ReLU()]
+        if bn:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.Flatten(), nn.Linear(c2 * 4 * 4, hidden), nn.ReLU()]
+    return _with_heads(layers, hidden, n_outputs, n_heads)
 
 
 def mlp16(n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
@@ -115,30 +127,123 @@ def mlp16(n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
     return mlp(n_outputs, n_heads, hidden=16, depth=1)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "tutorial-mlp": tutorial_mlp,
-    "mlp": mlp,
-    "cnn": cnn,
-    "mlp-16": mlp16,
+# -- the models, one spec each ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """A model option: its default, a check of a value (a message, or None when fine), its doc."""
+
+    default: Any
+    check: Callable[[Any], str | None]
+    doc: str
+
+
+def _positive(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 1 else "a positive integer"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 0 else "an integer >= 0"
+
+
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _two_channels(v: Any) -> str | None:
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(c) and c >= 1 for c in v)
+    return None if ok else "two positive integers, e.g. [8, 16]"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One named network: its builder and the options it takes (each part of a run's identity).
+
+    Attributes:
+        name: the ``model`` setting.
+        summary: one line for help texts.
+        build: ``build(n_outputs, n_heads, **options) -> nn.Module``.
+        options: the options ``model_options`` may set, with defaults.
+    """
+
+    name: str
+    summary: str
+    build: Callable[..., nn.Module]
+    options: dict[str, Option] = field(default_factory=dict)
+
+
+_MLP_OPTIONS = {
+    "hidden": Option(100, _positive, "units per hidden layer"),
+    "depth": Option(2, _non_negative, "hidden layers"),
+    "bn": Option(False, _flag, "BatchNorm1d after each hidden ReLU"),
 }
+SPECS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec(
+            "tutorial-mlp", "the source tutorial's 784-100-100-10 MLP with BatchNorm", tutorial_mlp
+        ),
+        ModelSpec("mlp", "ReLU MLP 784-hidden x depth-10 (e.g. hidden = 400)", mlp, _MLP_OPTIONS),
+        ModelSpec(
+            "cnn",
+            "LeNet-style CNN: two 5x5 convolutions, max pooling, one hidden layer",
+            cnn,
+            {
+                "channels": Option((8, 16), _two_channels, "channels of the two convolutions"),
+                "hidden": Option(64, _positive, "units of the hidden linear layer"),
+                "bn": Option(False, _flag, "BatchNorm2d after each convolution's ReLU"),
+            },
+        ),
+        ModelSpec("mlp-16", "784-16-10 MLP, small enough for the dense Fisher", mlp16),
+    )
+}
+MODELS = tuple(SPECS)
+"""Every model name."""
 
 
-def make_model(name: str, n_outputs: int = 10, n_heads: int = 1) -> nn.Module:
+def check_model(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of model ``name``, defaults filled in.
+
+    Raises:
+        ValueError: unknown model or option, or a bad value (saying what is allowed).
+    """
+    if name not in SPECS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(SPECS)}")
+    spec, options = SPECS[name], dict(options or {})
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        allowed = ", ".join(f"{k} ({o.doc})" for k, o in spec.options.items()) or "none"
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; "
+            f"it takes: {allowed}"
+        )
+    for key, value in options.items():
+        problem = spec.options[key].check(value)
+        if problem:
+            raise ValueError(f"model option {key} = {value!r} is invalid for {name!r}: {problem}")
+    return {k: options.get(k, o.default) for k, o in spec.options.items()}
+
+
+def make_model(
+    name: str, n_outputs: int = 10, n_heads: int = 1, options: Mapping[str, Any] | None = None
+) -> nn.Module:
     """Build model ``name`` with ``n_heads`` output heads of ``n_outputs`` units each.
 
     Parameters are initialised from torch's global generator (seed it first for a seeded init).
 
     Raises:
-        ValueError: unknown name (listing the valid ones), or ``n_outputs`` / ``n_heads`` not a
-            positive integer (``n_outputs`` >= 2).
+        ValueError: unknown name or option (listing the valid ones), a bad option value, or
+            ``n_outputs`` / ``n_heads`` not a positive integer (``n_outputs`` >= 2).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    resolved = check_model(name, options)
     if not _is_int(n_outputs) or n_outputs < 2:
         raise ValueError(f"n_outputs must be an integer >= 2 (classes per head), not {n_outputs!r}")
     if not _is_int(n_heads) or n_heads < 1:
         raise ValueError(f"n_heads must be a positive integer, not {n_heads!r}")
-    return MODELS[name](n_outputs=n_outputs, n_heads=n_heads)
+    if "channels" in resolved:
+        resolved["channels"] = tuple(resolved["channels"])
+    return SPECS[name].build(n_outputs=n_outputs, n_heads=n_heads, **resolved)
 
 
 def task_forward(model: nn.Module, head: int = 0) -> Forward:

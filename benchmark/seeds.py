@@ -4,7 +4,9 @@ A random choice is named by its *role* and the root seed, e.g. ``(seed, "permuta
 the pixel permutation of task 3, and gets its own generator seeded with a hash of that name (the
 idea of DomainBed's ``misc.seed_hash``). Choices therefore do not share a random stream: the
 permutation of task 3 is the same whether or not tasks 0-2, a validation split or anything else
-were drawn first, and whatever else ran in the process (``torch.manual_seed`` is never touched).
+were drawn first, and whatever else ran in the process. The data pipeline never uses torch's
+global generator; the harness seeds it once per run, with ``seed_hash(seed, "init")``, just
+before building the model, whose layers draw their initial weights from it.
 """
 
 from __future__ import annotations

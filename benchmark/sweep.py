@@ -27,6 +27,7 @@ from . import provenance
 from .config import FIELD_HELP, FLOAT32_MAX, RunConfig, device_kind
 from .execution import Pool, Tally, phase_summary, run_configs, sigterm_as_interrupt
 from .lock import FolderLock
+from .methods import METHODS, parse_label
 from .preflight import preflight
 from .records import RunRecord, clean_partial, read_records, write_json_atomic
 from .selection import choose_lambdas, group_key
@@ -64,17 +65,8 @@ FIXED_BY_EXPERIMENT = {
 
 
 def parse_method(label: str) -> dict[str, Any]:
-    """``'ewc kfac-mc'`` -> method/estimator/mode fields; ``baseline``, ``joint``, ``l2``."""
-    parts = label.split()
-    if len(parts) == 1 and parts[0] in ("baseline", "joint", "l2"):
-        return {"method": parts[0], "estimator": None, "mode": "separate"}
-    if len(parts) == 2 and parts[0] in ("ewc", "ewc-online"):
-        mode = "online" if parts[0] == "ewc-online" else "separate"
-        return {"method": "ewc", "estimator": parts[1], "mode": mode}
-    raise ValueError(
-        f"unknown method {label!r}; use baseline, joint, l2, 'ewc <estimator>' or "
-        "'ewc-online <estimator>'"
-    )
+    """``'ewc kfac-mc'`` -> method/estimator/mode fields (``benchmark.methods.parse_label``)."""
+    return parse_label(label)
 
 
 @dataclass
@@ -149,10 +141,9 @@ def _check_keys(where: str, table: dict[str, Any], allowed: Iterable[str]) -> No
         )
 
 
-def _grid(label: str, *tables: dict[str, Any]) -> tuple[float, ...]:
+def _lambda_grid(label: str, *tables: dict[str, Any]) -> tuple[float, ...]:
     """The lambda grid of a method: most specific table first, 'default' last."""
-    method = parse_method(label)["method"]
-    if method in ("baseline", "joint"):
+    if not METHODS[parse_label(label)["method"]].penalised:
         return (0.0,)
     for key in (label, "default"):
         for table in tables:
@@ -202,7 +193,7 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
                 _check_keys(f"method_settings for {label!r}", per_method, FIELD_HELP)
                 fields = {**settings, **per_method, **overrides, **parse_method(label), "bn": bn}
                 base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": selection_seed})
-                grid = _grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
+                grid = _lambda_grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
                 if all(g.base != base for g in groups):  # --set bn can merge two groups
                     groups.append(Group(base, grid))
     if not groups:
@@ -267,6 +258,10 @@ def load_experiment(name_or_path: str, overrides: dict[str, Any] | None = None) 
 # -- execution ---------------------------------------------------------------------------------
 
 
+FINAL = "final seeds"
+"""The final phase's name (progress bar and tallies)."""
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """A sweep stopped by Ctrl-C or SIGTERM; finished runs are kept and a rerun resumes."""
 
@@ -313,6 +308,7 @@ def run_sweep(
 def _run_phases(
     experiment: Experiment, results: Path, jobs: int, root: str | None, retry_failed: bool
 ) -> dict[str, Any]:
+    """Selection (with grid extensions), then the final seeds; then ``sweep.json``."""
     clean_partial(results)
     provenance.pin_git_sha()
     started, t0 = provenance.now(), time.perf_counter()
@@ -320,46 +316,72 @@ def _run_phases(
     ran: dict[str, Tally] = {}
     kill = True
     try:
-
-        def phase(configs: list[RunConfig], desc: str) -> None:
-            ran[desc] = run_configs(
-                configs, results, pool, root=root, retry_failed=retry_failed, desc=desc
-            )
-
-        sel = experiment.selection_configs()
-        phase(sel, "lambda selection")
-        for round_ in range(experiment.extend):
-            ids = {c.run_id for c in sel}
-            more = experiment.extend_grids([r for r in read_records(results) if r.run_id in ids])
-            if not more:
-                break
-            sel += more
-            phase(more, f"lambda grid extension {round_ + 1}")
-        ids = {c.run_id for c in sel}
-        chosen = choose_lambdas(
-            [r for r in read_records(results) if r.run_id in ids], experiment.selection_seed
-        )
-        final = experiment.final_configs(chosen)
-        phase(final, "final seeds")
+        sel, final = _phases(experiment, results, pool, root, retry_failed, ran)
         kill = False
     except KeyboardInterrupt as err:
         done = sum(sum(t.ran.values()) for t in ran.values())
         raise SweepInterrupted(f"{done} runs finished in the phases completed before it") from err
     finally:
         pool.close(kill=kill)
-    all_ids = ids | {c.run_id for c in final}
-    runs = [r for r in read_records(results) if r.run_id in all_ids]
-    counts = {
-        "selection": phase_summary(sel, results),
-        "final": phase_summary(final, results),
-    }
+    meta = _meta(experiment, results, sel, final, ran)
+    meta.update(
+        started=started, finished=provenance.now(), duration_seconds=time.perf_counter() - t0
+    )
+    write_json_atomic(results / "sweep.json", meta)
+    return meta
+
+
+def _phases(
+    experiment: Experiment,
+    results: Path,
+    pool: Pool,
+    root: str | None,
+    retry_failed: bool,
+    ran: dict[str, Tally],
+) -> tuple[list[RunConfig], list[RunConfig]]:
+    """Run both phases; ``ran`` collects each phase's tally. Returns (selection, final) configs."""
+
+    def phase(configs: list[RunConfig], desc: str) -> None:
+        ran[desc] = run_configs(
+            configs, results, pool, root=root, retry_failed=retry_failed, desc=desc
+        )
+
+    def records_of(configs: list[RunConfig]) -> list[RunRecord]:
+        ids = {c.run_id for c in configs}
+        return [r for r in read_records(results) if r.run_id in ids]
+
+    sel = experiment.selection_configs()
+    phase(sel, "lambda selection")
+    for round_ in range(experiment.extend):
+        more = experiment.extend_grids(records_of(sel))
+        if not more:
+            break
+        sel += more
+        phase(more, f"lambda grid extension {round_ + 1}")
+    final = experiment.final_configs(choose_lambdas(records_of(sel), experiment.selection_seed))
+    phase(final, FINAL)
+    return sel, final
+
+
+def _meta(
+    experiment: Experiment,
+    results: Path,
+    sel: list[RunConfig],
+    final: list[RunConfig],
+    ran: dict[str, Tally],
+) -> dict[str, Any]:
+    """What ``sweep.json`` says about a sweep (times are added by the caller)."""
+    ids = {"selection": sorted({c.run_id for c in sel}), "final": sorted({c.run_id for c in final})}
+    wanted = set(ids["selection"]) | set(ids["final"])
+    runs = [r for r in read_records(results) if r.run_id in wanted]
+    counts = {"selection": phase_summary(sel, results), "final": phase_summary(final, results)}
     for key, tallies in (
-        ("selection", [t for d, t in ran.items() if d != "final seeds"]),
-        ("final", [ran["final seeds"]]),
+        ("selection", [t for d, t in ran.items() if d != FINAL]),
+        ("final", [ran[FINAL]]),
     ):
         counts[key]["ran"] = sum(sum(t.ran.values()) for t in tallies)
         counts[key]["reused"] = sum(t.reused for t in tallies)
-    meta = {
+    return {
         "experiment": experiment.name,
         "description": experiment.description,
         "notes": experiment.notes,
@@ -371,20 +393,16 @@ def _run_phases(
             **provenance.machine(experiment.groups[0].base.device),
             "git_sha": provenance.git_sha(),
         },
-        "started": started,
-        "finished": provenance.now(),
-        "duration_seconds": time.perf_counter() - t0,
         "compute_seconds": sum(r.total_seconds for r in runs),
         "runs": len(runs),
-        "run_ids": {"selection": sorted(ids), "final": sorted({c.run_id for c in final})},
+        "ran_now": sum(sum(t.ran.values()) for t in ran.values()),
+        "run_ids": ids,
         "counts": counts,
         "grids": {
             f"{g.base.sequence} bn={g.base.bn} {g.base.label}": list(g.lambdas)
             for g in experiment.groups
         },
     }
-    write_json_atomic(results / "sweep.json", meta)
-    return meta
 
 
 def failed_runs(meta: dict[str, Any]) -> list[dict[str, Any]]:

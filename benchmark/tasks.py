@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import SEQUENCES
 from .data import (
     N_CLASSES,
     Split,
@@ -53,17 +52,6 @@ from .data import (
 )
 from .seeds import generator, seed_hash
 
-DEFAULT_TASKS = {
-    "mnist-fmnist": 2,
-    "fmnist-mnist": 2,
-    "permuted-mnist": 10,
-    "rotated-mnist": 5,
-    "split-mnist": 5,
-    "split-mnist-class": 5,
-}
-MAX_TASKS = {"mnist-fmnist": 2, "fmnist-mnist": 2, "split-mnist": 5, "split-mnist-class": 5}
-"""Upper bounds on ``n_tasks``; permuted and rotated MNIST take any number >= 1."""
-MIN_TASKS = {"mnist-fmnist": 2, "fmnist-mnist": 2}
 DATA_KINDS = ("real", "synthetic")
 SYNTHETIC_DATA_SEED = 0
 """The synthetic stand-ins are fixed datasets (like the real files): their seed is not the run's."""
@@ -182,11 +170,10 @@ def check_n_tasks(name: str, n_tasks: int | None) -> int:
     Raises:
         ValueError: unknown sequence, or ``n_tasks`` not allowed for it (says what is).
     """
-    if name not in SEQUENCES:
-        raise ValueError(f"unknown sequence {name!r}; valid names: {', '.join(SEQUENCES)}")
+    spec = sequence_spec(name)
     if n_tasks is None:
-        return DEFAULT_TASKS[name]
-    low, high = MIN_TASKS.get(name, 1), MAX_TASKS.get(name)
+        return spec.default_tasks
+    low, high = spec.min_tasks, spec.max_tasks
     if not _is_int(n_tasks) or n_tasks < low or (high is not None and n_tasks > high):
         if low == high:
             allowed = f"exactly {low}"
@@ -271,23 +258,17 @@ def datasets_of(sequence_name: str) -> tuple[str, ...]:
     Raises:
         ValueError: unknown sequence.
     """
-    if sequence_name not in SEQUENCES:
-        raise ValueError(f"unknown sequence {sequence_name!r}; valid names: {', '.join(SEQUENCES)}")
-    return {"mnist-fmnist": ("mnist", "fmnist"), "fmnist-mnist": ("fmnist", "mnist")}.get(
-        sequence_name, ("mnist",)
-    )
-
-
-_datasets = datasets_of  # the former private name
+    return sequence_spec(sequence_name).datasets
 
 
 def heads_of(sequence_name: str, n_tasks: int | None = None) -> tuple[int, int]:
     """``(n_heads, n_outputs)`` of a sequence's model, known without loading any data.
 
-    ``split-mnist`` has one 2-way head per task; every other sequence one shared 10-way head.
+    A multi-head sequence (``split-mnist``) has one head per task; the others one shared head.
     """
+    spec = sequence_spec(sequence_name)
     n = check_n_tasks(sequence_name, n_tasks)
-    return (n, 2) if sequence_name == "split-mnist" else (1, N_CLASSES)
+    return (n if spec.multi_head else 1), spec.outputs
 
 
 @functools.lru_cache(maxsize=SEQUENCE_CACHE_SIZE)
@@ -325,29 +306,8 @@ def _build_cached(
         train, val, test = (transform(s) for s in limited)
         return Task(name_, train, val, test, head=head, n_classes=n_classes)
 
-    if name in ("mnist-fmnist", "fmnist-mnist"):
-        tasks = [task(d, d, _identity, 0, N_CLASSES) for d in datasets_of(name)]
-        return TaskSequence(name, tuple(tasks), n_heads=1, n_outputs=N_CLASSES)
-    if name == "permuted-mnist":
-        tasks = [
-            task(f"permuted-{t}", "mnist", _permuter(permutation(seed, t)), 0, N_CLASSES)
-            for t in range(n_tasks)
-        ]
-        return TaskSequence(name, tuple(tasks), n_heads=1, n_outputs=N_CLASSES)
-    if name == "rotated-mnist":
-        tasks = [
-            task(f"rotated-{angle:g}", "mnist", _rotator(angle), 0, N_CLASSES)
-            for angle in rotation_angles(n_tasks, seed)
-        ]
-        return TaskSequence(name, tuple(tasks), n_heads=1, n_outputs=N_CLASSES)
-    # split-mnist (one 2-way head per task) or split-mnist-class (one shared 10-way head)
-    multi = name == "split-mnist"
-    tasks = []
-    for t, pair in enumerate(class_pairs(seed)[:n_tasks]):
-        pick = _pair_filter(pair, relabel=multi)
-        name_ = f"split-{pair[0]}/{pair[1]}"
-        tasks.append(task(name_, "mnist", _identity, t if multi else 0, 2, select=pick))
     n_heads, n_outputs = heads_of(name, n_tasks)
+    tasks = SPECS[name].build(task, n_tasks, seed)
     return TaskSequence(name, tuple(tasks), n_heads=n_heads, n_outputs=n_outputs)
 
 
@@ -390,3 +350,140 @@ def _pair_filter(pair: tuple[int, int], relabel: bool) -> Transform:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- the sequences, one spec each ------------------------------------------------------------------
+
+TaskFactory = Callable[..., Task]
+"""``task(name, dataset, transform, head, n_classes, select=None) -> Task`` (``_build_cached``)."""
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """One named sequence: where its tasks come from and how they are built.
+
+    Attributes:
+        name: the ``sequence`` setting.
+        summary: one line for help texts and reports.
+        datasets: the source datasets, in task order (what the data check looks for).
+        default_tasks: ``n_tasks`` when not given.
+        min_tasks, max_tasks: the range ``n_tasks`` may take (``max_tasks`` None: unbounded).
+        multi_head: one output head per task (task-incremental), else one shared head.
+        outputs: the width of each head.
+        build: ``build(task, n_tasks, seed) -> [Task, ...]`` with ``task`` a ``TaskFactory``.
+    """
+
+    name: str
+    summary: str
+    datasets: tuple[str, ...]
+    default_tasks: int
+    build: Callable[[TaskFactory, int, int], list[Task]]
+    min_tasks: int = 1
+    max_tasks: int | None = None
+    multi_head: bool = False
+    outputs: int = N_CLASSES
+
+
+def _pair(order: tuple[str, ...]) -> Callable[[TaskFactory, int, int], list[Task]]:
+    return lambda task, n, seed: [task(d, d, _identity, 0, N_CLASSES) for d in order]
+
+
+def _permuted(task: TaskFactory, n: int, seed: int) -> list[Task]:
+    return [
+        task(f"permuted-{t}", "mnist", _permuter(permutation(seed, t)), 0, N_CLASSES)
+        for t in range(n)
+    ]
+
+
+def _rotated(task: TaskFactory, n: int, seed: int) -> list[Task]:
+    return [
+        task(f"rotated-{angle:g}", "mnist", _rotator(angle), 0, N_CLASSES)
+        for angle in rotation_angles(n, seed)
+    ]
+
+
+def _split(multi: bool) -> Callable[[TaskFactory, int, int], list[Task]]:
+    def build(task: TaskFactory, n: int, seed: int) -> list[Task]:
+        return [
+            task(
+                f"split-{pair[0]}/{pair[1]}",
+                "mnist",
+                _identity,
+                t if multi else 0,
+                2,
+                select=_pair_filter(pair, relabel=multi),
+            )
+            for t, pair in enumerate(class_pairs(seed)[:n])
+        ]
+
+    return build
+
+
+SPECS: dict[str, SequenceSpec] = {
+    s.name: s
+    for s in (
+        SequenceSpec(
+            "mnist-fmnist",
+            "MNIST then FashionMNIST, one shared head (the source tutorial's)",
+            ("mnist", "fmnist"),
+            2,
+            _pair(("mnist", "fmnist")),
+            min_tasks=2,
+            max_tasks=2,
+        ),
+        SequenceSpec(
+            "fmnist-mnist",
+            "FashionMNIST then MNIST, one shared head",
+            ("fmnist", "mnist"),
+            2,
+            _pair(("fmnist", "mnist")),
+            min_tasks=2,
+            max_tasks=2,
+        ),
+        SequenceSpec(
+            "permuted-mnist",
+            "MNIST under a seeded pixel permutation per task",
+            ("mnist",),
+            10,
+            _permuted,
+        ),
+        SequenceSpec(
+            "rotated-mnist",
+            "MNIST rotated by 180 t / n degrees, seeded order",
+            ("mnist",),
+            5,
+            _rotated,
+        ),
+        SequenceSpec(
+            "split-mnist",
+            "digit pairs, one 2-way head per task (task-incremental)",
+            ("mnist",),
+            5,
+            _split(multi=True),
+            max_tasks=5,
+            multi_head=True,
+            outputs=2,
+        ),
+        SequenceSpec(
+            "split-mnist-class",
+            "digit pairs, one shared 10-way head (class-incremental)",
+            ("mnist",),
+            5,
+            _split(multi=False),
+            max_tasks=5,
+        ),
+    )
+}
+SEQUENCES = tuple(SPECS)
+"""Every sequence name, in report order."""
+
+
+def sequence_spec(name: str) -> SequenceSpec:
+    """The spec of sequence ``name``.
+
+    Raises:
+        ValueError: unknown name, listing the valid ones.
+    """
+    if name not in SPECS:
+        raise ValueError(f"unknown sequence {name!r}; valid names: {', '.join(SPECS)}")
+    return SPECS[name]

@@ -5,69 +5,43 @@
 >>> curv = est.fit(model, inputs, targets)          # doctest: +SKIP
 >>> penalty = 0.5 * lam * curv.quadratic(delta)      # doctest: +SKIP
 
-Names are ``structure-labelmode`` plus ``identity``; see ``names()``. Conventions (F is the mean
-of per-input Fisher matrices; parameter layout; eval mode) are in ``curvature`` and ``layout``.
+Names are ``structure-labelmode`` plus ``identity``; see ``names()``. Each structure declares its
+names, label modes, options and online rule at the end of its own file (``registry``), and its
+closed forms (norms, inner products, eigenpairs, online sums) as methods of its curvature class.
+Conventions (F is the mean of per-input Fisher matrices; parameter layout; eval mode) are in
+``curvature`` and ``layout``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from .batched import BatchedDiagEstimator
+from . import batched, diag, full, identity, kfac
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
-from .diag import DiagAccumulator, DiagCurvature
+from .diag import DiagCurvature
 from .errors import FisherMemoryError
-from .estimator import Accumulator, Estimator, GridEstimator
-from .full import DenseCurvature, FullAccumulator, LowRankCurvature
-from .identity import IdentityCurvature, IdentityEstimator
-from .kfac import KFACAccumulator, KFACCurvature
-from .labels import Argmax, Empirical, Exact, LabelMode, MonteCarlo
+from .estimator import Estimator
+from .full import DenseCurvature, LowRankCurvature
+from .identity import IdentityCurvature
+from .kfac import KFACCurvature
 from .layout import ParamLayout
-from .options import OPTIONS, resolve
+from .penalty import EWC
+from .registry import Declaration, Registry
 
-_BASE = ("forward", "chunk_size", "memory_budget")
-_MC = ("mc_samples", "generator")
-
-_STRUCTURES: dict[str, tuple[type[Accumulator], tuple[str, ...]]] = {
-    "diag": (DiagAccumulator, ("exact", "mc", "empirical", "argmax")),
-    "kfac": (KFACAccumulator, ("exact", "mc", "empirical")),
-    "full": (FullAccumulator, ("exact", "mc", "empirical")),
-}
-
-
-def _label_mode(mode: str, options: dict[str, Any]) -> LabelMode:
-    if mode == "mc":
-        return MonteCarlo(options["mc_samples"], options["generator"])
-    return {"exact": Exact, "empirical": Empirical, "argmax": Argmax}[mode]()
-
-
-def _grid_factory(structure: str, mode: str) -> Callable[[str, dict[str, Any]], Estimator]:
-    acc = _STRUCTURES[structure][0]
-    return lambda name, opts: GridEstimator(name, acc, _label_mode(mode, opts), opts)
-
-
-_REGISTRY: dict[str, tuple[Callable[[str, dict[str, Any]], Estimator], tuple[str, ...]]] = {
-    "identity": (IdentityEstimator, ("forward", "memory_budget")),
-    "diag-batched": (BatchedDiagEstimator, ("forward", "batch_size", "memory_budget")),
-}
-for _s, (_, _modes) in _STRUCTURES.items():
-    for _m in _modes:
-        _allowed = (
-            _BASE + (_MC if _m == "mc" else ()) + (("representation",) if _s == "full" else ())
-        )
-        _REGISTRY[f"{_s}-{_m}"] = (_grid_factory(_s, _m), _allowed)
+_REGISTRY = Registry(
+    identity.DECLARATION, batched.DECLARATION, diag.DECLARATION, kfac.DECLARATION, full.DECLARATION
+)
+"""Every estimator, from the declaration at the end of its structure's file (see ``registry``)."""
 
 
 def names() -> list[str]:
     """Every registered estimator name, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def options(name: str) -> dict[str, str]:
     """The options ``name`` accepts, with their meaning."""
-    _check_name(name)
-    return {k: OPTIONS[k].doc for k in _REGISTRY[name][1]}
+    return _REGISTRY.options(name)
 
 
 def make(name: str, **opts: Any) -> Estimator:
@@ -76,18 +50,39 @@ def make(name: str, **opts: Any) -> Estimator:
     Raises:
         ValueError: unknown name or option (naming the valid ones), or a bad option value.
     """
-    _check_name(name)
-    factory, allowed = _REGISTRY[name]
-    return factory(name, resolve(name, allowed, opts))
+    return _REGISTRY.make(name, **opts)
 
 
-def _check_name(name: object) -> None:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown estimator {name!r}; valid names: {', '.join(names())}")
+def supports_online(name: str, **opts: Any) -> bool:
+    """Whether ``name`` with ``opts`` fits curvatures that add online (``decay * old + new``).
+
+    Raises:
+        ValueError: as ``make``.
+    """
+    return online_refusal(name, **opts) is None
+
+
+def online_refusal(name: str, **opts: Any) -> str | None:
+    """Why ``name`` with ``opts`` cannot be accumulated online, or None when it can.
+
+    Raises:
+        ValueError: as ``make``.
+    """
+    return _REGISTRY.online_refusal(name, **opts)
+
+
+def declare(declaration: Declaration) -> None:
+    """Register a structure's estimators (see ``registry.GridStructure`` and ``Single``).
+
+    Raises:
+        ValueError: a name is already registered, or an option is unknown.
+    """
+    _REGISTRY.declare(declaration)
 
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "EWC",
     "Curvature",
     "DenseCurvature",
     "DiagCurvature",
@@ -97,7 +92,10 @@ __all__ = [
     "KFACCurvature",
     "LowRankCurvature",
     "ParamLayout",
+    "declare",
     "make",
     "names",
+    "online_refusal",
     "options",
+    "supports_online",
 ]

@@ -21,6 +21,7 @@ from .diag import DiagCurvature
 from .estimator import Estimator, check_labels
 from .fitting import check_logits
 from .layout import ParamLayout
+from .registry import Single, always_online
 
 
 class BatchedDiagEstimator(Estimator):
@@ -55,3 +56,12 @@ class BatchedDiagEstimator(Estimator):
             total += flat.square()
             batches += 1
         return DiagCurvature(layout, total / batches, self.options["memory_budget"])
+
+
+DECLARATION = Single(
+    "diag-batched",
+    BatchedDiagEstimator,
+    ("forward", "batch_size", "memory_budget"),
+    always_online,
+)
+"""``diag-batched``: a diagonal, so it adds online like ``diag-*``."""

@@ -3,8 +3,13 @@
 A curvature object represents a symmetric positive semi-definite matrix F over the flat
 parameter layout (see ``layout``). Subclasses implement four things: ``_matmat`` (F M),
 ``_quadratic`` (d^T F d, differentiable), ``diagonal_flat`` and ``nbytes``. Everything else
-(``matvec``, ``quadratic`` on a parameter dict, ``dense``, the scipy view, ``trace``, online
-accumulation) is derived here once.
+(``matvec``, ``quadratic`` on a parameter dict, ``dense``, the scipy view, ``trace``) is derived
+here once.
+
+The closed forms the approximation metrics and online EWC need are methods with a generic default
+here, which a structure overrides in its own file where it knows better:
+``frobenius_sq``, ``inner`` (double dispatch through ``_inner``), ``top_eigen``,
+``block_frobenius_sq`` and ``add`` (online accumulation, dispatched through ``_add``/``_radd``).
 
 Convention: F is the mean over N inputs of per-input Fisher matrices, and the EWC penalty is
 ``(lambda / 2) * sum_t quadratic(theta - theta_t)``; one lambda means the same for every estimator.
@@ -12,12 +17,15 @@ Convention: F is the mean over N inputs of per-input Fisher matrices, and the EW
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from types import NotImplementedType
+from typing import ClassVar
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
+from scipy.sparse.linalg import LinearOperator, eigsh
 
 from .errors import FisherMemoryError
 from .layout import ParamLayout
@@ -25,19 +33,34 @@ from .layout import ParamLayout
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Default memory budget for dense matrices and low-rank factors: 2 GiB."""
 
+CHUNK = 256
+"""Columns (or factor rows) per product in the float64 sums of the closed forms."""
+
+GENERIC_BLOCK_MAX = 20_000
+"""Largest P for which ``block_frobenius_sq`` falls back to products with identity columns."""
+
 
 class Curvature(ABC):
     """A curvature matrix F (P x P).
 
-    Implement ``_matmat``, ``_quadratic``, ``diagonal_flat`` and ``nbytes``.
+    Implement ``_matmat``, ``_quadratic``, ``diagonal_flat`` and ``nbytes``; override the closed
+    forms (``frobenius_sq``, ``_inner``, ``_top_eigen``, ``_block_frobenius_sq``, ``_add``,
+    ``_radd``) where the structure has them.
 
     Attributes:
         layout: the parameter layout F is written in.
         memory_budget: bytes ``dense()`` may allocate.
         structure: short name of the representation (``identity``, ``diag``, ``kfac``, ...).
+        is_diagonal: F is diagonal, so ``diagonal_flat()`` describes it entirely.
+        inner_cost: rank of the structure's ``_inner`` closed form, cheapest first; ``inner``
+            asks the cheaper side first.
+        online_refusal: why curvatures of this structure never add (online EWC), or None.
     """
 
     structure: str = ""
+    is_diagonal: ClassVar[bool] = False
+    inner_cost: ClassVar[int] = 100
+    online_refusal: ClassVar[str | None] = None
 
     def __init__(self, layout: ParamLayout, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.layout = layout
@@ -187,9 +210,7 @@ class Curvature(ABC):
         step = max(1, min(p, (64 * 1024**2) // max(1, p * self.layout.itemsize)))
         for start in range(0, p, step):
             stop = min(p, start + step)
-            cols = torch.zeros(p, stop - start, dtype=self.layout.dtype, device=self.layout.device)
-            cols[torch.arange(start, stop), torch.arange(stop - start)] = 1
-            out[:, start:stop] = self._matmat(cols)
+            out[:, start:stop] = self._matmat(identity_columns(self.layout, start, stop))
         return out
 
     def as_linear_operator(self) -> LinearOperator:
@@ -208,15 +229,165 @@ class Curvature(ABC):
         p = self.numel
         return LinearOperator((p, p), matvec=mv, rmatvec=mv, matmat=mm, rmatmat=mm, dtype=np_dtype)
 
+    def _columns(self, start: int, stop: int) -> torch.Tensor:
+        """Columns ``start:stop`` of F, ``[P, stop - start]``: F times identity columns."""
+        return self.matmat(identity_columns(self.layout, start, stop))
+
+    # -- closed forms: a structure overrides what it can do cheaply ----------------------------
+    def frobenius_sq(self) -> float:
+        r""":math:`\|F\|_F^2 = \sum_{ij} F_{ij}^2`, accumulated in float64.
+
+        Generic: :math:`\langle F, F \rangle` through ``inner``.
+        """
+        return self.inner(self)
+
+    def inner(self, other: Curvature) -> float:
+        r""":math:`\langle F, G \rangle_F = \operatorname{tr}(F G) = \sum_{ij} F_{ij} G_{ij}`.
+
+        For symmetric F (``self``) and G (``other``), accumulated in float64. Double dispatch:
+        the side whose closed form is cheaper (lower ``inner_cost``; ``other`` on a tie) is asked
+        first through ``_inner``, then the other side; when neither has a closed form for the
+        pair, :math:`\sum_j \langle F e_j, G e_j \rangle` over blocks of identity columns
+        (P matrix-vector products with each: for models whose P x P fits anyway).
+
+        Raises:
+            ValueError: the two curvatures are over different parameter layouts.
+        """
+        if not self._same_layout(other):
+            raise ValueError("cannot take the inner product of curvatures over different layouts")
+        first, second = (self, other) if self.inner_cost < other.inner_cost else (other, self)
+        for x, y in ((first, second), (second, first)):
+            value = x._inner(y)
+            if value is not NotImplemented:
+                return value
+        return self._generic_inner(other)
+
+    def _inner(self, other: Curvature) -> float | NotImplementedType:
+        r""":math:`\langle F, G \rangle` in closed form for this pair, or ``NotImplemented``."""
+        return NotImplemented
+
+    def _generic_inner(self, other: Curvature) -> float:
+        r""":math:`\sum_j \langle F e_j, G e_j \rangle`, ``CHUNK`` columns at a time."""
+        total, p = 0.0, self.numel
+        for start in range(0, p, CHUNK):
+            stop = min(p, start + CHUNK)
+            block = self._columns(start, stop) * other._columns(start, stop)
+            total += float(block.sum(dtype=torch.float64))
+        return total
+
+    def top_eigen(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ``k`` largest eigenvalues (descending, float64) and their eigenvectors ``[P, k]``.
+
+        ``k`` is capped at P - 1. Eigenvectors are None where F distinguishes none (identity).
+        Generic: ``eigsh`` on ``as_linear_operator()``.
+        """
+        return self._top_eigen(min(k, self.numel - 1))
+
+    def _top_eigen(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``eigsh`` (Lanczos) on the operator, sorted in descending order."""
+        vals, vecs = eigsh(self.as_linear_operator(), k=k, which="LA")
+        order = np.argsort(vals)[::-1]
+        return vals[order].astype(np.float64), vecs[:, order].astype(np.float64)
+
+    def block_frobenius_sq(self, index: torch.Tensor) -> float:
+        r""":math:`\|F_{II}\|_F^2` for the flat index set I (a 1-d integer tensor), in float64.
+
+        Generic (when P <= ``GENERIC_BLOCK_MAX``): the columns :math:`F e_i, i \in I`, ``CHUNK``
+        at a time, restricted to the rows I.
+
+        Raises:
+            NotImplementedError: no closed form and P over ``GENERIC_BLOCK_MAX``.
+        """
+        return self._block_frobenius_sq(torch.as_tensor(index, dtype=torch.long).reshape(-1))
+
+    def _block_frobenius_sq(self, index: torch.Tensor) -> float:
+        """Through matrix products with identity columns; refused for large P."""
+        p = self.numel
+        if p > GENERIC_BLOCK_MAX:
+            raise NotImplementedError(
+                f"no closed form for a diagonal block of {self.structure} curvature, and "
+                f"P = {p:,} parameters is over the {GENERIC_BLOCK_MAX:,} the generic path "
+                "(one product with F per index) allows; use a dense or low-rank factor curvature"
+            )
+        rows = index.to(self.layout.device)
+        total = 0.0
+        for start in range(0, rows.numel(), CHUNK):
+            cols = rows[start : start + CHUNK]
+            eye = torch.zeros(p, cols.numel(), dtype=self.layout.dtype, device=self.layout.device)
+            eye[cols, torch.arange(cols.numel(), device=self.layout.device)] = 1
+            total += float(self.matmat(eye)[rows].double().square().sum())
+        return total
+
+    # -- online accumulation --------------------------------------------------------------------
     def add(self, other: Curvature, decay: float = 1.0) -> Curvature:
         """Online accumulation: a new curvature equal to ``decay * self + other``.
 
-        Defined where the sum keeps the structure (identity, diag, dense full, and mixtures of
-        them); KFAC and low-rank factors raise ``NotImplementedError`` saying why.
-        """
-        from .online import accumulate
+        Inputs are not modified. Dispatch: ``self._add(other, decay)``, then
+        ``other._radd(self, decay)``; the richer structure holds the sum (identity < diag <
+        dense full). Structures with an ``online_refusal`` (KFAC, low-rank factors) say why not.
 
-        return accumulate(self, other, decay)
+        Raises:
+            ValueError: different parameter layouts, or a decay that is not a finite number >= 0.
+            NotImplementedError: a structure without a closed online sum.
+        """
+        check_decay(decay)
+        if not self._same_layout(other):
+            raise ValueError("cannot add curvatures over different parameter layouts")
+        for c in (self, other):
+            if c.online_refusal is not None:
+                raise NotImplementedError(
+                    f"online accumulation is not defined for {c.structure} curvature: "
+                    f"{c.online_refusal}; use separate mode (one penalty per task) instead"
+                )
+        result = self._add(other, decay)
+        if result is NotImplemented:
+            result = other._radd(self, decay)
+        if result is NotImplemented:
+            raise NotImplementedError(
+                f"online accumulation is not defined for {self.structure} and {other.structure} "
+                "curvature: neither structure holds their sum; use separate mode (one penalty "
+                "per task) instead"
+            )
+        return result
+
+    def _add(self, other: Curvature, decay: float) -> Curvature | NotImplementedType:
+        """``decay * self + other`` when this structure holds it, else ``NotImplemented``."""
+        return NotImplemented
+
+    def _radd(self, other: Curvature, decay: float) -> Curvature | NotImplementedType:
+        """``decay * other + self`` when this structure holds it, else ``NotImplemented``."""
+        return NotImplemented
+
+    def _same_layout(self, other: Curvature) -> bool:
+        """Same parameter names and shapes."""
+        return self.layout.names == other.layout.names and self.layout.shapes == other.layout.shapes
+
+    def _budget_with(self, other: Curvature) -> int:
+        """The memory budget of a sum: the larger of the two."""
+        return max(self.memory_budget, other.memory_budget)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(P={self.numel}, nbytes={self.nbytes})"
+
+
+def identity_columns(layout: ParamLayout, start: int, stop: int) -> torch.Tensor:
+    """Columns ``start:stop`` of the P x P identity, in the layout's dtype and device."""
+    p = layout.numel
+    cols = torch.zeros(p, stop - start, dtype=layout.dtype, device=layout.device)
+    cols[torch.arange(start, stop), torch.arange(stop - start)] = 1
+    return cols
+
+
+def check_decay(decay: object) -> None:
+    """An online decay must be a finite number >= 0 (not a bool).
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if (
+        isinstance(decay, bool)
+        or not isinstance(decay, (int, float))
+        or not math.isfinite(decay)
+        or decay < 0
+    ):
+        raise ValueError(f"decay must be a finite number >= 0, got {decay!r}")

@@ -7,20 +7,25 @@ materialising :math:`u` (e.g. one matmul of :math:`g^2` and :math:`a^2` for ``nn
 
 from __future__ import annotations
 
+from types import NotImplementedType
 from typing import Any
 
+import numpy as np
 import torch
 
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .estimator import Accumulator
 from .fitting import Capture, Plan
 from .layout import ParamLayout
+from .registry import GridStructure, always_online
 
 
 class DiagCurvature(Curvature):
     r""":math:`F = \operatorname{diag}(f)`, stored as one flat ``[P]`` tensor."""
 
     structure = "diag"
+    is_diagonal = True
+    inner_cost = 0
 
     def __init__(
         self, layout: ParamLayout, diag: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET
@@ -54,6 +59,40 @@ class DiagCurvature(Curvature):
         """P scalars."""
         return self.diag.numel() * self.diag.element_size()
 
+    def frobenius_sq(self) -> float:
+        r""":math:`\sum_i f_i^2`."""
+        return float(self.diag.double().square().sum())
+
+    def _inner(self, other: Curvature) -> float:
+        r""":math:`\langle \operatorname{diag}(f), G \rangle = \sum_i G_{ii} f_i`, for any G."""
+        return float((other.diagonal_flat().double() * self.diag.double()).sum())
+
+    def _top_eigen(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k largest entries; their unit vectors."""
+        d = self.diag.detach().cpu().double()
+        idx = torch.argsort(d, descending=True)[:k]
+        vecs = np.zeros((self.numel, k))
+        vecs[idx.numpy(), np.arange(k)] = 1.0
+        return d[idx].numpy(), vecs
+
+    def _block_frobenius_sq(self, index: torch.Tensor) -> float:
+        r""":math:`\sum_{i \in I} f_i^2`."""
+        return float(self.diag[index.to(self.diag.device)].double().square().sum())
+
+    def _add(self, other: Curvature, decay: float) -> DiagCurvature | NotImplementedType:
+        """``decay * f + diag(G)`` when G is diagonal (identity or diag)."""
+        if not other.is_diagonal:
+            return NotImplemented
+        flat = decay * self.diagonal_flat() + other.diagonal_flat()
+        return DiagCurvature(self.layout, flat, self._budget_with(other))
+
+    def _radd(self, other: Curvature, decay: float) -> DiagCurvature | NotImplementedType:
+        """``decay * diag(G) + f`` when G is diagonal (an identity, typically)."""
+        if not other.is_diagonal:
+            return NotImplemented
+        flat = decay * other.diagonal_flat() + self.diagonal_flat()
+        return DiagCurvature(other.layout, flat, self._budget_with(other))
+
 
 def add_diagonal(flat: torch.Tensor, cap: Capture, layout: ParamLayout, skip: set[str]) -> None:
     """Add each parameter's exact diagonal contribution from ``cap`` to ``flat`` in place."""
@@ -84,3 +123,9 @@ class DiagAccumulator(Accumulator):
     def result(self) -> DiagCurvature:
         """The diagonal (already a mean: gradients carry 1/sqrt(N))."""
         return DiagCurvature(self.layout, self.flat, self.options["memory_budget"])
+
+
+DECLARATION = GridStructure(
+    "diag", DiagAccumulator, ("exact", "mc", "empirical", "argmax"), online=always_online
+)
+"""``diag-*``: every label mode; diagonals always add online."""

@@ -157,19 +157,19 @@ class GridEstimator(Estimator):
     def __init__(
         self,
         name: str,
-        structure: type[Accumulator],
+        accumulator: type[Accumulator],
         labels: LabelMode,
         options: dict[str, Any],
     ) -> None:
         super().__init__(name, options)
-        self.structure = structure
+        self.accumulator = accumulator
         self.labels = labels
         self.needs_targets = labels.needs_targets
 
     def check_memory(self, model: nn.Module, n_inputs: int, n_classes: int) -> None:
         """The structure's own rule, with this label mode's columns per input."""
         columns = self.labels.columns(n_classes)
-        self.structure.check_memory(ParamLayout.of(model), columns, n_inputs, self.options)
+        self.accumulator.check_memory(ParamLayout.of(model), columns, n_inputs, self.options)
 
     def _fit(
         self,
@@ -182,7 +182,7 @@ class GridEstimator(Estimator):
         plan = make_plan(model, self.forward, inputs[:1], layout)
         check_labels(targets, plan.n_classes)
         fisher_pass = FisherPass(model, self.forward, self.labels, plan, n)
-        acc = self.structure(layout, plan, fisher_pass.columns, n, self.options)
+        acc = self.accumulator(layout, plan, fisher_pass.columns, n, self.options)
         step = acc.chunk_size()
         for start in range(0, n, step):
             chunk = slice(start, min(n, start + step))

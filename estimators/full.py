@@ -14,24 +14,36 @@ says how many bytes each would need.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import NotImplementedType
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.sparse.linalg import eigsh
 
-from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
+from .curvature import CHUNK, DEFAULT_MEMORY_BUDGET, Curvature
 from .errors import FisherMemoryError, format_bytes
 from .estimator import Accumulator
 from .fitting import Capture, Plan
 from .layout import ParamLayout
+from .registry import GridStructure
 
 WORK_BYTES = 64 * 1024**2
 """Bytes of per-input gradient rows built per chunk."""
+
+EIGH_MAX = 3000
+"""Largest Gram matrix decomposed in full; beyond it, ``eigsh`` finds the top eigenpairs."""
+
+FACTOR_REFUSAL = "stacking low-rank factors grows with every task (that is separate mode)"
+"""Why low-rank factors are not accumulated online."""
 
 
 class DenseCurvature(Curvature):
     """F as a dense ``[P, P]`` matrix."""
 
     structure = "full-dense"
+    inner_cost = 3
 
     def __init__(
         self, layout: ParamLayout, matrix: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET
@@ -57,11 +69,56 @@ class DenseCurvature(Curvature):
         """P^2 scalars."""
         return self.matrix.numel() * self.matrix.element_size()
 
+    def _columns(self, start: int, stop: int) -> torch.Tensor:
+        """Read, not multiplied."""
+        return self.matrix[:, start:stop]
+
+    def frobenius_sq(self) -> float:
+        r""":math:`\sum_{ij} F_{ij}^2`."""
+        return float(torch.linalg.vector_norm(self.matrix.reshape(-1), dtype=torch.float64)) ** 2
+
+    def _inner(self, other: Curvature) -> float | NotImplementedType:
+        r""":math:`\sum_{ij} F_{ij} G_{ij}` with another dense matrix."""
+        if not isinstance(other, DenseCurvature):
+            return NotImplemented
+        return float((self.matrix * other.matrix).sum(dtype=torch.float64))
+
+    def _block_frobenius_sq(self, index: torch.Tensor) -> float:
+        r""":math:`\sum_{i, j \in I} F_{ij}^2`, read from the matrix."""
+        idx = index.to(self.matrix.device)
+        return float(self.matrix[idx][:, idx].double().square().sum())
+
+    def _add(self, other: Curvature, decay: float) -> DenseCurvature | NotImplementedType:
+        """``decay * F + G`` for a dense or diagonal G."""
+        if not _adds_densely(other):
+            return NotImplemented
+        matrix = decay * _as_matrix(self) + _as_matrix(other)
+        return DenseCurvature(self.layout, matrix, self._budget_with(other))
+
+    def _radd(self, other: Curvature, decay: float) -> DenseCurvature | NotImplementedType:
+        """``decay * G + F`` for a dense or diagonal G."""
+        if not _adds_densely(other):
+            return NotImplemented
+        matrix = decay * _as_matrix(other) + _as_matrix(self)
+        return DenseCurvature(other.layout, matrix, self._budget_with(other))
+
+
+def _adds_densely(c: Curvature) -> bool:
+    """Whether a dense curvature holds the sum with ``c`` (a dense or diagonal one)."""
+    return isinstance(c, DenseCurvature) or c.is_diagonal
+
+
+def _as_matrix(c: Curvature) -> torch.Tensor:
+    """The dense matrix of a dense curvature, or the diagonal matrix of a diagonal one."""
+    return c.matrix if isinstance(c, DenseCurvature) else torch.diag(c.diagonal_flat())
+
 
 class LowRankCurvature(Curvature):
     r""":math:`F = U^\top U` with the exact factor U ``[R, P]``."""
 
     structure = "full-factor"
+    inner_cost = 1
+    online_refusal = FACTOR_REFUSAL
 
     def __init__(
         self, layout: ParamLayout, factor: torch.Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET
@@ -90,6 +147,60 @@ class LowRankCurvature(Curvature):
     def nbytes(self) -> int:
         """R P scalars."""
         return self.factor.numel() * self.factor.element_size()
+
+    def frobenius_sq(self) -> float:
+        r""":math:`\|U^\top U\|_F^2 = \|U U^\top\|_F^2`."""
+        return gram_frobenius_sq(self.factor)
+
+    def _inner(self, other: Curvature) -> float:
+        r""":math:`\langle U^\top U, G \rangle = \sum_r u_r^\top G u_r`, for any G.
+
+        With another factor, :math:`\|V U^\top\|_F^2`: R_U R_V P flops, half of the general
+        case. Rows of U are taken ``CHUNK`` at a time.
+        """
+        total = 0.0
+        for start in range(0, self.factor.shape[0], CHUNK):
+            rows = self.factor[start : start + CHUNK]
+            if isinstance(other, LowRankCurvature):
+                total += float((other.factor @ rows.T).double().square().sum())
+            else:
+                product = other.matmat(rows.T.contiguous())
+                total += float((product.double() * rows.T.double()).sum())
+        return total
+
+    def _top_eigen(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        r"""Through the Gram matrix :math:`U U^\top = W \Lambda W^\top` (R x R).
+
+        Eigenvectors :math:`V = U^\top W \Lambda^{-1/2}`; ``eigh`` up to ``EIGH_MAX`` rows,
+        ``eigsh`` beyond; at most R eigenpairs.
+        """
+        u = self.factor.detach().cpu()
+        gram = (u @ u.T).double().numpy()  # in the factor's dtype: float32 halves the cost
+        u = u.double()
+        k = min(k, gram.shape[0])
+        if gram.shape[0] <= EIGH_MAX:
+            vals, w = np.linalg.eigh(gram)
+            vals, w = vals[::-1][:k], w[:, ::-1][:, :k]
+        else:
+            vals, w = eigsh(gram, k=k, which="LA")
+            order = np.argsort(vals)[::-1]
+            vals, w = vals[order], w[:, order]
+        vecs = u.T.numpy() @ w / np.sqrt(np.maximum(vals, 1e-300))
+        return np.maximum(vals, 0.0), vecs
+
+    def _block_frobenius_sq(self, index: torch.Tensor) -> float:
+        r""":math:`\|U_I^\top U_I\|_F^2` with :math:`U_I` the columns I of U."""
+        return gram_frobenius_sq(self.factor[:, index.to(self.factor.device)])
+
+
+def gram_frobenius_sq(u: torch.Tensor) -> float:
+    r""":math:`\|U^\top U\|_F^2 = \|U U^\top\|_F^2`, through the smaller Gram matrix in blocks."""
+    if u.shape[0] > u.shape[1]:
+        u = u.T
+    total = 0.0
+    for start in range(0, u.shape[0], CHUNK):
+        total += float((u[start : start + CHUNK] @ u.T).double().square().sum())
+    return total
 
 
 def fill_rows(rows: torch.Tensor, cap: Capture, layout: ParamLayout, columns: int) -> None:
@@ -197,3 +308,23 @@ def choose_representation(
         f"({n_inputs:,} inputs x {columns} rows each, x P) needs {format_bytes(factor)}. {advice}"
     )
     raise FisherMemoryError(what, needed, budget, hint)
+
+
+def online_rule(options: Mapping[str, Any]) -> str | None:
+    """Online accumulation needs the dense representation: the factor's sum is separate mode."""
+    if options["representation"] == "dense":
+        return None
+    return (
+        f"representation {options['representation']!r} may give a low-rank factor, and "
+        f"{FACTOR_REFUSAL}; pass representation='dense'"
+    )
+
+
+DECLARATION = GridStructure(
+    "full",
+    FullAccumulator,
+    ("exact", "mc", "empirical"),
+    options=("representation",),
+    online=online_rule,
+)
+"""``full-*``: dense matrix or exact low-rank factor; online only when dense."""

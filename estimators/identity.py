@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from types import NotImplementedType
+
+import numpy as np
 import torch
 from torch import nn
 
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .estimator import Estimator
 from .layout import ParamLayout
+from .registry import Single, always_online
 
 
 class IdentityCurvature(Curvature):
     """:math:`F = s I`; holds no tensors."""
 
     structure = "identity"
+    is_diagonal = True
+    inner_cost = 0
 
     def __init__(
         self, layout: ParamLayout, scale: float = 1.0, memory_budget: int = DEFAULT_MEMORY_BUDGET
@@ -43,6 +49,29 @@ class IdentityCurvature(Curvature):
         """Nothing is stored."""
         return 0
 
+    def frobenius_sq(self) -> float:
+        r""":math:`\|s I\|_F^2 = s^2 P`."""
+        return self.scale**2 * self.numel
+
+    def _inner(self, other: Curvature) -> float:
+        r""":math:`\langle s I, G \rangle = s \operatorname{tr} G`, for any G."""
+        return self.scale * float(other.diagonal_flat().double().sum())
+
+    def _top_eigen(self, k: int) -> tuple[np.ndarray, None]:
+        """``k`` times s; every vector is an eigenvector, so none is returned."""
+        return np.full(k, self.scale), None
+
+    def _block_frobenius_sq(self, index: torch.Tensor) -> float:
+        r""":math:`s^2 |I|`."""
+        return self.scale**2 * index.numel()
+
+    def _add(self, other: Curvature, decay: float) -> IdentityCurvature | NotImplementedType:
+        """``decay * s + s'`` when ``other`` is an identity too (a diagonal sum is diag's)."""
+        if not isinstance(other, IdentityCurvature):
+            return NotImplemented
+        scale = decay * self.scale + other.scale
+        return IdentityCurvature(self.layout, scale, self._budget_with(other))
+
 
 class IdentityEstimator(Estimator):
     """Returns F = I for the model's trainable parameters; the data are not used."""
@@ -55,3 +84,7 @@ class IdentityEstimator(Estimator):
         layout: ParamLayout,
     ) -> IdentityCurvature:
         return IdentityCurvature(layout, 1.0, self.options["memory_budget"])
+
+
+DECLARATION = Single("identity", IdentityEstimator, ("forward", "memory_budget"), always_online)
+"""``identity``: takes no data; always adds online."""

@@ -20,6 +20,7 @@ closed forms) gets its exact diagonal. Quadratic forms use
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import NotImplementedType
 from typing import Any
 
 import torch
@@ -28,8 +29,13 @@ from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .diag import add_diagonal
 from .estimator import Accumulator
 from .fitting import Capture, Plan, PlannedLayer
+from .full import DenseCurvature
 from .layers.base import KroneckerSums
 from .layout import ParamLayout
+from .registry import GridStructure, never_online
+
+KFAC_REFUSAL = "a sum of Kronecker products is not a Kronecker product"
+"""Why KFAC curvatures are not accumulated online."""
 
 
 @dataclass
@@ -77,6 +83,8 @@ class KFACCurvature(Curvature):
     """Kronecker blocks plus an exact diagonal over the remaining parameters."""
 
     structure = "kfac"
+    inner_cost = 2
+    online_refusal = KFAC_REFUSAL
 
     def __init__(
         self,
@@ -132,6 +140,49 @@ class KFACCurvature(Curvature):
         tensors += [self.rest_diag, self.rest_index]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def frobenius_sq(self) -> float:
+        r""":math:`\sum_b \|G_b\|_F^2 \|A_b\|_F^2 + \sum_{rest} f_i^2`."""
+        blocks = sum(
+            float(b.G.double().square().sum()) * float(b.A.double().square().sum())
+            for b in self.blocks
+        )
+        return blocks + float(self.rest_diag.double().square().sum())
+
+    def _inner(self, other: Curvature) -> float | NotImplementedType:
+        r"""With KFAC over the same blocks, or with a dense matrix; otherwise not closed.
+
+        Same blocks: :math:`\langle G \otimes A, G' \otimes A' \rangle = \langle G, G'
+        \rangle \langle A, A' \rangle` block by block, plus the rest's diagonals.
+        """
+        if isinstance(other, KFACCurvature) and self._same_blocks(other):
+            blocks = sum(
+                float((x.G.double() * y.G.double()).sum())
+                * float((x.A.double() * y.A.double()).sum())
+                for x, y in zip(self.blocks, other.blocks, strict=True)
+            )
+            return blocks + float((self.rest_diag.double() * other.rest_diag.double()).sum())
+        if isinstance(other, DenseCurvature):
+            return self._dense_inner(other.matrix)
+        return NotImplemented
+
+    def _same_blocks(self, other: KFACCurvature) -> bool:
+        """Same layers, same layout: then the inner product splits block by block."""
+        mine = [(x.weight, x.bias) for x in self.blocks]
+        if mine != [(y.weight, y.bias) for y in other.blocks]:
+            return False
+        return torch.equal(self.rest_index.cpu(), other.rest_index.cpu())
+
+    def _dense_inner(self, m: torch.Tensor) -> float:
+        r""":math:`\langle G \otimes A, M_{bb}\rangle = \sum G_{ac} A_{bd} M_{(a,b),(c,d)}`."""
+        total = 0.0
+        for blk in self.blocks:
+            idx = blk.flat_index().to(m.device)
+            d_out, d_a = blk.G.shape[0], blk.A.shape[0]
+            sub = m[idx][:, idx].reshape(d_out, d_a, d_out, d_a).double()
+            total += float(torch.einsum("ac,bd,abcd->", blk.G.double(), blk.A.double(), sub))
+        rest = self.rest_index.to(m.device)
+        return total + float((self.rest_diag.double() * m[rest, rest].double()).sum())
+
 
 class KFACAccumulator(Accumulator):
     """Running sums of the Kronecker factors, and of the exact diagonal for the rest."""
@@ -172,3 +223,9 @@ class KFACAccumulator(Accumulator):
         return KFACCurvature(
             self.layout, blocks, index, self.flat[index].clone(), self.options["memory_budget"]
         )
+
+
+DECLARATION = GridStructure(
+    "kfac", KFACAccumulator, ("exact", "mc", "empirical"), online=never_online(KFAC_REFUSAL)
+)
+"""``kfac-*``: never online."""

@@ -23,6 +23,8 @@ terms, so that a top probability of 0.9999 in float32 loses no relative precisio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -53,10 +55,21 @@ def logit_gradients(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class LabelMode(ABC):
-    """A way to take the expectation over labels. Implement ``columns`` and ``factor``."""
+    """A way to take the expectation over labels. Implement ``columns`` and ``factor``.
+
+    Attributes:
+        name: the mode's name, the suffix of estimator names (``diag-exact``).
+        options: estimator options the mode takes (see ``options.OPTIONS``), beyond the base ones.
+    """
 
     name: str
     needs_targets: bool = False
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LabelMode:
+        """The mode configured by an estimator's resolved options (default: takes none)."""
+        return cls()
 
     @abstractmethod
     def columns(self, n_classes: int) -> int:
@@ -95,10 +108,16 @@ class MonteCarlo(LabelMode):
     """
 
     name = "mc"
+    options = ("mc_samples", "generator")
 
     def __init__(self, mc_samples: int = 1, generator: torch.Generator | None = None) -> None:
         self.mc_samples = mc_samples
         self.generator = generator
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> MonteCarlo:
+        """``mc_samples`` labels per input, drawn with ``generator``."""
+        return cls(options["mc_samples"], options["generator"])
 
     def columns(self, n_classes: int) -> int:
         """``min(mc_samples, C)`` columns."""
@@ -153,3 +172,7 @@ class Argmax(LabelMode):
     def factor(self, logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         r""":math:`p - e_{\hat y}` with :math:`\hat y = \arg\max_c z_c`, as ``[1, n, C]``."""
         return logit_gradients(logits.softmax(-1), logits.argmax(-1).unsqueeze(0))
+
+
+MODES: dict[str, type[LabelMode]] = {m.name: m for m in (Exact, MonteCarlo, Empirical, Argmax)}
+"""Label modes by name, for structure declarations (see ``registry``)."""

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 import estimators
-from benchmark import approx
+from benchmark.study import approx
 from estimators import DenseCurvature, DiagCurvature, IdentityCurvature, LowRankCurvature
 from estimators.layout import ParamLayout
+from tests.structures import every_structure
 
 
 @pytest.fixture
@@ -26,19 +27,8 @@ def dense(c):
 
 
 def all_kinds(model, x, y):
-    layout = ParamLayout.of(model)
-    return {
-        "identity": IdentityCurvature(layout, 0.7),
-        "diag": estimators.make("diag-exact").fit(model, x, y),
-        "kfac": estimators.make("kfac-exact").fit(model, x, y),
-        "dense": estimators.make("full-exact", representation="dense").fit(model, x, y),
-        "factor": estimators.make("full-mc", representation="factor", mc_samples=2).fit(
-            model, x, y
-        ),
-        "factor-empirical": estimators.make("full-empirical", representation="factor").fit(
-            model, x, y
-        ),
-    }
+    """Every structure, and two that take the generic paths (see ``tests.structures``)."""
+    return every_structure(model, x, y)
 
 
 def test_frobenius_and_inner_match_dense_arithmetic(setup):
@@ -117,6 +107,17 @@ def test_off_block_share_matches_brute_force(setup):
     assert approx.off_block_share(ref_dense, blocks) == pytest.approx(expected)
     assert approx.off_block_share(ref_factor, blocks) == pytest.approx(expected)
     assert 0 < expected < 1
+
+
+def test_off_block_share_of_every_structure(setup):
+    model, x, y, layout = setup
+    split = layout.slice("0.bias").stop
+    blocks = [torch.arange(0, split), torch.arange(split, layout.numel)]
+    for name, c in all_kinds(model, x, y).items():
+        m = dense(c)
+        inside = sum(float(m[b][:, b].square().sum()) for b in blocks)
+        expected = 1 - inside / float(m.square().sum())
+        assert approx.off_block_share(c, blocks) == pytest.approx(expected, abs=1e-12), name
 
 
 def test_identity_has_no_eigenvectors(setup):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pytest_benchmark.utils import get_machine_id
 
-from benchmark import bench_baseline
+from benchmark.costs import bench_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = """

@@ -11,8 +11,9 @@ import copy
 import pytest
 import torch
 
-from benchmark import compare
+from benchmark.costs import compare
 from benchmark.models import mlp
+from benchmark.report import timing as timing_report
 
 
 def test_kron_diagonal_by_hand():
@@ -88,7 +89,7 @@ def test_measure_and_render_without_failures(tiny):
     for row in result["rows"]:
         assert row["status"] == "ok", row
         assert row["x_floor"] > 0
-    text = "\n".join(compare.compare_section(result))
+    text = "\n".join(timing_report.compare_section(result))
     assert "## Against other libraries" in text
     for name in compare.OURS:
         assert f"| ewc-bench | {name} |" in text

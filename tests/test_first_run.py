@@ -341,7 +341,7 @@ def test_set_applies_to_every_run_over_study_and_method_settings():
     ("args", "message"),
     [
         (["sweep", "--seeds", "-1", "--dry-run"], "argument --seeds: expected comma-separated"),
-        (["sweep", "--jobs", "0"], "argument --jobs: expected an integer >= 1"),
+        (["sweep", "--jobs", "0"], "argument --jobs: expected a positive integer"),
         (["run", "--data", "synthetic", "--lam", "1e300"], "'lam' = 1e+300 is invalid"),
         (["sweep", "--set", "lr=1e300"], "'lr' = 1e+300 is invalid"),
         (["sweep", "--set", "lr=1e300", "--dry-run"], "'lr' = 1e+300 is invalid"),

@@ -10,7 +10,6 @@ from torch import nn
 import estimators
 from benchmark.config import RunConfig
 from benchmark.harness import run, set_train_mode
-from benchmark.penalty import EWCPenalty
 from estimators.diag import DiagCurvature
 from estimators.layout import ParamLayout
 
@@ -39,7 +38,7 @@ def _diag(model, values):
 
 def test_separate_penalty_by_hand():
     model = _model()
-    pen = EWCPenalty(lam=4.0)
+    pen = estimators.EWC(lam=4.0)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 2.0]]))
     pen.consolidate(model, _diag(model, [1.0, 3.0]))  # anchor (1, 2)
@@ -55,7 +54,7 @@ def test_separate_penalty_by_hand():
 
 def test_online_penalty_by_hand():
     model = _model()
-    pen = EWCPenalty(lam=2.0, mode="online", gamma=0.5)
+    pen = estimators.EWC(lam=2.0, mode="online", gamma=0.5)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 2.0]]))
     pen.consolidate(model, _diag(model, [1.0, 3.0]))
@@ -73,7 +72,7 @@ def test_online_penalty_by_hand():
 
 def test_penalty_is_differentiable_and_zero_at_anchor():
     model = _model()
-    pen = EWCPenalty(lam=1.0)
+    pen = estimators.EWC(lam=1.0)
     assert float(pen(model)) == 0.0
     curv = estimators.make("identity").fit(model, torch.randn(3, 2, dtype=torch.float64))
     pen.consolidate(model, curv)
@@ -167,7 +166,7 @@ def test_online_and_l2_run():
         ({"epochs": 0}, "'epochs' = 0 is invalid: a positive integer"),
         ({"bn": "sometimes"}, "choose one of update, freeze"),
         ({"method": "ewc", "estimator": "kfac-exact", "mode": "online"}, "online accumulation"),
-        ({"sequence": "split-mnist", "n_tasks": 7}, "at most 5 tasks"),
+        ({"sequence": "split-mnist", "n_tasks": 7}, "split-mnist: it takes 1 to 5"),
         ({"val_fraction": 1.0}, "strictly between 0 and 1"),
     ],
 )
@@ -210,7 +209,7 @@ def test_real_data_run(data_root):
 
 @pytest.mark.usefixtures("data_root")
 def test_pipeline_measure(data_root):
-    from benchmark.pipeline import measure
+    from benchmark.costs.pipeline import measure
 
     out = measure(str(data_root), limit=1000)
     assert out["images"] == 1000
@@ -240,7 +239,7 @@ def test_record_is_bitwise_the_same_with_and_without_the_cost_probe(changes):
 
 
 def test_probe_leaves_the_optimizer_state_alone():
-    from benchmark import harness
+    from benchmark import harness, training
     from benchmark.data import synthetic_split
     from benchmark.tasks import Task
 
@@ -249,10 +248,12 @@ def test_probe_leaves_the_optimizer_state_alone():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     split = synthetic_split("mnist", True)
     task = Task("t", split, split, split, head=0, n_classes=10)
-    batches = harness.Batches(task, 100, torch.Generator().manual_seed(0), torch.device("cpu"))
+    batches = training.Batches(
+        task.train, 100, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     forward = harness.task_forward(model, 0)
     x, y = batches.get(torch.arange(100))
-    harness.train_step(model, opt, forward, x, y, None)
+    training.train_step(model, opt, forward, x, y, None)
     before = {k: v.clone() for k, v in opt.state[model[1].weight].items()}
     weights = model[1].weight.detach().clone()
     harness.probe_step_cost(model, opt, batches, None, forward)

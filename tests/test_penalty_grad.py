@@ -1,4 +1,4 @@
-"""The penalty's closed-form gradient against autograd through the quadratic form, in float64."""
+"""The penalty's closed-form gradient (what training adds) against autograd, in float64."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import estimators
-from benchmark.penalty import EWCPenalty
 from estimators import DiagCurvature, IdentityCurvature, ParamLayout
 
 
@@ -92,7 +91,7 @@ def test_ewc_penalty_gradients_match_autograd(setup, mode):
     """add_gradients after the loss's backward == backward of loss + penalty, two past tasks."""
     model, x, y, _ = setup
     first = estimators.make("diag-exact").fit(model, x, y)
-    penalty = EWCPenalty(lam=3.0, mode=mode)
+    penalty = estimators.EWC(lam=3.0, mode=mode)
     penalty.consolidate(model, first)
     with torch.no_grad():
         for p in model.parameters():
@@ -114,7 +113,7 @@ def test_ewc_penalty_gradients_match_autograd(setup, mode):
 
 def test_parameters_without_a_gradient_get_one(setup):
     model = setup[0]
-    penalty = EWCPenalty(lam=1.0)
+    penalty = estimators.EWC(lam=1.0)
     penalty.consolidate(model, IdentityCurvature(ParamLayout.of(model), 1.0))
     with torch.no_grad():
         for p in model.parameters():

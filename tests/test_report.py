@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import report
+from benchmark import outcomes, report
 from benchmark.config import RunConfig
 from benchmark.records import RunRecord, read_records, write_record
+from benchmark.report import figures as report_figures
+from benchmark.report import format as report_format
+from benchmark.report import results as report_results
 from benchmark.selection import choose_lambdas, is_selected
 
 SAMPLE = Path(__file__).parent / "data" / "records_sample"
@@ -77,19 +80,21 @@ def test_runs_csv_matches_golden(built):
 
 def test_report_text_is_a_pure_function_of_the_records(built):
     records = list(read_records(SAMPLE))
-    runs = report.summarise(records, selection_seed=0)
-    meta = report.load_meta(SAMPLE)
-    pipeline = report.load_pipeline(SAMPLE)
-    first = report.render_markdown(runs, meta, pipeline, 0)
-    again = report.render_markdown(report.summarise(reversed(records), 0), meta, pipeline, 0)
+    runs = outcomes.summarise(records, selection_seed=0)
+    meta = outcomes.load_meta(SAMPLE)
+    pipeline = outcomes.load_pipeline(SAMPLE)
+    first = report_results.render_markdown(runs, meta, pipeline, 0)
+    again = report_results.render_markdown(
+        outcomes.summarise(reversed(records), 0), meta, pipeline, 0
+    )
     assert first == again == built.read_text()
-    assert report.runs_csv(reversed(runs)) == (built.parent / "runs.csv").read_text()
+    assert report_results.runs_csv(reversed(runs)) == (built.parent / "runs.csv").read_text()
 
 
 def test_runs_csv_columns_and_rows(built):
     text = (built.parent / "runs.csv").read_text()
     header = text.splitlines()[0].split(",")
-    assert tuple(header) == report.CSV_COLUMNS
+    assert tuple(header) == report_results.CSV_COLUMNS
     rows = _csv_rows(text)
     records = {r.run_id: r for r in read_records(SAMPLE)}
     assert sorted(r["run_id"] for r in rows) == sorted(records)
@@ -112,7 +117,7 @@ def test_selected_flags_follow_selection(built):
 def test_selection_seed_changes_the_choice():
     # Seed 1 ran l2 (bn freeze) at lambda 0.1 and 1.0: with selection seed 1 the choice is the
     # better of the two on seed 1's validation split; groups with one lambda on seed 1 keep it.
-    runs = report.summarise(read_records(SAMPLE), selection_seed=1)
+    runs = outcomes.summarise(read_records(SAMPLE), selection_seed=1)
     l2 = [r for r in runs if r.sequence == "mnist-fmnist" and r.bn == "freeze" and r.label == "l2"]
     seed1 = {r.lam: r.val_avg for r in l2 if r.seed == 1}
     assert set(seed1) == {0.1, 1.0}
@@ -122,7 +127,7 @@ def test_selection_seed_changes_the_choice():
 
 def test_every_figure_exists_and_is_a_png(built):
     fig_dir = built.parent / "figures"
-    specs = report.planned_figures(report.summarise(read_records(SAMPLE)))
+    specs = report_figures.planned_figures(outcomes.summarise(read_records(SAMPLE)))
     names = [s.name for s in specs]
     assert len(names) == len(set(names)) == 10
     text = built.read_text()
@@ -227,19 +232,19 @@ def test_all_diverged_group_and_no_metadata(tmp_path):
     rows = _csv_rows((tmp_path / "out" / "runs.csv").read_text())
     assert [r["diverged"] for r in rows] == ["false", "true", "false", "true"]
     assert [r["selected"] for r in rows] == ["true", "false", "false", "false"]
-    for spec in report.planned_figures(report.summarise(records)):
+    for spec in report_figures.planned_figures(outcomes.summarise(records)):
         assert (tmp_path / "out" / "figures" / spec.name).read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_meta_argument_overrides_sweep_json(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(SAMPLE, results)
-    meta = report.load_meta(results, {"name": "renamed", "command": "make reproduce"})
+    meta = outcomes.load_meta(results, {"name": "renamed", "command": "make reproduce"})
     assert meta["name"] == "renamed"
     assert meta["command"] == "make reproduce"
     assert meta["started"] == "2026-01-02T03:10:00+00:00"  # from sweep.json
-    runs = report.summarise(read_records(results))
-    text = report.render_markdown(runs, meta, None)
+    runs = outcomes.summarise(read_records(results))
+    text = report_results.render_markdown(runs, meta, None)
     assert text.startswith("# EWC benchmark report: renamed\n")
     assert "- Command: `make reproduce`" in text
 
@@ -252,7 +257,7 @@ def test_variants_of_one_label_get_a_suffix():
         _record(base.replace(gamma=0.9), matrix),
         _record(base.replace(mode="separate"), matrix),
     ]
-    labels = sorted(report.display_labels(records).values(), key=report.method_sort_key)
+    labels = sorted(outcomes.display_labels(records).values(), key=outcomes.method_sort_key)
     assert labels == [
         "ewc diag-exact",
         "ewc-online diag-exact (gamma=0.9)",
@@ -262,7 +267,7 @@ def test_variants_of_one_label_get_a_suffix():
 
 def test_method_label_matches_run_config():
     for record in read_records(SAMPLE):
-        assert report.method_label(record.config) == RunConfig.from_dict(record.config).label
+        assert outcomes.method_label(record.config) == RunConfig.from_dict(record.config).label
 
 
 def test_method_order():
@@ -276,7 +281,7 @@ def test_method_order():
         "ewc diag-batched",
         "mystery",
     ]
-    assert sorted(labels, key=report.method_sort_key) == [
+    assert sorted(labels, key=outcomes.method_sort_key) == [
         "baseline",
         "l2",
         "ewc diag-batched",
@@ -293,7 +298,7 @@ def test_method_order():
     [(100000.0, "100000"), (0.01, "0.01"), (1e-5, "1e-05"), (0.0, "0")],
 )
 def test_fmt_lambda(value, text):
-    assert report.fmt_lambda(value) == text
+    assert report_format.fmt_lambda(value) == text
 
 
 @pytest.mark.parametrize(
@@ -301,14 +306,24 @@ def test_fmt_lambda(value, text):
     [(12.34, "12.3 s"), (250.0, "4 min 10 s"), (3785.0, "1 h 03 min 05 s"), (None, "not recorded")],
 )
 def test_fmt_duration(seconds, text):
-    assert report.fmt_duration(seconds) == text
+    assert report_format.fmt_duration(seconds) == text
 
 
 def test_mean_matrix_places_joint_in_last_row():
     base = RunConfig(data="synthetic", method="joint", estimator=None)
     records = [_record(base.replace(seed=s), [[0.8 + 0.1 * s, 0.6]]) for s in range(2)]
-    runs = report.summarise(records)
-    mat = report.mean_matrix(runs)
+    runs = outcomes.summarise(records)
+    mat = report_figures.mean_matrix(runs)
     assert mat.shape == (2, 2)
     assert mat[1].tolist() == pytest.approx([0.85, 0.6])
     assert all(v != v for v in mat[0])  # NaN: joint has no row after task 1
+
+
+def test_duration_says_when_an_invocation_reused_earlier_records():
+    from benchmark.report.provenance import _when
+
+    meta = {"started": "a", "finished": "b", "duration_seconds": 300.0, "compute_seconds": 3000.0}
+    assert "this invocation" not in _when({**meta, "runs": 275, "ran_now": 275})
+    line = _when({**meta, "runs": 295, "ran_now": 20})
+    assert "for the 20 runs this invocation ran (275 records reused from earlier" in line
+    assert "(compute: 50 min 00 s summed over runs)" in line

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import cli, scaling, scaling_report
+from benchmark import cli
+from benchmark.costs import scaling
 from benchmark.records import RunRecord
+from benchmark.report import scaling as scaling_report
+from benchmark.report import scaling_figures
 
 GOLDEN = Path(__file__).parent / "golden" / "scaling.md"
 SAMPLE = Path(__file__).parent / "data" / "scaling_record.json"
@@ -143,7 +146,7 @@ def test_time_split_from_sample_records():
 
 def test_report_matches_golden():
     record = json.loads(SAMPLE.read_text())
-    text = scaling_report.render_markdown(record, list(scaling_report.FIGURES.values()))
+    text = scaling_report.render_markdown(record, list(scaling_figures.FIGURES.values()))
     if os.environ.get("EWC_BENCH_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
+from benchmark.report.study import COLUMNS, write_study
 from benchmark.study import QUICK, StudyConfig, run_study
-from benchmark.study_report import COLUMNS, write_study
 
 
 @pytest.fixture(scope="module")

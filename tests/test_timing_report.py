@@ -15,7 +15,11 @@ import pytest
 import torch
 
 import estimators
-from benchmark import cli, timing
+from benchmark import cli, costs
+from benchmark.costs import child, measure, timing
+from benchmark.errors import UserError
+from benchmark.report import format as report_format
+from benchmark.report import timing as timing_report
 
 GOLDEN = Path(__file__).parent / "golden" / "timing.md"
 
@@ -199,7 +203,7 @@ RECORD = {
 
 
 def test_render_markdown_matches_golden():
-    text = timing.render_markdown(RECORD)
+    text = timing_report.render_markdown(RECORD)
     if os.environ.get("EWC_BENCH_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(text)
@@ -208,12 +212,12 @@ def test_render_markdown_matches_golden():
 
 def test_render_markdown_is_pure():
     before = json.dumps(RECORD, sort_keys=True)
-    assert timing.render_markdown(RECORD) == timing.render_markdown(RECORD)
+    assert timing_report.render_markdown(RECORD) == timing_report.render_markdown(RECORD)
     assert json.dumps(RECORD, sort_keys=True) == before
 
 
 def test_render_markdown_without_penalty():
-    text = timing.render_markdown({**RECORD, "penalty": None})
+    text = timing_report.render_markdown({**RECORD, "penalty": None})
     assert "EWC penalty" not in text
     assert text.endswith(".\n")
     assert not text.endswith("\n\n")
@@ -224,13 +228,27 @@ def test_render_markdown_without_penalty():
     [(0.00008, "0.08"), (0.0123, "12.3"), (1.2345, "1,234"), (0.004, "4.00")],
 )
 def test_fmt_ms(value, text):
-    assert timing.fmt_ms(value) == text
+    assert report_format.fmt_ms(value) == text
 
 
 def test_repeats_for_slow_calls():
-    assert timing.repeats_for(0.01, 5) == 5
-    assert timing.repeats_for(10.0, 5, budget_s=30.0) == 3
-    assert timing.repeats_for(100.0, 5, budget_s=30.0) == 1
+    assert measure.repeats_for(0.01, 5) == 5
+    assert measure.repeats_for(10.0, 5, budget_s=30.0) == 3
+    assert measure.repeats_for(100.0, 5, budget_s=30.0) == 1
+
+
+def test_setup_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """A SetupError is a UserError: the command line prints it as one line, status 2."""
+    assert issubclass(measure.SetupError, UserError)
+
+    def refuse(config):
+        raise measure.SetupError("MNIST has 10 training inputs; asked for N = 200")
+
+    monkeypatch.setattr(costs, "run_timing", refuse)
+    argv = ["timing", "--quick", "--synthetic", "--no-memory", "--device", "cpu"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: MNIST has 10 training inputs; asked for N = 200\n"
 
 
 def test_check_names_orders_and_rejects():
@@ -238,7 +256,7 @@ def test_check_names_orders_and_rejects():
         "diag-exact",
         "kfac-exact",
     )
-    with pytest.raises(timing.SetupError, match=r"valid names: diag-argmax"):
+    with pytest.raises(measure.SetupError, match=r"valid names: diag-argmax"):
         timing.check_names(["diag-true"])
 
 
@@ -259,7 +277,7 @@ def test_timing_quick_end_to_end(tmp_path, capsys, restore_threads):
     assert "timing.md" in capsys.readouterr().out
     record = json.loads((out / "timing.json").read_text())
     markdown = (out / "timing.md").read_text()
-    assert markdown == timing.render_markdown(record)
+    assert markdown == timing_report.render_markdown(record)
     (size,) = record["sizes"]
     assert size["n"] == 200
     assert [r["name"] for r in size["estimators"]] == estimators.names()
@@ -280,11 +298,11 @@ def test_timing_quick_end_to_end(tmp_path, capsys, restore_threads):
 
 
 def test_memory_child_measures_one_fit():
-    spec = timing.ChildSpec(
+    spec = child.ChildSpec(
         kind="estimator", name="diag-exact", n=64, n_loaded=64, threads=1, synthetic=True
     )
-    result = timing.measure_in_child(spec, timeout_s=120)
-    reason = timing.proc_memory_unsupported()
+    result = child.measure_in_child(spec, timeout_s=120)
+    reason = measure.proc_memory_unsupported()
     if reason is None:
         assert isinstance(result["extra_bytes"], int), result
         assert result["extra_bytes"] >= 0

@@ -17,7 +17,7 @@ import os
 import pytest
 
 import estimators
-from benchmark import timing
+from benchmark.costs import workloads
 from benchmark.data import DataNotFoundError
 
 pytestmark = pytest.mark.bench
@@ -39,7 +39,7 @@ SIZES = [
 def mnist():
     """The first 10,000 MNIST training inputs and labels."""
     try:
-        return timing.load_data(LARGE, None, synthetic=False)
+        return workloads.load_data(LARGE, None, use_synthetic=False)
     except DataNotFoundError as err:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but MNIST is missing: {err}")
@@ -48,9 +48,9 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def model(mnist):
-    """The tutorial network as ``benchmark.timing`` prepares it (seeded, BN stats, eval)."""
+    """The tutorial network as the timing command prepares it (seeded, BN stats, eval)."""
     inputs, _ = mnist
-    return timing.prepare_model(inputs[: timing.BN_WARMUP_INPUTS], "cpu")
+    return workloads.tutorial_network(inputs[: workloads.BN_WARMUP_INPUTS], "cpu")
 
 
 def _data(mnist, n, benchmark):
@@ -86,7 +86,7 @@ def test_floor(benchmark, mnist, model, n):
     """One batched forward + backward of the mean cross-entropy over the same inputs."""
     x, y = _data(mnist, n, benchmark)
     benchmark.extra_info.update(reference="floor", n=n)
-    grads = benchmark(timing.floor_pass, model, x, y)
+    grads = benchmark(workloads.floor_pass, model, x, y)
     assert len(grads) == len(list(model.parameters()))
 
 
@@ -97,6 +97,6 @@ def test_naive_loop(benchmark, mnist, model):
     x, y = _data(mnist, m, benchmark)
     benchmark.extra_info.update(reference="naive loop", inputs=m)
     diag = benchmark.pedantic(
-        timing.naive_diagonal, args=(model, x, y), rounds=3, iterations=1, warmup_rounds=1
+        workloads.naive_diagonal, args=(model, x, y), rounds=3, iterations=1, warmup_rounds=1
     )
     assert all((d >= 0).all() for d in diag)

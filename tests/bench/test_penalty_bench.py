@@ -2,10 +2,12 @@
 
 Groups (one table each under ``make bench``):
 
-- ``penalty step``: one Adam training step (batch 100) of the tutorial network, plain and with
-  the EWC penalty of each structure (identity, diag, KFAC, the full Fisher's 200-row factor);
-- ``penalty vs past tasks``: the diagonal penalty after T past tasks, separate mode (T
-  quadratics) against online mode (one accumulated curvature);
+- ``penalty step``: one training step (the harness's ``training.train_step`` and Adam, batch 100)
+  of the tutorial network, plain and with the EWC penalty of each structure (identity, diag,
+  KFAC, the full Fisher's 200-row factor), whose closed-form gradient is added after the loss's
+  backward (``costs.workloads.Variant``);
+- ``penalty vs past tasks``: the diagonal penalty after T past tasks, separate mode (T terms)
+  against online mode (one accumulated curvature);
 - ``fit vs width``: diag-exact and kfac-exact on MLP 784-h-h-10 at N = 1000 (P grows ~h^2).
 
 Inputs are seeded synthetic images (a step's or a fit's cost does not depend on pixel values), so
@@ -18,7 +20,7 @@ import pytest
 import torch
 
 import estimators
-from benchmark import scaling, timing
+from benchmark.costs import workloads
 from benchmark.models import mlp
 
 pytestmark = pytest.mark.bench
@@ -37,13 +39,13 @@ WIDTHS = (64, 256)
 @pytest.fixture(scope="module")
 def network():
     """The tutorial network with BatchNorm statistics from synthetic inputs (eval mode)."""
-    return scaling.tutorial_network("cpu")
+    return workloads.synthetic_tutorial_network("cpu")
 
 
 @pytest.fixture(scope="module")
 def data():
     """1,000 synthetic inputs and labels."""
-    return scaling.synthetic(1000, 10, "cpu")
+    return workloads.synthetic(1000, 10, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,7 @@ def curvatures(network, data):
 
 
 def _variant(network, curvature, mode="separate", tasks=1):
-    return scaling.penalty_variant(
-        network, None if curvature is None else "x", mode, tasks, curvature
-    )
+    return workloads.make_variant(network, curvature, "x", mode, tasks)
 
 
 @pytest.mark.benchmark(group="penalty step")
@@ -70,7 +70,7 @@ def test_penalty_step(benchmark, network, curvatures, data, label):
     x, y = (t[:100] for t in data)
     variant = _variant(network, curvatures.get(label))
     benchmark.extra_info.update(penalty=label, batch=100)
-    benchmark(scaling.penalty_step, variant, x, y)
+    benchmark(variant.step, x, y)
     assert all(torch.isfinite(p).all() for p in variant.model.parameters())
 
 
@@ -83,7 +83,7 @@ def test_penalty_past_tasks(benchmark, network, curvatures, data, mode, tasks):
     expected_terms = tasks if mode == "separate" else 1
     assert len(variant.penalty.terms) == expected_terms
     benchmark.extra_info.update(mode=mode, tasks=tasks)
-    benchmark(scaling.penalty_step, variant, x, y)
+    benchmark(variant.step, x, y)
 
 
 @pytest.mark.benchmark(group="fit vs width")
@@ -105,5 +105,5 @@ def test_floor_width(benchmark, data, width):
     model = mlp(hidden=width, depth=2).eval()
     x, y = data
     benchmark.extra_info.update(reference="floor", width=width, n=len(x))
-    grads = benchmark(timing.floor_pass, model, x, y)
+    grads = benchmark(workloads.floor_pass, model, x, y)
     assert len(grads) == len(list(model.parameters()))

@@ -11,11 +11,11 @@ of a fit does not depend on the pixel values, so no dataset is needed):
   linearly in depth);
 - **vs classes C**: MLP 784-100-100-C; ``exact`` costs grow with C (one column of the Fisher factor
   per class), ``mc`` and ``empirical`` do not;
-- **penalty vs past tasks**: the extra time per training step (batch 100, Adam) of the EWC penalty
-  after T tasks, separate mode (one quadratic per past task: linear in T) against online mode
-  (one accumulated curvature: flat in T); all variants step in every round, in a fresh seeded
-  order each round (a step after a large penalty finds cold caches: with a fixed order the plain
-  step always followed the costliest variant and the small overheads came out near zero);
+- **penalty vs past tasks**: the extra time per training step (batch 100, ``workloads.Variant``)
+  of the EWC penalty after T tasks, separate mode (one term per task: linear in T) against online
+  mode (one accumulated curvature: flat in T), all variants stepped in every round in a fresh
+  seeded order (with a fixed order the plain step always followed the costliest variant, found
+  cold caches, and the small overheads came out near zero);
 - **where the dense Fisher stops fitting**: P at which P^2 floats exceed the memory budget, against
   the bytes of the low-rank factor (rows x P) — computed, and checked against the ``nbytes`` of the
   full-Fisher fits of the width sweep (``full-mc`` picks dense where it fits, else the factor);
@@ -25,15 +25,12 @@ of a fit does not depend on the pixel values, so no dataset is needed):
 Timing: each point gets one warm-up call, then ``repeats`` rounds in which every estimator of the
 point and the floor are called in a fresh seeded order (load on shared cores then hits all alike);
 the median is reported, with its ratio to the floor's median of the same rounds. Memory:
-``nbytes`` of the fitted curvature, and the extra peak resident memory of one more call, measured
-in process
-(the kernel's high-water mark is reset through ``/proc/self/clear_refs`` before the call; on CUDA,
-``torch.cuda.max_memory_allocated``). Rendering lives in ``benchmark.scaling_report``.
+``nbytes`` of the fitted curvature, and the extra peak memory of one more call, in process
+(``measure.peak_extra``). Rendering lives in ``benchmark.report.scaling``.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import math
 import statistics
@@ -43,40 +40,47 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import estimators
 from estimators.curvature import DEFAULT_MEMORY_BUDGET
 
-from .models import INPUT_PIXELS, mlp, n_parameters, tutorial_mlp
-from .penalty import EWCPenalty
-from .timing import (
+from ..device import synchronizer
+from ..models import INPUT_PIXELS, mlp, n_parameters
+from ..outcomes import load_records, penalty_seconds, summarise
+from ..records import RunRecord
+from .measure import (
     Progress,
+    SetupError,
     environment,
     failure,
-    floor_pass,
+    interleaved_steps,
+    is_cuda,
     load_average,
-    proc_memory_unsupported,
-    proc_peak,
+    peak_extra,
     shuffled,
-    synchronizer,
     timed,
     warn_if_busy,
 )
+from .workloads import (
+    PENALTY_BATCH,
+    PENALTY_WARMUP_STEPS,
+    Variant,
+    floor_pass,
+    make_variant,
+    seeded,
+    synthetic,
+    synthetic_tutorial_network,
+)
 
 SCHEMA = "ewc-bench/scaling/1"
-SEED = 0
 FLOAT_BYTES = 4
-PENALTY_BATCH = 100
-PENALTY_LAMBDA = 100.0
 PENALTY_FIT_N = 1000
 PENALTY_FULL_ROWS = 200
 """Factor rows of the full Fisher in the penalty study (the harness's default protocol)."""
-BN_WARMUP = 500
 
 
-class ScalingError(ValueError):
+class ScalingError(SetupError):
     """A scaling configuration that cannot run (bad sizes, unknown estimator names)."""
 
 
@@ -176,33 +180,6 @@ def quick_config(**overrides: Any) -> ScalingConfig:
     return ScalingConfig(**settings)
 
 
-# -- data and models ---------------------------------------------------------------------------
-
-
-def synthetic(n: int, classes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded inputs ``[n, 1, 28, 28]`` in [0, 1) and labels in ``[0, classes)``."""
-    g = torch.Generator().manual_seed(SEED)
-    x = torch.rand(n, 1, 28, 28, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return x.to(device), y.to(device)
-
-
-def seeded(build: Callable[[], nn.Module], device: str) -> nn.Module:
-    """``build()`` under a fixed seed, moved to ``device``, in eval mode."""
-    torch.manual_seed(SEED)
-    return build().to(device).eval()
-
-
-def tutorial_network(device: str) -> nn.Module:
-    """The tutorial network with BatchNorm statistics from synthetic inputs, in eval mode."""
-    model = seeded(tutorial_mlp, device).train()
-    x, _ = synthetic(BN_WARMUP, 10, device)
-    with torch.no_grad():
-        for chunk in x.split(100):
-            model(chunk)
-    return model.eval()
-
-
 def dense_limit(budget: int, itemsize: int = FLOAT_BYTES) -> int:
     """The largest P whose dense P x P Fisher fits in ``budget`` bytes: floor(sqrt(budget / s))."""
     return math.isqrt(budget // itemsize)
@@ -210,37 +187,22 @@ def dense_limit(budget: int, itemsize: int = FLOAT_BYTES) -> int:
 
 # -- one point: several estimators and the floor, interleaved ---------------------------------
 
-
-def peak_extra(fn: Callable[[], Any], device: str) -> dict[str, Any]:
-    """Extra peak memory of one call of ``fn``, measured in process."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        result = fn()
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - before
-        del result
-        return {"method": "cuda", "extra_bytes": int(extra)}
-    reason = proc_memory_unsupported()
-    if reason is not None:
-        return {"method": "n/a", "extra_bytes": None, "reason": reason}
-    out = proc_peak(fn)
-    return {"method": "proc", "extra_bytes": int(out["extra_bytes"])}
+Calls = dict[str, Callable[[], Any]]
+Rows = dict[str, dict[str, Any]]
 
 
-def measure_point(
+def warm_up_fits(
     config: ScalingConfig,
     names: Sequence[str],
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     progress: Progress,
-) -> list[dict[str, Any]]:
-    """Rows for ``names`` plus ``floor`` on one (model, inputs): times, bytes, memory."""
+) -> tuple[Calls, Rows]:
+    """The floor's call, and each estimator's after one warm-up fit (a failure: a row only)."""
     sync = synchronizer(config.device)
-    calls: dict[str, Callable[[], Any]] = {"floor": lambda: floor_pass(model, x, y)}
-    rows: dict[str, dict[str, Any]] = {"floor": {"estimator": "floor", "status": "ok"}}
+    calls: Calls = {"floor": lambda: floor_pass(model, x, y)}
+    rows: Rows = {"floor": {"estimator": "floor", "status": "ok"}}
     for name in names:
         est = estimators.make(name, memory_budget=config.memory_budget)
         rows[name] = {"estimator": name}
@@ -262,7 +224,12 @@ def measure_point(
         del curv
         calls[name] = lambda e=est: e.fit(model, x, y)
         progress.tick(name)
-    calls["floor"]()  # warm-up of the floor
+    return calls, rows
+
+
+def timed_rounds(config: ScalingConfig, calls: Calls, progress: Progress) -> dict[str, list[float]]:
+    """``repeats`` rounds, each call once per round in a fresh seeded order: seconds per call."""
+    sync = synchronizer(config.device)
     order = list(calls)
     times: dict[str, list[float]] = {k: [] for k in order}
     for r in range(config.repeats):
@@ -271,8 +238,23 @@ def measure_point(
             del result
             times[key].append(seconds)
         progress.tick(f"round {r + 1}")
+    return times
+
+
+def measure_point(
+    config: ScalingConfig,
+    names: Sequence[str],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    progress: Progress,
+) -> list[dict[str, Any]]:
+    """Rows for ``names`` plus ``floor`` on one (model, inputs): times, bytes, memory."""
+    calls, rows = warm_up_fits(config, names, model, x, y, progress)
+    calls["floor"]()  # warm-up of the floor
+    times = timed_rounds(config, calls, progress)
     floor_s = statistics.median(times["floor"])
-    for key in order:
+    for key in calls:
         median = statistics.median(times[key])
         rows[key].update(times_s=times[key], median_s=median, x_floor=median / floor_s)
         if config.memory:
@@ -292,7 +274,7 @@ def point_ticks(config: ScalingConfig, names: Sequence[str]) -> int:
 
 def sweep_n(config: ScalingConfig, progress: Progress) -> list[dict[str, Any]]:
     """Rows of the N sweep on the tutorial network."""
-    model = tutorial_network(config.device)
+    model = synthetic_tutorial_network(config.device)
     x_all, y_all = synthetic(max(config.n_values), 10, config.device)
     points = []
     for n in config.n_values:
@@ -324,48 +306,6 @@ def sweep_models(
 
 
 # -- penalty vs past tasks ---------------------------------------------------------------------
-
-
-@dataclass
-class PenaltyVariant:
-    """One training setup: a model copy, Adam, and an EWC penalty (or none)."""
-
-    label: str
-    estimator: str | None
-    mode: str | None
-    tasks: int
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    penalty: EWCPenalty | None
-    times: list[float]
-
-
-def penalty_variant(
-    base: nn.Module,
-    estimator: str | None,
-    mode: str | None,
-    tasks: int,
-    curvature: estimators.Curvature | None,
-) -> PenaltyVariant:
-    """A copy of ``base`` in train mode, with ``tasks`` past tasks consolidated in ``mode``."""
-    model = copy.deepcopy(base).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    penalty = None
-    if curvature is not None and mode is not None:
-        penalty = EWCPenalty(PENALTY_LAMBDA, mode=mode)
-        for _ in range(tasks):
-            penalty.consolidate(model, curvature)
-    label = "plain" if estimator is None else f"{estimator} {mode} T={tasks}"
-    return PenaltyVariant(label, estimator, mode, tasks, model, optimizer, penalty, [])
-
-
-def penalty_step(variant: PenaltyVariant, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Forward, cross-entropy, backward, the penalty's gradient (as the harness), Adam step."""
-    variant.optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(variant.model(x), y).backward()
-    if variant.penalty is not None:
-        variant.penalty.add_gradients(variant.model)
-    variant.optimizer.step()
 
 
 def penalty_curvatures(
@@ -400,11 +340,11 @@ def online_defined(curvature: estimators.Curvature) -> str | None:
     return None
 
 
-def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
-    """Extra time per training step of the penalty after T past tasks, separate vs online."""
-    base = tutorial_network(config.device)
-    fits, curvatures = penalty_curvatures(config, base)
-    variants = [penalty_variant(base, None, None, 0, None)]
+def penalty_variants(
+    config: ScalingConfig, base: nn.Module, curvatures: dict[str, estimators.Curvature]
+) -> tuple[list[Variant], list[dict[str, Any]]]:
+    """Plain, then per estimator, mode and T a variant; online refusals, with their reasons."""
+    variants = [make_variant(base)]
     refused = []
     for name, curv in curvatures.items():
         why = online_defined(curv)
@@ -413,16 +353,19 @@ def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
             refused.append({"estimator": name, "mode": "online", "reason": why.split(":")[0]})
         for mode in modes:
             for t in config.past_tasks:
-                variants.append(penalty_variant(base, name, mode, t, curv))
-    x, y = synthetic(PENALTY_BATCH, 10, config.device)
+                variants.append(make_variant(base, curv, name, mode, t))
+    return variants, refused
+
+
+def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
+    """Extra time per training step of the penalty after T past tasks, separate vs online."""
+    base = synthetic_tutorial_network(config.device)
+    fits, curvatures = penalty_curvatures(config, base)
+    variants, refused = penalty_variants(config, base, curvatures)
+    batch = synthetic(PENALTY_BATCH, 10, config.device)
+    warmup = min(PENALTY_WARMUP_STEPS, config.penalty_steps)
     sync = synchronizer(config.device)
-    warmup = min(5, config.penalty_steps)
-    for step in range(warmup + config.penalty_steps):
-        for v in shuffled(variants, step):  # no variant always follows the same one
-            seconds, _ = timed(lambda v=v: penalty_step(v, x, y), sync)
-            if step >= warmup:
-                v.times.append(seconds)
-        progress.tick(f"step {step + 1}")
+    interleaved_steps(variants, [batch], config.penalty_steps, warmup, sync, progress.tick)
     plain = statistics.median(variants[0].times)
     rows = []
     for v in variants[1:]:
@@ -435,7 +378,7 @@ def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
                 "median_s": median,
                 "extra_s": median - plain,
                 "overhead_pct": 100.0 * (median / plain - 1.0),
-                "penalty_bytes": int(v.penalty.nbytes) if v.penalty is not None else 0,
+                "penalty_bytes": v.penalty_bytes,
             }
         )
     return {
@@ -451,18 +394,12 @@ def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
 # -- time split of whole runs (from a sweep's records) ----------------------------------------
 
 
-def run_time_split(record: Any) -> dict[str, float]:
+def run_time_split(record: RunRecord) -> dict[str, float]:
     """Seconds of one run split into training (without penalty), penalty, estimation, evaluation.
 
-    The penalty's share of task t's training time is penalty_ms / (step_ms + penalty_ms), the
-    share of a penalised step that the penalty costs (both measured by the harness after task t).
+    The penalty's part of each task's training time is ``outcomes.penalty_seconds``.
     """
-    penalty = 0.0
-    for t, train in enumerate(record.train_seconds):
-        pen = record.penalty_ms[t] if t < len(record.penalty_ms) else None
-        step = record.step_ms[t] if t < len(record.step_ms) else None
-        if pen is not None and step is not None and pen + step > 0:
-            penalty += float(train) * max(pen, 0.0) / (step + max(pen, 0.0))
+    penalty = sum(penalty_seconds(record))
     return {
         "training": float(sum(record.train_seconds)) - penalty,
         "penalty": penalty,
@@ -475,8 +412,6 @@ def time_split(results: str | None) -> dict[str, Any] | None:
     """Mean time split per (sequence, method) over the selected runs of a sweep, or None."""
     if results is None:
         return None
-    from .report import load_records, summarise
-
     path = Path(results)
     if not path.is_dir():
         return {"source": str(path), "rows": [], "reason": f"{path} is not a folder"}
@@ -499,7 +434,42 @@ def total_ticks(config: ScalingConfig) -> int:
     ticks = len(config.n_values) * point_ticks(config, config.n_estimators)
     ticks += (len(config.widths) + len(config.depths)) * point_ticks(config, config.size_estimators)
     ticks += len(config.classes) * point_ticks(config, config.class_estimators)
-    return ticks + min(5, config.penalty_steps) + config.penalty_steps
+    return ticks + min(PENALTY_WARMUP_STEPS, config.penalty_steps) + config.penalty_steps
+
+
+def measure_all(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
+    """The four sweeps and the penalty study, in this order."""
+    return {
+        "n": sweep_n(config, progress),
+        "width": sweep_models(
+            config,
+            progress,
+            "width",
+            config.widths,
+            lambda h: mlp(hidden=h, depth=2),
+            config.size_estimators,
+            lambda _: 10,
+        ),
+        "depth": sweep_models(
+            config,
+            progress,
+            "depth",
+            config.depths,
+            lambda d: mlp(hidden=config.depth_width, depth=d),
+            config.size_estimators,
+            lambda _: 10,
+        ),
+        "classes": sweep_models(
+            config,
+            progress,
+            "classes",
+            config.classes,
+            lambda c: mlp(n_outputs=c),
+            config.class_estimators,
+            lambda c: c,
+        ),
+        "penalty": sweep_penalty(config, progress),
+    }
 
 
 def run_scaling(config: ScalingConfig) -> dict[str, Any]:
@@ -510,35 +480,7 @@ def run_scaling(config: ScalingConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     progress = Progress(total_ticks(config), "scaling")
     try:
-        by_n = sweep_n(config, progress)
-        by_width = sweep_models(
-            config,
-            progress,
-            "width",
-            config.widths,
-            lambda h: mlp(hidden=h, depth=2),
-            config.size_estimators,
-            lambda _: 10,
-        )
-        by_depth = sweep_models(
-            config,
-            progress,
-            "depth",
-            config.depths,
-            lambda d: mlp(hidden=config.depth_width, depth=d),
-            config.size_estimators,
-            lambda _: 10,
-        )
-        by_classes = sweep_models(
-            config,
-            progress,
-            "classes",
-            config.classes,
-            lambda c: mlp(n_outputs=c),
-            config.class_estimators,
-            lambda c: c,
-        )
-        penalty = sweep_penalty(config, progress)
+        measured = measure_all(config, progress)
     finally:
         progress.close()
     env = environment(config.device, config.command, load_start)
@@ -547,16 +489,12 @@ def run_scaling(config: ScalingConfig) -> dict[str, Any]:
         input_pixels=INPUT_PIXELS,
         dtype="float32",
         dense_limit_parameters=dense_limit(config.memory_budget),
-        memory_method="cuda" if config.device == "cuda" else "proc (in process)",
+        memory_method="cuda" if is_cuda(config.device) else "proc (in process)",
     )
     return {
         "schema": SCHEMA,
         "environment": env,
         "settings": settings,
-        "n": by_n,
-        "width": by_width,
-        "depth": by_depth,
-        "classes": by_classes,
-        "penalty": penalty,
+        **measured,
         "time_split": time_split(config.results),
     }

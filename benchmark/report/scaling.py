@@ -1,7 +1,7 @@
-"""The scaling report: ``scaling.md`` (a pure function of the JSON record) and its figures.
+"""scaling.md and scaling.json: a pure function of the scaling record.
 
-``render_markdown(record)`` is golden-tested; ``write_figures(record, folder)`` draws the figures
-with matplotlib (Agg). See ``benchmark.scaling`` for what is measured and how.
+``render_markdown(record)`` is golden-tested (``tests/test_scaling.py``); the figures are drawn
+by ``scaling_figures``. What is measured, and how, is ``benchmark.costs.scaling``.
 """
 
 from __future__ import annotations
@@ -11,37 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import estimators
-
-from .timing import cell, fmt_bytes, fmt_ms, fmt_ratio
-
-FIGURES = {
-    "n": "scaling_n.png",
-    "size": "scaling_size.png",
-    "classes": "scaling_classes.png",
-    "penalty": "scaling_penalty_tasks.png",
-    "dense": "scaling_dense_limit.png",
-    "split": "scaling_time_split.png",
-}
-SPLIT_PARTS = ("training", "penalty", "estimation", "evaluation")
-
+from .format import fmt_bytes, fmt_ms, fmt_ratio, md_cell
+from .provenance import command_item, git_text, libraries_text, machine_text
+from .scaling_figures import SPLIT_PARTS, estimator_names, row_of, write_figures
 
 # -- cells -------------------------------------------------------------------------------------
-
-
-def estimator_names(points: Sequence[dict[str, Any]]) -> list[str]:
-    """Estimator names of a sweep in first-seen order, the floor first."""
-    names: list[str] = []
-    for point in points:
-        for row in point["rows"]:
-            if row["estimator"] not in names:
-                names.append(row["estimator"])
-    return sorted(names, key=lambda n: (n != "floor", names.index(n)))
-
-
-def row_of(point: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The row of ``name`` at ``point``."""
-    return next((r for r in point["rows"] if r["estimator"] == name), None)
 
 
 def time_cell(row: dict[str, Any] | None) -> str:
@@ -84,7 +58,9 @@ def sweep_table(points: Sequence[dict[str, Any]], axis: str, axis_label: str) ->
     for point in points:
         lead = f"| {point[axis]:,} | {point['parameters']:,} | "
         rows = [row_of(point, n) for n in names]
-        times.append(lead + " | ".join(cell(time_cell(r) + structure_note(r)) for r in rows) + " |")
+        times.append(
+            lead + " | ".join(md_cell(time_cell(r) + structure_note(r)) for r in rows) + " |"
+        )
         mems.append(lead + " | ".join(memory_cell(r) for r in rows) + " |")
     return [
         "Fit time in ms, median of the rounds (ratio to the floor of the same rounds):",
@@ -112,13 +88,9 @@ def header_section(record: dict[str, Any]) -> list[str]:
         "[scaling.json](scaling.json). Companion of [timing.md](timing.md) (the tutorial "
         "network at fixed N, with the naive per-input loop).",
         "",
-        f"- Machine: {env.get('platform', '?')}; CPU: {env.get('cpu', '?')} "
-        f"({env.get('cores', '?')} cores)"
-        + (f"; GPU: {env['gpu']}" if env.get("gpu") else "")
-        + f"; device {env.get('device', '?')}; torch threads {env.get('torch_threads', '?')}",
-        f"- Versions: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-        f"git {env.get('git_sha', '?')}",
-        f"- Command: `{env.get('command', '')}`",
+        f"- Machine: {machine_text(env)}",
+        f"- Versions: {libraries_text(env)}, {git_text(env.get('git_sha'))}",
+        command_item(env.get("command")),
         f"- Date: {env.get('date', '?')}; 1-minute load average {load}",
         "- Inputs: seeded synthetic images [N, 1, 28, 28] (a fit's cost does not depend on "
         "the pixel values), float32; models seeded, in eval mode, untrained.",
@@ -224,9 +196,9 @@ def penalty_section(record: dict[str, Any]) -> list[str]:
         if fit["status"] == "ok":
             lines.append(f"- `{fit['estimator']}` fitted on {fit['inputs']:,} inputs.")
         else:
-            lines.append(f"- `{fit['estimator']}`: {fit['status']}: {cell(fit['message'])}")
+            lines.append(f"- `{fit['estimator']}`: {fit['status']}: {md_cell(fit['message'])}")
     for r in pen["online_refused"]:
-        lines.append(f"- `{r['estimator']}` has no online mode: {cell(r['reason'])}.")
+        lines.append(f"- `{r['estimator']}` has no online mode: {md_cell(r['reason'])}.")
     return [*lines, ""]
 
 
@@ -324,153 +296,6 @@ def render_markdown(record: dict[str, Any], figures: Sequence[str] = ()) -> str:
         figures_section(figures),
     ]
     return "\n".join(line for part in parts for line in part).rstrip() + "\n"
-
-
-# -- figures -----------------------------------------------------------------------------------
-
-
-def _color(name: str) -> str:
-    """One colour per estimator name across every panel (the floor is always blue)."""
-    names = ["floor", *estimators.names()]
-    return f"C{names.index(name) % 10}" if name in names else "gray"
-
-
-def _plot_sweep(ax: Any, points: Sequence[dict[str, Any]], x_key: str, what: str) -> None:
-    """Median time (s) or held bytes of each estimator against ``x_key``, log-log."""
-    for name in estimator_names(points):
-        xs, ys = [], []
-        for point in points:
-            row = row_of(point, name)
-            if row is None or row.get("status") != "ok":
-                continue
-            value = row.get("median_s") if what == "time" else row.get("nbytes")
-            if value:
-                xs.append(point[x_key])
-                ys.append(value)
-        if xs:
-            ax.plot(
-                xs, ys, marker="o", label=name, ls="--" if name == "floor" else "-", c=_color(name)
-            )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def write_figures(record: dict[str, Any], folder: Path) -> list[str]:
-    """Draw the figures into ``folder``; return the file names drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    drawn = []
-
-    def save(fig: Any, key: str) -> None:
-        fig.tight_layout()
-        fig.savefig(folder / FIGURES[key], dpi=110)
-        plt.close(fig)
-        drawn.append(FIGURES[key])
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_sweep(axes[0], record["n"], "n", "time")
-    axes[0].set(xlabel="N (inputs)", ylabel="fit time (s)", title="Fit time vs N")
-    _plot_sweep(axes[1], record["n"], "n", "bytes")
-    axes[1].set(xlabel="N (inputs)", ylabel="curvature bytes", title="Bytes held vs N")
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    save(fig, "n")
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_sweep(axes[0], record["width"], "parameters", "time")
-    axes[0].set(xlabel="P (parameters)", ylabel="fit time (s)", title="Width: 784-h-h-10")
-    _plot_sweep(axes[1], record["depth"], "parameters", "time")
-    axes[1].set(xlabel="P (parameters)", ylabel="fit time (s)", title="Depth: 784-h-...-10")
-    axes[0].legend(fontsize=8)
-    save(fig, "size")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _plot_sweep(ax, record["classes"], "classes", "time")
-    ax.set(xlabel="C (classes)", ylabel="fit time (s)", title="Fit time vs classes")
-    ax.legend(fontsize=8)
-    save(fig, "classes")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    pen = record["penalty"]
-    for key in dict.fromkeys((r["estimator"], r["mode"]) for r in pen["rows"]):
-        rows = sorted(
-            (r for r in pen["rows"] if (r["estimator"], r["mode"]) == key),
-            key=lambda r: r["tasks"],
-        )
-        ax.plot(
-            [r["tasks"] for r in rows],
-            [1e3 * r["extra_s"] for r in rows],
-            marker="o",
-            ls="-" if key[1] == "separate" else "--",
-            label=f"{key[0]} {key[1]}",
-        )
-    ax.set(
-        xlabel="past tasks T",
-        ylabel="extra ms per training step",
-        title="Penalty cost: separate grows, online stays flat",
-    )
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    save(fig, "penalty")
-
-    save(dense_figure(record, plt), "dense")
-    split = record.get("time_split")
-    if split and split["rows"]:
-        save(split_figure(split["rows"], plt), "split")
-    return drawn
-
-
-def dense_figure(record: dict[str, Any], plt: Any) -> Any:
-    """Bytes of the dense Fisher and of factors of several ranks vs P, with the budget line."""
-    import numpy as np
-
-    s = record["settings"]
-    budget = s["memory_budget"]
-    ps = np.logspace(3, 7, 200)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(ps, 4 * ps**2, color="black", label="dense 4·P²")
-    for rows in (200, 1000, 10000):
-        ax.plot(ps, 4 * rows * ps, ls="--", label=f"factor, {rows:,} rows (4·R·P)")
-    ax.axhline(budget, color="red", lw=1, label=f"budget {fmt_bytes(budget)}")
-    ax.axvline(s["dense_limit_parameters"], color="red", lw=0.8, ls=":")
-    for point in record["width"] + record["depth"]:
-        row = next((r for r in point["rows"] if r["estimator"].startswith("full-")), None)
-        if row and row.get("status") == "ok":
-            marker = "s" if row.get("structure") == "full-dense" else "o"
-            ax.scatter(point["parameters"], row["nbytes"], marker=marker, color="tab:purple")
-        elif row and row.get("needed_bytes"):
-            ax.scatter(point["parameters"], row["needed_bytes"], marker="x", color="tab:red")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="P (parameters)",
-        ylabel="bytes",
-        title="Dense vs factor: measured fits (squares dense, circles factor, x refused)",
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def split_figure(rows: Sequence[dict[str, Any]], plt: Any) -> Any:
-    """Stacked horizontal bars of the mean time split per (sequence, bn, method)."""
-    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.5))
-    labels = [f"{r['sequence']} {r['bn']} {r['method']}" for r in rows]
-    left = [0.0] * len(rows)
-    for part in SPLIT_PARTS:
-        values = [r[part] for r in rows]
-        ax.barh(labels, values, left=left, label=part)
-        left = [a + b for a, b in zip(left, values, strict=True)]
-    ax.invert_yaxis()
-    ax.set(xlabel="seconds per run (mean)", title="Where a whole run's time goes")
-    ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=8)
-    return fig
 
 
 def write_reports(record: dict[str, Any], out: Path, figures: bool = True) -> Path:

@@ -27,6 +27,8 @@ Agreement is the relative difference of the diagonals, :math:`\|d - d_{ours}\| /
 (for the KFAC rows, the diagonal of the Kronecker approximation: a check of both factors and their
 normalisation, not of the off-diagonal entries). Sampled rows are compared against the exact
 quantity they estimate, so they differ by sampling noise, O(1/sqrt(N)).
+
+This module measures only; its table in timing.md is ``benchmark.report.timing.compare_section``.
 """
 
 from __future__ import annotations
@@ -43,21 +45,12 @@ from torch import nn
 
 import estimators
 
-from .models import mlp
-from .timing import (
-    Progress,
-    Task,
-    cell,
-    estimator_task,
-    floor_pass,
-    fmt_ms,
-    fmt_ratio,
-    interleaved_rounds,
-    ratios,
-    synchronizer,
-)
+from ..device import synchronizer
+from ..models import mlp
+from ..timing_record import LIBRARIES, ratios
+from .measure import Progress, TimedCall, interleaved_rounds
+from .workloads import estimator_call, floor_pass, seeded
 
-LIBRARIES = {"backpack": "backpack-for-pytorch", "nngeometry": "nngeometry"}
 EXACT_OF = {
     "diag-empirical": "diag-empirical",
     "diag-mc": "diag-exact",
@@ -93,8 +86,7 @@ def versions() -> dict[str, str | None]:
 
 def plain_network(device: str) -> nn.Module:
     """MLP 784-100-100-10 without BatchNorm, seeded, eval mode."""
-    torch.manual_seed(0)
-    return mlp(hidden=100, depth=2).to(device).eval()
+    return seeded(lambda: mlp(hidden=100, depth=2), device)
 
 
 # -- BackPACK ----------------------------------------------------------------------------------
@@ -256,6 +248,20 @@ def missing_note(available: dict[str, str | None]) -> str | None:
 OURS = ("diag-empirical", "diag-exact", "diag-mc", "kfac-exact", "kfac-mc")
 
 
+def time_interleaved(
+    calls: list[TimedCall], floor: TimedCall, repeats: int, sync: Callable[[], None], n: int
+) -> None:
+    """Warm up every call and the floor once, then time them in interleaved rounds."""
+    bar = Progress(len(calls), f"N={n:,} vs other libraries")
+    floor.warm_up(repeats, sync)
+    for call in calls:
+        call.warm_up(repeats, sync)
+        bar.tick(call.name)
+    bar.grow(sum(c.repeats for c in calls))
+    interleaved_rounds(calls, floor, sync, bar.tick)
+    bar.close()
+
+
 def measure_compare(
     n: int, inputs: torch.Tensor, targets: torch.Tensor, repeats: int, device: str
 ) -> dict[str, Any]:
@@ -263,27 +269,19 @@ def measure_compare(
     available = versions()
     model = plain_network(device)
     x, y = inputs[:n], targets[:n]
-    sync = synchronizer(device)
     methods = external_methods(available)
-    floor = Task("floor", lambda: floor_pass(model, x, y), adaptive=False)
-    ours = [estimator_task(name, model, x, y) for name in OURS]
+    floor = TimedCall("floor", lambda: floor_pass(model, x, y), adaptive=False)
+    ours = [estimator_call(name, model, x, y) for name in OURS]
     theirs = [
-        Task(f"{m.library} {m.label}", lambda m=m: m.fit(model, x, y), lambda _: {})
+        TimedCall(f"{m.library} {m.label}", lambda m=m: m.fit(model, x, y), lambda _: {})
         for m in methods
     ]
-    bar = Progress(len(ours) + len(theirs), f"N={n:,} vs other libraries")
-    floor.warm_up(repeats, sync)
-    for task in ours + theirs:
-        task.warm_up(repeats, sync)
-        bar.tick(task.name)
-    bar.grow(sum(t.repeats for t in ours + theirs))
-    interleaved_rounds(ours + theirs, floor, sync, bar.tick)
-    bar.close()
+    time_interleaved(ours + theirs, floor, repeats, synchronizer(device), n)
     floor_row = floor.finish()
     rows = []
     cache: dict[str, torch.Tensor] = {}
-    for task, method in [(t, None) for t in ours] + list(zip(theirs, methods, strict=True)):
-        row = task.finish()
+    for call, method in [(c, None) for c in ours] + list(zip(theirs, methods, strict=True)):
+        row = call.finish()
         row.update(ratios(row, floor_row.get("median_s"), None))
         row.pop("naive_over_time", None)
         if method is None:
@@ -303,44 +301,3 @@ def measure_compare(
         "floor": floor_row,
         "rows": rows,
     }
-
-
-def compare_section(compare: dict[str, Any] | None) -> list[str]:
-    """The timing report's table against other libraries (pure)."""
-    if not compare:
-        return []
-    have = ", ".join(f"{LIBRARIES[k]} {v}" for k, v in compare["versions"].items() if v)
-    lines = [
-        "## Against other libraries",
-        "",
-        f"{compare['model']} ({compare['parameters']:,} parameters), N = {compare['n']:,}, the "
-        "same inputs, timed in the same interleaved rounds against this network's own floor "
-        f"({fmt_ms(compare['floor']['median_s'])} ms). BatchNorm is left out for every row: the "
-        "other libraries do not handle it in eval mode. Agreement: relative difference of the "
-        "diagonal from ours, ||d - d_ours|| / ||d_ours|| (for KFAC, the diagonal of the "
-        "Kronecker approximation); sampled rows are compared against the exact quantity, so "
-        "they differ by sampling noise. Installed: " + (have or "none") + ".",
-        "",
-        "| library | method | ours | time (ms) | x floor | diagonal vs ours |",
-        "| --- | --- | --- | ---: | ---: | --- |",
-    ]
-    for row in compare["rows"]:
-        if row.get("status") != "ok":
-            timing = cell(f"{row.get('status')}: {row.get('message', '')}", 100)
-            lines.append(
-                f"| {row['library']} | {row['method']} | {row['ours']} | {timing} | — | — |"
-            )
-            continue
-        if row["library"] == "ewc-bench":
-            agree = "—"
-        elif row.get("rel_diff") is None:
-            agree = cell(f"failed: {row.get('error', '?')}", 100)
-        else:
-            agree = f"{row['rel_diff']:.2e} vs {row['against']}"
-        lines.append(
-            f"| {row['library']} | {row['method']} | {row['ours']} | {fmt_ms(row['median_s'])} "
-            f"| {fmt_ratio(row.get('x_floor'))} | {agree} |"
-        )
-    if compare.get("missing"):
-        lines += ["", f"Skipped: {compare['missing']}."]
-    return [*lines, ""]

@@ -3,7 +3,8 @@
 The source tutorial feeds MNIST through ``torchvision.datasets.MNIST(transform=ToTensor())`` and a
 ``DataLoader`` (batch 100, shuffled): every item is converted on every epoch, and it steps a
 plain ``torch.optim.Adam``. ewc-bench keeps each split in memory as one tensor, slices batches
-and steps the harness's optimizer (``harness.make_optimizer``: Adam, multi-tensor). Both train
+and steps the harness's optimizer (``training.make_optimizer``: Adam, multi-tensor) with the
+harness's step (``training.train_step``). Both train
 the same network (``tutorial-mlp``, lr 1e-3, batch 100) for one epoch on the 60,000 MNIST
 training images, in the same process; a third measurement iterates the DataLoader without
 training (the time spent only producing batches). The report states the ratio.
@@ -15,26 +16,17 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from . import provenance
-from .config import RunConfig
-from .data import load_split, resolve_root
-from .harness import make_optimizer
-from .models import make_model
-from .seeds import generator, seed_hash
+from .. import provenance
+from ..data import load_split, resolve_root
+from ..models import make_model
+from ..seeds import generator, seed_hash
+from ..training import make_optimizer, plain_forward, train_step
 
 BATCH = 100
-
-
-def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
 
 
 def _fresh(seed: int, tutorial: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -43,7 +35,7 @@ def _fresh(seed: int, tutorial: bool) -> tuple[nn.Module, torch.optim.Optimizer]
     model = make_model("tutorial-mlp").train()
     if tutorial:
         return model, torch.optim.Adam(model.parameters(), lr=1e-3)
-    return model, make_optimizer(RunConfig(method="baseline", estimator=None), model)
+    return model, make_optimizer("adam", 1e-3, model)
 
 
 def dataloader_epoch(
@@ -62,7 +54,7 @@ def dataloader_epoch(
     start = time.perf_counter()
     for x, y in loader:
         if train:
-            _step(model, opt, x, y)
+            train_step(model, opt, plain_forward, x, y)
     return time.perf_counter() - start
 
 
@@ -75,7 +67,7 @@ def tensor_epoch(root: str | None, seed: int = 0, limit: int | None = None) -> f
     start = time.perf_counter()
     perm = torch.randperm(len(split), generator=generator(seed, "pipeline-order"))
     for index in perm.split(BATCH):
-        _step(model, opt, split.float_inputs(index), split.targets[index])
+        train_step(model, opt, plain_forward, split.float_inputs(index), split.targets[index])
     return time.perf_counter() - start
 
 

@@ -1,7 +1,7 @@
-"""The harness's commands: ``run``, ``sweep``, ``report``, ``pipeline``, ``reproduce``.
+"""The harness's commands: ``run``, ``sweep``, ``reproduce``, ``report``, ``experiments``.
 
 Every ``RunConfig`` setting has a flag on ``run``; ``sweep`` and ``reproduce`` take an experiment
-(built-in name or TOML path) and ``--set KEY=VALUE`` overrides of its defaults. Bad names, values
+(built-in name or TOML path) and ``--set KEY=VALUE`` settings for every run. Bad names, values
 and unknown keys fail before any training, with the valid choices.
 """
 
@@ -14,82 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import FIELD_HELP, RunConfig
-from .errors import FAILED_RUNS_STATUS, UserError
-
-
-def parse_value(text: str) -> Any:
-    """``'3' -> 3``, ``'0.5' -> 0.5``, ``'true' -> True``, ``'null' -> None``, else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
-    """``['epochs=1', 'bn=update'] -> {'epochs': 1, 'bn': 'update'}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = parse_value(value.strip())
-    return out
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def seed_list(text: str) -> list[int]:
-    """An argparse type: comma-separated seeds, each an integer >= 0, at least one."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        seeds = [int(p) for p in parts]
-    except ValueError:
-        seeds = []
-    if not seeds or any(s < 0 for s in seeds):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers >= 0 (e.g. 0,1,2), got {text!r}"
-        )
-    return seeds
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-root",
-        default=None,
-        help="datasets root (ROOT/MNIST/raw, ROOT/FashionMNIST/raw); "
-        "default $EWC_BENCH_DATA, else ./data",
-    )
-    p.add_argument(
-        "--download",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="download missing datasets through torchvision (checksums verified; needs the "
-        "network; default: --no-download, `make reproduce` passes --download unless DOWNLOAD=0)",
-    )
+from ..config import FIELD_HELP, RunConfig
+from ..errors import FAILED_RUNS_STATUS, UserError
+from .common import add_data_args, parse_assignments, parse_value, positive_int, seed_list
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
-    """``run``: one run, every setting a flag."""
+    """``run``: one run, every setting a flag (tables of options as repeated ``KEY=VALUE``)."""
     p = sub.add_parser(
         "run",
         help="train one configuration and print its accuracy matrix",
-        description="Run one configuration end to end (train, evaluate, fit curvature per task).",
+        description="Run one configuration end to end (train, evaluate, consolidate per task).",
     )
     defaults = RunConfig()
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
-        if f.name == "estimator_options":
+        if isinstance(value, dict):
             p.add_argument(flag, action="append", metavar="KEY=VALUE", help=FIELD_HELP[f.name])
         elif isinstance(value, bool):
             p.add_argument(
@@ -106,74 +47,90 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
     )
-    _common(p)
+    add_data_args(p)
     p.set_defaults(func=cmd_run, subparser=p)
 
 
 def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
-    """``sweep``, ``report``, ``pipeline``, ``reproduce``, ``experiments``."""
+    """``sweep`` and ``reproduce`` (the same flags; reproduce adds ``--out`` and ``--pipeline``)."""
     for name, text in (
         ("sweep", "run an experiment: lambda selection on validation, then every seed (resumable)"),
         ("reproduce", "sweep + data-pipeline timing + report: what `make reproduce` runs"),
     ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "--experiment",
-            default="default",
-            help="built-in experiment name or TOML path (default: default)",
-        )
-        p.add_argument(
-            "--results", default=None, help="results folder (default results/<experiment name>)"
-        )
-        p.add_argument(
-            "--jobs",
-            type=positive_int,
-            default=1,
-            help="runs in parallel (local process pool; default 1)",
-        )
-        p.add_argument(
-            "--device",
-            choices=("auto", "cpu", "cuda"),
-            default=None,
-            help="where to run (default: the experiment's, cpu)",
-        )
-        p.add_argument(
-            "--seeds",
-            type=seed_list,
-            default=None,
-            help="comma-separated seeds (integers >= 0), overriding the experiment's",
-        )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            metavar="KEY=VALUE",
-            help="set a run setting for every run of the sweep (repeatable); settings the "
-            "experiment decides (lam, seed, sequence, method, estimator, mode, "
-            "estimator_options) are refused with the reason",
-        )
-        p.add_argument(
-            "--retry-failed",
-            action="store_true",
-            help="also run again the runs that failed for a reason of their own (runs that "
-            "failed for a reason outside themselves, e.g. missing data, are always retried)",
-        )
-        p.add_argument(
-            "--wait",
-            action="store_true",
-            help="wait for another sweep on the same results folder to finish (default: refuse)",
-        )
-        p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-        if name == "reproduce":
-            p.add_argument("--out", default="reports", help="report folder (default reports)")
-            p.add_argument(
-                "--pipeline",
-                action=argparse.BooleanOptionalAction,
-                default=True,
-                help="measure the DataLoader vs tensor epoch (real data only)",
-            )
-        _common(p)
+        p = _add_sweep_like(sub, name, text)
         p.set_defaults(func=cmd_sweep if name == "sweep" else cmd_reproduce, subparser=p)
+
+
+def _add_sweep_like(
+    sub: argparse._SubParsersAction, name: str, text: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=text, description=text)
+    p.add_argument(
+        "--experiment",
+        default="default",
+        help="built-in experiment name or TOML path (default: default)",
+    )
+    p.add_argument(
+        "--results", default=None, help="results folder (default results/<experiment name>)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="runs in parallel (local process pool; default 1)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="where to run (default: the experiment's, cpu)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=None,
+        help="comma-separated seeds (integers >= 0), overriding the experiment's",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a run setting for every run of the sweep (repeatable); settings the "
+        "experiment decides (lam, seed, sequence, method, estimator, mode, "
+        "estimator_options) are refused with the reason",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also run again the runs that failed for a reason of their own (runs that "
+        "failed for a reason outside themselves, e.g. missing data, are always retried)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for another sweep on the same results folder to finish (default: refuse)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    if name == "reproduce":
+        _add_reproduce_args(p)
+    add_data_args(p)
+    return p
+
+
+def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    """What ``reproduce`` adds to ``sweep``: the report folder and the pipeline timing."""
+    p.add_argument("--out", default="reports", help="report folder (default reports)")
+    p.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the DataLoader vs tensor epoch (real data only)",
+    )
+
+
+def add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    """``report`` and ``experiments``."""
     p = sub.add_parser(
         "report",
         help="rebuild the report from stored records alone",
@@ -185,46 +142,23 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default=None, help="results folder (default results/<experiment>)")
     p.add_argument("--out", default="reports", help="report folder (default reports)")
     p.set_defaults(func=cmd_report, subparser=p)
-    p = sub.add_parser(
-        "pipeline", help="time one epoch: tutorial DataLoader+ToTensor vs in-memory tensors"
-    )
-    p.add_argument("--out", default=None, help="write the JSON here (default: print it)")
-    _common(p)
-    p.set_defaults(func=cmd_pipeline, subparser=p)
-    p = sub.add_parser(
-        "study",
-        help="how good is each Fisher approximation (full vs KFAC vs diagonal) -> OUT/STUDY.md",
-        description="The approximation study: every estimator against the exact Fisher (a "
-        "small MLP, dense) and against the exact low-rank Fisher of the tutorial network, with "
-        "convergence in N and mc samples, the batched estimator's bias, cost, and the harness's "
-        "forgetting beside each estimator's error.",
-    )
-    p.add_argument("--out", default="reports", help="output folder (default reports)")
-    p.add_argument(
-        "--results",
-        default="results/default",
-        help="harness results to link errors to forgetting (default results/default)",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
-    p.add_argument("--synthetic", action="store_true", help="synthetic stand-in data, for tests")
-    _common(p)
-    p.set_defaults(func=cmd_study, subparser=p)
     p = sub.add_parser("experiments", help="list the built-in experiments")
     p.set_defaults(func=cmd_experiments, subparser=p)
 
 
-# -- handlers --------------------------------------------------------------------------------
+# -- handlers --------------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Validate and preflight, run, print the matrices and metrics; optionally store the record."""
-    from . import metrics
-    from .harness import run
-    from .preflight import preflight
-    from .records import write_record
+    from .. import metrics
+    from ..harness import run
+    from ..preflight import preflight
+    from ..records import write_record
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
-    fields["estimator_options"] = parse_assignments(args.estimator_options, "--estimator-options")
+    for name in ("estimator_options", "model_options"):
+        fields[name] = parse_assignments(fields[name], "--" + name.replace("_", "-"))
     if fields["method"] != "ewc" and fields["estimator"] == RunConfig().estimator:
         fields["estimator"] = None
     config = RunConfig.from_dict(fields)
@@ -251,7 +185,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: lis
 
 
 def _experiment(args: argparse.Namespace) -> Any:
-    from .sweep import load_experiment
+    from ..sweep import load_experiment
 
     overrides = parse_assignments(args.overrides, "--set")
     exp = load_experiment(args.experiment, overrides)
@@ -276,7 +210,7 @@ def _print_plan(exp: Any) -> None:
 
 def _sweep(args: argparse.Namespace, exp: Any, out: Path | None) -> dict[str, Any]:
     """Run the sweep and print its summary (to stderr, beside the progress bars)."""
-    from .sweep import run_sweep, summary_lines
+    from ..sweep import run_sweep, summary_lines
 
     results = _results(args, exp.name)
     meta = run_sweep(
@@ -297,7 +231,7 @@ def _sweep(args: argparse.Namespace, exp: Any, out: Path | None) -> dict[str, An
 
 
 def _failed_note(meta: dict[str, Any]) -> str:
-    from .sweep import failed_runs
+    from ..sweep import failed_runs
 
     failed = failed_runs(meta)
     env = sum(f["failure"] != "run" for f in failed)
@@ -320,7 +254,7 @@ def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
             )
         return 0
     meta = _sweep(args, exp, None)
-    from .sweep import failed_runs
+    from ..sweep import failed_runs
 
     if failed_runs(meta):
         print(f"error: {_failed_note(meta)}", file=sys.stderr)
@@ -330,8 +264,9 @@ def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
 
 def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Rebuild the report from records; exit 1 when a run it covers failed."""
-    from .preflight import require_folders
-    from .report import build_report, load_meta, load_records
+    from ..outcomes import load_meta, load_records
+    from ..preflight import require_folders
+    from ..report import build_report
 
     results = _results(args, Path(args.experiment).stem)
     if not (results / "runs").is_dir():
@@ -351,28 +286,13 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     return 0
 
 
-def cmd_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Measure the input pipeline."""
-    from .data import ensure_dataset
-    from .pipeline import measure
-
-    ensure_dataset("mnist", args.data_root, download=args.download)
-    result = measure(args.data_root)
-    text = json.dumps(result, indent=1, sort_keys=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text if not args.out else f"wrote {args.out}: ratio {result['ratio']:.2f}")
-    return 0
-
-
 def cmd_reproduce(
     args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]
 ) -> int:
     """Sweep, pipeline timing (real data), report; no report when a run failed (exit 1)."""
-    from .pipeline import measure
-    from .report import build_report
-    from .sweep import failed_runs
+    from ..costs.pipeline import measure
+    from ..report import build_report
+    from ..sweep import failed_runs
 
     exp = _experiment(args)
     if args.dry_run:
@@ -398,34 +318,11 @@ def cmd_reproduce(
     return 0
 
 
-def cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Run the approximation study and write STUDY.md, study.csv and figures."""
-    from .data import ensure_dataset
-    from .preflight import require_folders
-    from .study import QUICK, StudyConfig, run_study
-    from .study_report import write_study
-
-    require_folders({"--out": args.out})
-    if not args.synthetic:
-        for name in ("mnist", "fmnist"):
-            ensure_dataset(name, args.data_root, download=args.download)
-    sizes = QUICK if args.quick else {}
-    cfg = StudyConfig(
-        data="synthetic" if args.synthetic else "real",
-        root=args.data_root,
-        results=args.results,
-        **sizes,
-    )
-    study = run_study(cfg)
-    print(f"wrote {write_study(study, Path(args.out), args.results)}")
-    return 0
-
-
 def cmd_experiments(
     args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]
 ) -> int:
     """List built-in experiments with their descriptions."""
-    from .sweep import builtin_experiments, load_experiment
+    from ..sweep import builtin_experiments, load_experiment
 
     for name in builtin_experiments():
         exp = load_experiment(name)

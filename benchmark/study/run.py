@@ -10,8 +10,8 @@ with it (``approx``). Part B: error against that reference as the number of inpu
 itself, through the exact low-rank ``full-exact`` factor on ``tutorial_n`` inputs, with the
 harness's outcomes (forgetting at the validation-chosen lambda) beside each estimator's error.
 
-Each part returns plain rows (dicts) that ``study_report`` turns into ``study.csv``, STUDY.md
-and figures.
+Each part returns plain rows (dicts) that ``benchmark.report.study`` turns into ``study.csv``,
+STUDY.md and figures.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ import estimators
 from estimators import Curvature, LowRankCurvature
 from estimators.layout import ParamLayout
 
-from . import approx, provenance
-from .config import RunConfig
-from .harness import run
-from .models import make_model
-from .seeds import generator
-from .tasks import build_sequence
+from .. import provenance
+from ..config import RunConfig
+from ..harness import run
+from ..models import make_model
+from ..seeds import generator
+from ..tasks import build_sequence
+from . import approx
 
 BIG_BUDGET = 16 * 1024**3
 ALL = tuple(estimators.names())

@@ -1,0 +1,75 @@
+"""What a method is: a spec (``Method``) and, for penalised methods, a ``Regulariser``.
+
+A method's spec says everything the rest of the benchmark needs to know about it (its label,
+whether it has a strength lambda, whether it takes a curvature estimator, its modes, whether it
+trains on all tasks at once, how to build its regulariser); nothing outside ``benchmark.methods``
+tests method names. A regulariser is what training sees: after each task it consolidates (fits
+its importance on the task's data and anchors at the current weights); during training it adds
+its closed-form gradient after the loss's backward and may act after each optimizer step.
+
+Adding a method = one spec in ``benchmark/methods/__init__.py`` plus, if it penalises, one
+regulariser (or only an importance function, as ``mas`` does: its importance is a diagonal
+curvature and the EWC penalty object does the rest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..tasks import Task
+
+
+class Regulariser(Protocol):
+    """What training needs from a penalised method (see ``training.train_step``).
+
+    Attributes:
+        active: whether there is anything to penalise yet (False before the first task ends).
+    """
+
+    active: bool
+
+    def consolidate(self, model: nn.Module, task: Task, index: int, device: torch.device) -> int:
+        """After task ``index``: fit the importance on ``task``, anchor; returns its bytes."""
+
+    def add_gradients(self, model: nn.Module) -> None:
+        """Add the penalty's gradient to the parameters' ``.grad`` (after the loss's backward)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Per-step hook, after the optimizer's step (path-integral methods accumulate here)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the benchmark.
+
+    Attributes:
+        name: the ``method`` setting (``baseline``, ``l2``, ``ewc``, ...).
+        summary: one line for help texts and reports.
+        penalised: it has a strength ``lam`` (chosen on validation over a grid).
+        takes_estimator: it takes a curvature estimator (labels ``ewc <estimator>``).
+        modes: the penalty modes it allows (``separate``, ``online``).
+        joint: it trains once on the union of all tasks (the upper bound; one matrix row).
+        regulariser: builds the regulariser of a run (None: plain training).
+        order: its place in reports (smaller first).
+    """
+
+    name: str
+    summary: str
+    penalised: bool = False
+    takes_estimator: bool = False
+    modes: tuple[str, ...] = ("separate",)
+    joint: bool = False
+    regulariser: Callable[[RunConfig], Regulariser] | None = None
+    order: int = 50
+
+    def label(self, config: Mapping[str, Any]) -> str:
+        """``baseline``, ``l2``, ``ewc diag-exact``, ``ewc-online diag-exact``, ``mas-online``."""
+        text = self.name + ("-online" if config.get("mode") == "online" else "")
+        return f"{text} {config.get('estimator')}" if self.takes_estimator else text

@@ -1,0 +1,368 @@
+"""The harness's run records as results: loaded, labelled, selected, ordered, and costed.
+
+This is the view of the records that both the reports (``benchmark.report``) and the measuring
+code (``benchmark.costs.scaling``'s time split) need; it renders nothing.
+
+- Loading: ``load_records`` (the sweep's own runs), ``load_meta`` (``sweep.json``) and
+  ``load_pipeline`` (``pipeline.json``).
+- Labels and order: ``method_label`` (``baseline``, ``l2``, ``ewc <estimator>``, ...),
+  ``display_labels`` (a ``(setting=value, ...)`` suffix where two runs of one sequence share a
+  label but differ in another setting), and the sort keys every table uses.
+- ``summarise``: one ``Run`` per record, with lambda chosen per group on the validation split
+  (``selection``) and the metrics of its accuracy matrices (``metrics``).
+- Selectors over runs (sequences, bn modes, method labels, the selected runs of one method).
+- Cost: the seconds the penalty took (``penalty_seconds``, the one place where the penalty's
+  share of a training step is computed), a run's estimation + penalty seconds, and the per-method
+  means of the cost table (``method_cost``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+from .config import BN_MODES, SEQUENCES
+from .methods import label_of, sort_key
+from .records import RunRecord, quarantine, read_records
+from .selection import choose_lambdas, group_key, is_selected
+
+VARIANT_IGNORE = ("lam", "seed", "device", "bn", "sequence")
+"""Settings that never disambiguate a method label (they are the tables' own axes)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One record as the reports see it: its place in the tables and its derived numbers.
+
+    Attributes:
+        record: the record itself.
+        sequence: task sequence name.
+        bn: BatchNorm mode.
+        label: the method's display label (``method_label`` plus a variant suffix if needed).
+        lam: penalty strength lambda.
+        seed: root seed.
+        group: the selection group key (``selection.group_key``).
+        selected: whether the run is at its group's chosen lambda.
+        val_avg: validation average accuracy (mean of the last row), None if undefined.
+        test_avg: test average accuracy.
+        forgetting: test forgetting (``metrics.forgetting``).
+        bwt: test backward transfer (``metrics.backward_transfer``).
+    """
+
+    record: RunRecord
+    sequence: str
+    bn: str
+    label: str
+    lam: float
+    seed: int
+    group: str
+    selected: bool
+    val_avg: float | None
+    test_avg: float | None
+    forgetting: float | None
+    bwt: float | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished (neither diverged nor failed)."""
+        return self.record.status == "ok"
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the run's loss became NaN/inf."""
+        return self.record.status == "diverged"
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_records(results_dir: Path, meta: dict[str, Any] | None = None) -> list[RunRecord]:
+    """The run records of a results folder: the sweep's own runs when ``meta`` lists them.
+
+    ``meta["run_ids"]`` (written by the sweep into ``sweep.json``) names the runs of the sweep
+    that made the folder; other records (an earlier sweep's, a lone ``run --results``) are left
+    out. Without it, every record under ``results_dir/runs`` is used.
+
+    Raises:
+        FileNotFoundError: the results directory does not exist or holds no record.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(
+            f"results directory {results_dir} does not exist: run a sweep first, "
+            f"or point the report at the folder that holds runs/"
+        )
+    records = list(read_records(results_dir))
+    ids = (meta or {}).get("run_ids")
+    if isinstance(ids, dict):
+        wanted = {i for phase in ids.values() for i in phase}
+        records = [r for r in records if r.run_id in wanted]
+    if not records:
+        raise FileNotFoundError(
+            f"no run records under {results_dir / 'runs'} (expected runs/<run_id>.json)"
+        )
+    return records
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file; None when absent, or when unreadable (then moved to quarantine/)."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open() as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as err:
+        quarantine(path, path.parent, f"not a valid {path.name}: {' '.join(str(err).split())}")
+        return None
+    return data
+
+
+def load_meta(results_dir: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Experiment metadata: ``results_dir/sweep.json`` if present, updated by ``meta``."""
+    merged = dict(_read_json(Path(results_dir) / "sweep.json") or {})
+    merged.update(meta or {})
+    return merged
+
+
+def load_pipeline(results_dir: Path) -> dict[str, Any] | None:
+    """The data-pipeline timing in ``results_dir/pipeline.json``, None if absent."""
+    return _read_json(Path(results_dir) / "pipeline.json")
+
+
+# -- labels and order --------------------------------------------------------------------------
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """``RunConfig.label`` computed from a config dict, without re-validating the config.
+
+    ``baseline``, ``l2``, ``ewc <estimator>``, ``ewc-online <estimator>``, ``mas-online``, ...
+    (``benchmark.methods.label_of``).
+    """
+    return label_of(config)
+
+
+def method_sort_key(label: str) -> tuple[int, int, int, str]:
+    """Report order of method labels (``benchmark.methods.sort_key``)."""
+    return sort_key(label)
+
+
+def sequence_sort_key(sequence: str) -> tuple[int, str]:
+    """The order of ``config.SEQUENCES``; unknown sequences after, alphabetically."""
+    order = list(SEQUENCES)
+    return (order.index(sequence) if sequence in order else len(order), sequence)
+
+
+def bn_sort_key(bn: str) -> tuple[int, str]:
+    """``freeze`` first (the tutorial's published numbers), then ``update``."""
+    order = ["freeze", *[m for m in BN_MODES if m != "freeze"]]
+    return (order.index(bn) if bn in order else len(order), bn)
+
+
+def setting_text(value: Any) -> str:
+    """A config value as labels and reports show it (compact JSON for dicts and lists)."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _variant_key(config: dict[str, Any]) -> str:
+    rest = {k: v for k, v in config.items() if k not in VARIANT_IGNORE}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
+def display_labels(records: Sequence[RunRecord]) -> dict[str, str]:
+    """``run_id -> label``; a suffix names the settings that tell apart same-label variants.
+
+    Within a sequence, runs whose ``method_label`` agree but whose configs differ in anything
+    but lambda, seed, device and bn are different variants: each gets ``(setting=value, ...)``
+    for the settings that differ among them.
+    """
+    variants: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in records:
+        key = (str(r.config.get("sequence")), method_label(r.config))
+        variants.setdefault(key, {})[_variant_key(r.config)] = r.config
+    labels: dict[str, str] = {}
+    for r in records:
+        key = (str(r.config.get("sequence")), method_label(r.config))
+        configs = variants[key]
+        label = key[1]
+        if len(configs) > 1:
+            fields = sorted(
+                f
+                for f in set().union(*configs.values()) - set(VARIANT_IGNORE)
+                if len({setting_text(c.get(f)) for c in configs.values()}) > 1
+            )
+            suffix = ", ".join(f"{f}={setting_text(r.config.get(f))}" for f in fields)
+            label = f"{label} ({suffix})"
+        labels[r.run_id] = label
+    return labels
+
+
+# -- the runs ----------------------------------------------------------------------------------
+
+
+def _metric(fn: Callable[[Any], float | None], matrix: list, record: RunRecord) -> float | None:
+    if record.status == "failed" or not matrix:
+        return None
+    try:
+        return fn(matrix)
+    except ValueError as err:
+        raise ValueError(f"run {record.run_id}: {err}") from err
+
+
+def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run]:
+    """The reports' view of every record, sorted (sequence, bn, method, lambda, seed, id).
+
+    Lambda is chosen per group with ``selection.choose_lambdas`` on the validation split of
+    ``selection_seed``; ``Run.selected`` follows ``selection.is_selected``.
+    """
+    records = list(records)
+    chosen = choose_lambdas(records, selection_seed)
+    labels = display_labels(records)
+    runs = []
+    for r in records:
+        c = r.config
+        runs.append(
+            Run(
+                record=r,
+                sequence=str(c.get("sequence")),
+                bn=str(c.get("bn")),
+                label=labels[r.run_id],
+                lam=float(c.get("lam", 0.0)),
+                seed=int(c.get("seed", 0)),
+                group=group_key(c),
+                selected=is_selected(r, chosen),
+                val_avg=_metric(metrics.average_accuracy, r.acc_val, r),
+                test_avg=_metric(metrics.average_accuracy, r.acc_test, r),
+                forgetting=_metric(metrics.forgetting, r.acc_test, r),
+                bwt=_metric(metrics.backward_transfer, r.acc_test, r),
+            )
+        )
+    return sorted(runs, key=run_sort_key)
+
+
+def run_sort_key(run: Run) -> tuple:
+    """Deterministic order of runs in every table and in runs.csv."""
+    return (
+        sequence_sort_key(run.sequence),
+        bn_sort_key(run.bn),
+        method_sort_key(run.label),
+        run.lam,
+        run.seed,
+        run.record.run_id,
+    )
+
+
+# -- selectors ---------------------------------------------------------------------------------
+
+
+def sequences(runs: Iterable[Run]) -> list[str]:
+    """Sequences present, in report order."""
+    return sorted({r.sequence for r in runs}, key=sequence_sort_key)
+
+
+def bn_modes(runs: Iterable[Run], sequence: str) -> list[str]:
+    """BatchNorm modes present for ``sequence``, in report order."""
+    return sorted({r.bn for r in runs if r.sequence == sequence}, key=bn_sort_key)
+
+
+def method_labels(runs: Iterable[Run], sequence: str, bn: str | None = None) -> list[str]:
+    """Method labels present for ``sequence`` (and ``bn``), in report order."""
+    found = {r.label for r in runs if r.sequence == sequence and (bn is None or r.bn == bn)}
+    return sorted(found, key=method_sort_key)
+
+
+def selected(runs: Iterable[Run], sequence: str, bn: str | None, label: str) -> list[Run]:
+    """The selected runs of one method (every seed at the chosen lambda; all statuses)."""
+    return [
+        r
+        for r in runs
+        if r.selected and r.sequence == sequence and (bn is None or r.bn == bn) and r.label == label
+    ]
+
+
+def task_names(runs: Sequence[Run], sequence: str) -> list[str]:
+    """The task names of ``sequence``, in training order (from the first record that has them)."""
+    for r in runs:
+        if r.sequence == sequence and r.record.tasks:
+            return list(r.record.tasks)
+    return []
+
+
+# -- cost --------------------------------------------------------------------------------------
+
+
+def penalty_seconds(record: RunRecord) -> list[float]:
+    """Per task, the seconds of its training that the penalty took.
+
+    Task t's share is penalty_ms[t] / (step_ms[t] + penalty_ms[t]), the share of a penalised step
+    that the penalty costs (both measured by the harness after the task; a negative penalty
+    measurement counts as 0), applied to the task's training time; 0 where either is missing.
+    """
+    out = []
+    for t, train in enumerate(record.train_seconds):
+        pen = record.penalty_ms[t] if t < len(record.penalty_ms) else None
+        step = record.step_ms[t] if t < len(record.step_ms) else None
+        if pen is not None and step is not None and pen + step > 0:
+            out.append(float(train) * max(pen, 0.0) / (step + max(pen, 0.0)))
+        else:
+            out.append(0.0)
+    return out
+
+
+def run_cost_seconds(run: Run) -> float:
+    """Estimation seconds plus the time the penalty took (``penalty_seconds``), over all tasks."""
+    record = run.record
+    return float(sum(record.estimate_seconds)) + sum(penalty_seconds(record))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Mean cost of one method's finished selected runs (None where nothing was measured)."""
+
+    n: int
+    estimate_per_task_s: float | None
+    penalty_ms: float | None
+    penalty_pct: float | None
+    step_ms: float | None
+    curvature_bytes: float | None
+    peak_rss_mb: float | None
+
+
+def _mean_or_none(values: Iterable[float | None]) -> float | None:
+    xs = [float(v) for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def method_cost(runs: Sequence[Run]) -> Cost:
+    """Per-run means over tasks, then means over runs (finished runs only).
+
+    Estimation time per task counts the tasks whose curvature was fitted (estimate > 0);
+    penalty per step counts the tasks that had a penalty (penalty_ms not None); its percentage
+    is penalty_ms / step_ms per task; curvature bytes are the largest per-task value.
+    """
+    done = [r.record for r in runs if r.ok]
+    est, pen, pct, step, nbytes = [], [], [], [], []
+    for r in done:
+        fitted = [s for s in r.estimate_seconds if s and s > 0]
+        est.append(sum(fitted) / len(fitted) if fitted else 0.0)
+        pairs = [(p, s) for p, s in zip(r.penalty_ms, r.step_ms, strict=False) if p is not None]
+        pen.append(_mean_or_none(p for p, _ in pairs))
+        pct.append(_mean_or_none(100.0 * p / s for p, s in pairs if s))
+        step.append(_mean_or_none(r.step_ms))
+        nbytes.append(max(r.curvature_bytes) if r.curvature_bytes else None)
+    return Cost(
+        n=len(done),
+        estimate_per_task_s=_mean_or_none(est),
+        penalty_ms=_mean_or_none(pen),
+        penalty_pct=_mean_or_none(pct),
+        step_ms=_mean_or_none(step),
+        curvature_bytes=_mean_or_none(nbytes),
+        peak_rss_mb=_mean_or_none(r.peak_rss_mb for r in done),
+    )

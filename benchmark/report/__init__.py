@@ -1,0 +1,121 @@
+"""The benchmark's reports, rebuilt from what the measuring code recorded (never measuring).
+
+- REPORT.md, runs.csv and figures/ from a sweep's run records: ``build_report`` (text in
+  ``results``, figures in ``figures``, the records' view in ``benchmark.outcomes``);
+- STUDY.md from the approximation study: ``write_study`` (``study``, ``study_figures``);
+- timing.md from a timing record: ``write_timing_reports`` (``timing``);
+- scaling.md from a scaling record: ``write_scaling_reports`` (``scaling``).
+
+Every report formats through ``format`` (numbers, bytes, tables, figure setup, one palette) and
+opens with the provenance lines of ``provenance``. Report text depends on the records and
+metadata only (no clock, no paths, no library versions), so it is golden-tested.
+
+``build_report(results_dir, out_dir)`` reads ``results_dir/runs/*.json``, the optional
+``results_dir/sweep.json`` (experiment metadata: name, description, protocol, command, machine,
+git SHA, start, end, duration) and ``results_dir/pipeline.json`` (data-pipeline epoch timing),
+chooses lambda per group on the validation split (``selection``), and writes
+
+- ``out_dir/runs.csv``: one row per run (``results.CSV_COLUMNS``);
+- ``out_dir/REPORT.md``: provenance, the tutorial reproduction table, per-sequence results with
+  95% confidence intervals over seeds and paired tests against ``ewc diag-exact``, the chosen
+  lambdas, the cost table, and the figures;
+- ``out_dir/figures/*.png``: accuracy-matrix heatmaps, per-task accuracy curves, the lambda sweep
+  as a stability-plasticity curve, and cost against accuracy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..outcomes import load_meta, load_pipeline, load_records, summarise
+from .figures import FIGURE_PREFIXES, draw_figure, planned_figures
+from .results import render_markdown, runs_csv
+from .scaling import write_reports as write_scaling_reports
+from .study import write_study
+from .timing import write_reports as write_timing_reports
+
+__all__ = [
+    "NoResultsError",
+    "build_report",
+    "see_also",
+    "write_scaling_reports",
+    "write_study",
+    "write_timing_reports",
+]
+
+SEE_ALSO = {
+    "STUDY.md": "how good each Fisher approximation is (full vs KFAC vs diagonal), and whether "
+    "it matters for forgetting (`make study`)",
+    "timing.md": "what each estimator costs in time and memory, against the naive loop and the "
+    "floor (`make timing`)",
+}
+
+
+class NoResultsError(UserError):
+    """A results folder without a single finished run: there is nothing to report."""
+
+
+def build_report(
+    results_dir: Path,
+    out_dir: Path,
+    *,
+    selection_seed: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Build REPORT.md, runs.csv and figures/ in ``out_dir`` from the records in ``results_dir``.
+
+    Args:
+        results_dir: the sweep's results folder (``runs/*.json``; optional ``sweep.json`` and
+            ``pipeline.json``).
+        out_dir: where to write (created if needed). Figures from an earlier build that this one
+            does not draw are removed from ``out_dir/figures``.
+        selection_seed: the seed whose validation scores choose lambda.
+        meta: experiment metadata; overrides the keys of ``sweep.json``.
+
+    Returns:
+        The path of REPORT.md.
+
+    Raises:
+        FileNotFoundError: no results directory or no records in it.
+        NoResultsError: not one run finished.
+        ValueError: a malformed record or metadata file.
+    """
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    meta_all = load_meta(results_dir, meta)
+    records = load_records(results_dir, meta_all)
+    if not any(r.status == "ok" for r in records):
+        counts = Counter(r.status for r in records)
+        raise NoResultsError(
+            f"no finished run in {results_dir} ({counts['failed']} failed, {counts['diverged']} "
+            f"diverged): nothing to report, REPORT.md not written; run the sweep again "
+            f"(failures outside the runs are retried) or see runs/*.json for the reasons"
+        )
+    runs = summarise(records, selection_seed)
+    pipeline = load_pipeline(results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "runs.csv").write_text(runs_csv(runs))
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    specs = planned_figures(runs)
+    wanted = {s.name for s in specs}
+    for old in fig_dir.glob("*.png"):
+        if old.name.startswith(FIGURE_PREFIXES) and old.name not in wanted:
+            old.unlink()
+    for spec in specs:
+        draw_figure(spec, runs, fig_dir, selection_seed)
+    report = out_dir / "REPORT.md"
+    report.write_text(render_markdown(runs, meta_all, pipeline, selection_seed) + see_also(out_dir))
+    return report
+
+
+def see_also(out_dir: Path) -> str:
+    """Links to the companion reports present in ``out_dir`` (none: empty string)."""
+    lines = [
+        f"- [{name}]({name}): {text}"
+        for name, text in SEE_ALSO.items()
+        if (out_dir / name).exists()
+    ]
+    return "\n## See also\n\n" + "\n".join(lines) + "\n" if lines else ""

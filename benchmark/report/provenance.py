@@ -1,0 +1,250 @@
+"""The provenance lines every report opens with: command, machine, versions, dates.
+
+The reports read what the measuring code recorded (``benchmark.provenance.machine`` and the
+command, SHA and times stored beside it) and never look at the machine they run on, so a report
+is a pure function of its record. The pieces (``command_item``, ``machine_text``,
+``libraries_text``, ``git_text``, ``started_finished``) serve every report; REPORT.md's whole
+provenance section (``report_provenance``), built from a sweep's metadata and its records, is
+here too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import RESULTS_VERSIONS
+from ..outcomes import Run, sequences, setting_text
+from .format import CONFIDENCE, fmt_duration, fmt_num
+
+REPORT_LIBRARIES = ("numpy", "scipy", "torchvision")
+"""Library versions REPORT.md shows beside Python and torch, where the sweep recorded them."""
+MACHINE_PARTS = ("platform", "cpu", "gpu", "device", "torch_threads")
+"""What ``machine_text`` shows, in order."""
+
+
+def command_item(command: str | None) -> str:
+    """``- Command: `python -m benchmark ...``` (``not recorded`` when empty)."""
+    return f"- Command: `{command}`" if command else "- Command: not recorded"
+
+
+def machine_text(
+    machine: dict[str, Any] | str | None, parts: tuple[str, ...] = MACHINE_PARTS
+) -> str:
+    """One line describing the hardware: platform, CPU and cores, GPU, device, torch threads.
+
+    Args:
+        machine: a ``benchmark.provenance.machine`` dict (or text, shown as is).
+        parts: which of ``MACHINE_PARTS`` to show; a part that was not recorded is left out.
+    """
+    if machine is None or machine == {}:
+        return "not recorded"
+    if not isinstance(machine, dict):
+        return str(machine)
+    texts = {
+        "platform": lambda: str(machine["platform"]),
+        "cpu": lambda: (
+            f"CPU: {machine['cpu']}"
+            + (f" ({machine['cores']} cores)" if machine.get("cores") else "")
+        ),
+        "gpu": lambda: f"GPU: {machine['gpu']}",
+        "device": lambda: f"device {machine['device']}",
+        "torch_threads": lambda: f"torch threads {machine['torch_threads']}",
+    }
+    shown = [texts[part]() for part in parts if machine.get(part)]
+    return "; ".join(shown) if shown else "not recorded"
+
+
+def libraries_text(machine: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
+    """``Python 3.11.7, torch 2.4.1`` (and the ``extra`` libraries that were recorded)."""
+    parts = [
+        f"{name} {machine[key]}"
+        for key, name in (("python", "Python"), ("torch", "torch"))
+        if machine.get(key)
+    ]
+    parts += [f"{key} {machine[key]}" for key in extra if machine.get(key)]
+    return ", ".join(parts)
+
+
+def git_text(sha: str | None) -> str:
+    """``git <sha>``, or ``git SHA not recorded``."""
+    return f"git {sha}" if sha else "git SHA not recorded"
+
+
+def started_finished(started: str | None, finished: str | None) -> str:
+    """``Started <time>, finished <time>`` (``not recorded`` for a missing time)."""
+    return f"Started {started or 'not recorded'}, finished {finished or 'not recorded'}"
+
+
+# -- REPORT.md's provenance section ------------------------------------------------------------
+
+
+def _machine(meta: dict[str, Any]) -> dict[str, Any]:
+    for key in ("machine", "provenance", "environment"):
+        value = meta.get(key)
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def _lookup(meta: dict[str, Any], *keys: str) -> Any:
+    machine = _machine(meta)
+    for key in keys:
+        if meta.get(key) is not None:
+            return meta[key]
+        if machine.get(key) is not None:
+            return machine[key]
+    return None
+
+
+def versions_text(meta: dict[str, Any]) -> str:
+    """Python, torch (and other recorded library versions) and the git SHA of a sweep."""
+    machine = _machine(meta)
+    found = {key: machine.get(key) or meta.get(key) for key in ("python", "torch")}
+    found.update({key: machine.get(key) for key in REPORT_LIBRARIES})
+    libraries = libraries_text(found, REPORT_LIBRARIES)
+    sha = git_text(_lookup(meta, "git_sha", "git"))
+    return f"{libraries}, {sha}" if libraries else sha
+
+
+def _protocol_lines(protocol: Any) -> list[str]:
+    if protocol is None:
+        return []
+    if isinstance(protocol, str):
+        return [f"- Protocol: {protocol}"]
+    if isinstance(protocol, dict):
+        items = [f"{k}: {setting_text(v)}" for k, v in protocol.items()]
+    else:
+        items = [str(p) for p in protocol]
+    return ["- Protocol:", *[f"  - {item}" for item in items]]
+
+
+def _secs(x: Any) -> str:
+    return "—" if x is None else f"{float(x):.1f} s"
+
+
+def pipeline_text(pipeline: dict[str, Any]) -> str:
+    """One line on the data pipeline: DataLoader + ToTensor epoch vs in-memory tensors."""
+    loader = pipeline.get("dataloader_seconds")
+    tensor = pipeline.get("tensor_seconds")
+    ratio = pipeline.get("ratio")
+    if ratio is None and loader and tensor:
+        ratio = loader / tensor
+    batches = pipeline.get("dataloader_batches_only_seconds")
+    text = f"- Data pipeline: one training epoch takes {_secs(loader)} with a DataLoader and "
+    text += "per-item ToTensor"
+    if batches is not None:
+        text += f" ({_secs(batches)} of it producing the batches)"
+    text += f", {_secs(tensor)} with the data held as tensors"
+    if ratio is not None:
+        text += f" ({fmt_num(ratio)}x)"
+    machine = pipeline.get("machine")
+    if machine:
+        text += f"; {machine_text(machine)}"
+    return text
+
+
+def _seed_mismatch(meta: dict[str, Any], selection_seed: int) -> str:
+    recorded = meta.get("selection_seed")
+    if recorded is None or recorded == selection_seed:
+        return ""
+    return f" Note: the sweep chose lambda with seed {recorded}; this report uses {selection_seed}."
+
+
+def record_shas(runs: Sequence[Run]) -> str:
+    """``sha (n runs), ...`` of the git SHAs recorded in the runs' provenance."""
+    counts = Counter(str(r.record.provenance.get("git_sha")) for r in runs)
+    return ", ".join(f"{sha} ({n} runs)" for sha, n in sorted(counts.items()))
+
+
+def results_version_text(runs: Sequence[Run]) -> str:
+    """Which harness made the records (``config.RESULTS_VERSION``), and what changed in it."""
+    counts = Counter(r.record.provenance.get("results_version", 1) for r in runs)
+    parts = [
+        f"version {v} ({n} runs: {RESULTS_VERSIONS.get(v, 'unknown')})"
+        for v, n in sorted(counts.items())
+    ]
+    return (
+        "- Harness: results "
+        + "; ".join(parts)
+        + ". The version is part of every run id, so records of another version are never reused"
+    )
+
+
+def peak_memory_text(runs: Sequence[Run]) -> str:
+    """The largest peak resident memory of any run (runs go one per process slot)."""
+    peaks = [(r.record.peak_rss_mb, r) for r in runs if r.record.peak_rss_mb is not None]
+    if not peaks:
+        return "- Peak memory: not recorded"
+    mb, run = max(peaks, key=lambda p: p[0])
+    return (
+        f"- Peak memory: {mb:,.0f} MiB resident, the largest of any run "
+        f"({run.record.config['sequence']}, {run.label}); each run's peak is in "
+        "[runs.csv](runs.csv)"
+    )
+
+
+def _when(meta: dict[str, Any]) -> str:
+    """``- Started ..., finished ...; duration ...`` (with the compute time summed over runs).
+
+    When the last invocation reused records of earlier ones (a resumed or extended sweep), the
+    duration is that invocation's, and the line says how many runs it ran and reused.
+    """
+    compute = meta.get("compute_seconds")
+    ran, total = meta.get("ran_now"), meta.get("runs")
+    scope = (
+        f" for the {ran} runs this invocation ran ({total - ran} records reused from earlier "
+        "invocations)"
+        if isinstance(ran, int) and isinstance(total, int) and 0 < ran < total
+        else ""
+    )
+    return (
+        f"- {started_finished(meta.get('started'), meta.get('finished'))}; duration "
+        f"{fmt_duration(meta.get('duration_seconds'))}{scope}"
+        + (f" (compute: {fmt_duration(compute)} summed over runs)" if compute is not None else "")
+    )
+
+
+def _records_text(runs: Sequence[Run]) -> str:
+    statuses = Counter(r.record.status for r in runs)
+    seeds = sorted({r.seed for r in runs})
+    return (
+        f"- Records: {len(runs)} runs ({statuses['diverged']} diverged, {statuses['failed']} "
+        f"failed); sequences {', '.join(sequences(runs))}; seeds "
+        f"{', '.join(str(s) for s in seeds)}; git SHAs in the records: {record_shas(runs)}"
+    )
+
+
+def report_provenance(
+    meta: dict[str, Any],
+    pipeline: dict[str, Any] | None,
+    runs: Sequence[Run],
+    selection_seed: int,
+) -> str:
+    """REPORT.md's "How this report was produced": command, machine, versions, dates, protocol."""
+    lines = [
+        "## How this report was produced",
+        "",
+        command_item(meta.get("command")),
+        f"- Machine: {machine_text(_machine(meta))}",
+        f"- Versions: {versions_text(meta)}",
+        _when(meta),
+        _records_text(runs),
+        peak_memory_text(runs),
+        results_version_text(runs),
+        *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
+        f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
+        f"validation split of seed {selection_seed}: the highest validation average accuracy, "
+        f"ties to the smaller lambda, diverged runs never chosen. Tables report the test split "
+        f"at the chosen lambda, mean ± half-width of a {CONFIDENCE:.0%} Student-t interval over "
+        f"seeds; diverged or failed runs are counted and left out."
+        + _seed_mismatch(meta, selection_seed),
+    ]
+    if pipeline:
+        lines.append(pipeline_text(pipeline))
+    lines.append(
+        "- Rebuilt from the run records alone (`benchmark.report.build_report`); "
+        "every run is listed in [runs.csv](runs.csv)."
+    )
+    return "\n".join(lines)
