@@ -25,6 +25,7 @@ from .device import DEVICES, device_kind, resolve_device  # noqa: F401  (re-expo
 from .methods import METHODS as METHOD_SPECS
 from .methods import MODES, label_of, method_names
 from .models import MODELS, check_model
+from .records import SETTINGS_ADDED_LATER
 from .tasks import SEQUENCES, check_n_tasks
 
 METHODS = method_names()
@@ -85,14 +86,15 @@ class RunConfig:
     def key(self) -> dict[str, Any]:
         """What the run id hashes: every field, the device as its kind, ``RESULTS_VERSION``.
 
-        Settings added after records exist are left out while at their default (empty
-        ``model_options``), so the ids of earlier runs do not change.
+        Settings added after records exist (``records.SETTINGS_ADDED_LATER``) are left out
+        while at their default, so the ids of earlier runs do not change.
         """
         d = self.to_dict()
         d["device"] = device_kind(self.device)
         d["results_version"] = RESULTS_VERSION
-        if not d["model_options"]:
-            del d["model_options"]
+        for name, default in SETTINGS_ADDED_LATER.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @property

@@ -20,6 +20,7 @@ divergence are ``None``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -38,6 +39,11 @@ READABLE_SCHEMAS = ("ewc-bench/run/1", SCHEMA)
 STATUSES = ("ok", "diverged", "failed")
 FAILURES = ("environment", "run")
 """Why a run failed: outside the run (retried on resume) or caused by its own configuration."""
+SETTINGS_ADDED_LATER: dict[str, Any] = {"model_options": {}}
+"""Run settings added after records were first written, with the default older records had.
+
+A record's config is completed with them when it is read (so old and new records of one run
+group together), and a run id leaves them out while at that default (so old ids stay valid)."""
 QUARANTINE = "quarantine"
 OLD_TEMP_SECONDS = 3600
 """A temporary file without an owner in its name (older writers) counts as dead after this."""
@@ -119,7 +125,9 @@ class RunRecord:
             if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
                 raise ValueError(f"{name} must be a list of rows")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{**{k: v for k, v in data.items() if k in known}, "schema": SCHEMA})
+        config = {**copy.deepcopy(SETTINGS_ADDED_LATER), **data["config"]}
+        fields = {k: v for k, v in data.items() if k in known}
+        return cls(**{**fields, "config": config, "schema": SCHEMA})
 
     @property
     def retry_by_default(self) -> bool:

@@ -110,9 +110,15 @@ class Curvature(ABC):
         (\theta - \theta^*)`, the EWC penalty with :math:`s = \lambda`, added after the loss's
         own backward: one matrix-vector product instead of a recorded quadratic form and its
         backward. ``params``, ``anchors`` and ``grads`` are lists in the layout's order
-        (``layout.names``); ``params`` are read, not differentiated. Diagonal and identity
-        curvatures act elementwise (``_apply_elementwise_``): three foreach kernels in all.
+        (``layout.names``), or mappings by parameter name (as ``quadratic`` takes); ``params``
+        are read, not differentiated. Diagonal and identity curvatures act elementwise
+        (``_apply_elementwise_``): three foreach kernels in all. ``estimators.EWC`` does the
+        bookkeeping (anchors, terms, names) for a training loop.
         """
+        params, anchors, grads = (
+            self._in_layout_order(values, what)
+            for values, what in ((params, "params"), (anchors, "anchors"), (grads, "grads"))
+        )
         self._check_triples(params, anchors, grads)
         if self._same_dtype_device(params, anchors, grads):
             delta = torch._foreach_sub(list(params), list(anchors))
@@ -125,6 +131,30 @@ class Curvature(ABC):
         product = self.matvec(flat)
         for g, f in zip(grads, self.layout.unflatten(product).values(), strict=True):
             g.add_(f.to(g.dtype), alpha=scale)
+
+    def _in_layout_order(
+        self, values: Sequence[torch.Tensor] | Mapping[str, torch.Tensor], what: str
+    ) -> Sequence[torch.Tensor]:
+        """A list in ``layout.names`` order, from a list or a mapping by name.
+
+        Raises:
+            ValueError: a mapping that lacks some of the layout's names (names them).
+            TypeError: anything but a sequence of tensors or a mapping of them.
+        """
+        if isinstance(values, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in values):
+            return values  # the training loop's case, checked first
+        if isinstance(values, Mapping):
+            missing = [n for n in self.layout.names if n not in values]
+            if missing:
+                raise ValueError(
+                    f"{what} lacks parameter(s) {', '.join(map(repr, missing))} of the "
+                    f"curvature's layout ({', '.join(self.layout.names)})"
+                )
+            return [values[n] for n in self.layout.names]
+        raise TypeError(
+            f"{what} must be a list of tensors in the layout's order "
+            f"({', '.join(self.layout.names)}) or a mapping from those names to tensors"
+        )
 
     def _apply_elementwise_(self, delta: list[torch.Tensor]) -> bool:
         """Where F acts elementwise (diagonal, identity): ``delta <- F delta`` in place, True.

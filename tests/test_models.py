@@ -8,6 +8,7 @@ from torch import nn
 
 import estimators
 from benchmark import models
+from benchmark.config import RunConfig
 from benchmark.models import MultiHead, make_model, n_parameters, task_forward
 
 
@@ -167,3 +168,51 @@ def test_task_forward_is_the_estimators_forward_option():
 def test_bad_names_and_sizes(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_model(**kwargs)
+
+
+# -- model specs and their options ------------------------------------------------------------
+def test_mlp_options_build_the_784_400_400_network():
+    model = make_model("mlp", options={"hidden": 400})
+    assert models.n_parameters(model) == 784 * 400 + 400 + 400 * 400 + 400 + 400 * 10 + 10
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    deep = make_model("mlp", options={"hidden": 8, "depth": 3, "bn": True})
+    assert sum(isinstance(m, nn.Linear) for m in deep.modules()) == 4
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in deep.modules()) == 3
+
+
+def test_tutorial_mlp_is_the_mlp_with_batchnorm_parameter_for_parameter():
+    torch.manual_seed(0)
+    tutorial = make_model("tutorial-mlp").state_dict()
+    torch.manual_seed(0)
+    same = make_model("mlp", options={"bn": True}).state_dict()
+    assert list(tutorial) == list(same)
+    assert all(torch.equal(tutorial[k], same[k]) for k in tutorial)
+
+
+def test_cnn_options():
+    cnn = make_model("cnn", options={"channels": [4, 8], "hidden": 32, "bn": True})
+    assert cnn(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in cnn.modules()) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("mlp", {"width": 4}, r"unknown option\(s\) 'width' for model 'mlp'; it takes: hidden"),
+        ("mlp", {"hidden": 0}, "model option hidden = 0 is invalid for 'mlp': a positive integer"),
+        ("mlp", {"bn": "yes"}, "true or false"),
+        ("cnn", {"channels": [4]}, "two positive integers"),
+        ("tutorial-mlp", {"hidden": 4}, "it takes: none"),
+    ],
+)
+def test_bad_model_options_say_what_is_allowed(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(name, options=options)
+    with pytest.raises(ValueError, match=message):
+        RunConfig(model=name, model_options=options)
+
+
+def test_model_options_are_part_of_the_run_id_only_when_set():
+    base = RunConfig(model="mlp")
+    assert base.run_id == RunConfig(model="mlp", model_options={}).run_id
+    assert base.run_id != RunConfig(model="mlp", model_options={"hidden": 400}).run_id

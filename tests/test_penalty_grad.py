@@ -121,3 +121,27 @@ def test_parameters_without_a_gradient_get_one(setup):
     penalty.add_gradients(model)  # no backward ran: every .grad is None
     for p in model.parameters():
         torch.testing.assert_close(p.grad, torch.ones_like(p))
+
+
+def test_accumulate_penalty_grad_takes_mappings_by_name_as_quadratic_does():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2)).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    curv = estimators.make("kfac-exact").fit(model, x, y)
+    names = curv.layout.names
+    params = dict(model.named_parameters())
+    anchors = {n: p.detach() + 0.1 for n, p in params.items()}
+    by_list = [torch.zeros_like(params[n]) for n in names]
+    curv.accumulate_penalty_grad(
+        [params[n].detach() for n in names], [anchors[n] for n in names], by_list, 2.0
+    )
+    by_name = {n: torch.zeros_like(p) for n, p in params.items()}
+    curv.accumulate_penalty_grad(
+        {n: p.detach() for n, p in reversed(params.items())}, anchors, by_name, 2.0
+    )
+    for n, g in zip(names, by_list):
+        torch.testing.assert_close(by_name[n], g, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"anchors lacks parameter\(s\) '2.bias'"):
+        curv.accumulate_penalty_grad(params, {n: anchors[n] for n in names[:-1]}, by_name, 1.0)
+    with pytest.raises(TypeError, match="params must be a list of tensors in the layout's order"):
+        curv.accumulate_penalty_grad("weights", anchors, by_name, 1.0)

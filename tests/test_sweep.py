@@ -217,3 +217,22 @@ def test_extend_settings_are_validated():
         parse_experiment({**TINY, "extend": -1})
     with pytest.raises(ValueError, match="extend_factor must be a number > 1"):
         parse_experiment({**TINY, "extend_factor": 1})
+
+
+def test_records_written_before_a_setting_existed_still_group_with_new_configs(tmp_path):
+    """A record without ``model_options`` (written before the setting existed) keeps its run id
+    and its lambda group: a resumed sweep reuses it and still chooses lambda from it."""
+    from benchmark.config import RunConfig
+    from benchmark.records import RunRecord
+
+    cfg = RunConfig(data="synthetic", method="ewc", estimator="diag-exact", lam=1.0)
+    old = RunRecord(run_id=cfg.run_id, config=cfg.to_dict(), acc_val=[[0.5, 0.5]]).to_dict()
+    del old["config"]["model_options"]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / f"{cfg.run_id}.json").write_text(json.dumps(old))
+    (record,) = read_records(tmp_path)
+    assert record.config["model_options"] == {}
+    assert RunConfig.from_dict(record.config).run_id == cfg.run_id
+    assert choose_lambdas([record], 0) == {group_key(cfg.to_dict()): 1.0}
+    wider = cfg.replace(model="mlp", model_options={"hidden": 8})
+    assert wider.run_id != cfg.replace(model="mlp").run_id  # a set option is part of the id

@@ -186,7 +186,7 @@ def errors(approx_c: Curvature, ref: Curvature, ref_sq: float) -> dict[str, floa
     }
 
 
-def compare(
+def compare_to_reference(
     curv: Curvature, reference: Reference, drift: torch.Tensor, directions: torch.Tensor
 ) -> dict[str, float]:
     """Frobenius (raw, scale-free), trace, and penalty errors on the drift and random directions."""
@@ -250,7 +250,7 @@ def ground_truth(
             "n_inputs": n_ref,
             "seed": 0,
         }
-        row.update(compare(curv, reference, trained.drift, dirs))
+        row.update(compare_to_reference(curv, reference, trained.drift, dirs))
         row.update(
             top_eigenvalue_ratio=float(vals[0] / ref_vals[0]),
             overlap_topk=approx.subspace_overlap(ref_vecs, vecs),
@@ -304,7 +304,9 @@ def convergence(
                     "n_inputs": n,
                     "seed": seed,
                 }
-                row.update(compare(curv, ref, trained.drift, dirs), fit_seconds=seconds)
+                row.update(
+                    compare_to_reference(curv, ref, trained.drift, dirs), fit_seconds=seconds
+                )
                 rows.append(row)
             bar(f"N={n} seed={seed}")
     x, y = subset(trained, cfg.n_ref, 0)
@@ -326,7 +328,9 @@ def convergence(
                     "mc_samples": k,
                     "against": exact_name,
                 }
-                row.update(compare(curv, exact, trained.drift, dirs), fit_seconds=seconds)
+                row.update(
+                    compare_to_reference(curv, exact, trained.drift, dirs), fit_seconds=seconds
+                )
                 rows.append(row)
         bar(mc_name)
     return rows
@@ -375,7 +379,9 @@ def tutorial_link(
             "seed": 0,
         }
         row.update(
-            compare(curv, reference, trained.drift, dirs), fit_seconds=seconds, nbytes=curv.nbytes
+            compare_to_reference(curv, reference, trained.drift, dirs),
+            fit_seconds=seconds,
+            nbytes=curv.nbytes,
         )
         rows.append(row)
         bar(f"tutorial {name}")
