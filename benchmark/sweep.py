@@ -15,6 +15,7 @@ front (``preflight``), and the results folder is locked for the sweep (``lock``)
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterable
@@ -327,8 +328,37 @@ def _run_phases(
     meta.update(
         started=started, finished=provenance.now(), duration_seconds=time.perf_counter() - t0
     )
+    meta["invocations"] = [*earlier_invocations(results, experiment.name), invocation(meta)]
     write_json_atomic(results / "sweep.json", meta)
     return meta
+
+
+INVOCATION_KEYS = ("started", "finished", "duration_seconds", "ran_now", "command")
+
+
+def invocation(meta: dict[str, Any]) -> dict[str, Any]:
+    """One invocation of a sweep, as ``sweep.json`` keeps it: when, how long, how many runs, how."""
+    entry = {k: meta.get(k) for k in INVOCATION_KEYS}
+    entry["git_sha"] = (meta.get("provenance") or {}).get("git_sha")
+    if entry["ran_now"] is None:  # written before sweeps counted: it ran what it reports
+        entry["ran_now"] = meta.get("runs")
+    return entry
+
+
+def earlier_invocations(results: Path, name: str) -> list[dict[str, Any]]:
+    """The invocations an existing ``sweep.json`` of the same experiment recorded (else none).
+
+    A resumed or extended sweep keeps them, so the report can state the wall time of every
+    invocation that made its records, not only the last one's.
+    """
+    try:
+        old = json.loads((results / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict) or old.get("experiment") != name:
+        return []
+    entries = old.get("invocations")
+    return list(entries) if isinstance(entries, list) else [invocation(old)]
 
 
 def _phases(

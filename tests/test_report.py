@@ -319,11 +319,17 @@ def test_mean_matrix_places_joint_in_last_row():
     assert all(v != v for v in mat[0])  # NaN: joint has no row after task 1
 
 
-def test_duration_says_when_an_invocation_reused_earlier_records():
+def test_duration_gives_every_invocation_when_records_came_from_several():
     from benchmark.report.provenance import _when
 
-    meta = {"started": "a", "finished": "b", "duration_seconds": 300.0, "compute_seconds": 3000.0}
-    assert "this invocation" not in _when({**meta, "runs": 275, "ran_now": 275})
-    line = _when({**meta, "runs": 295, "ran_now": 20})
-    assert "for the 20 runs this invocation ran (275 records reused from earlier" in line
-    assert "(compute: 50 min 00 s summed over runs)" in line
+    meta = {"started": "a", "finished": "b", "duration_seconds": 0.2, "compute_seconds": 3000.0}
+    one = _when({**meta, "invocations": [{"started": "a", "duration_seconds": 0.2}]})
+    assert one == "- Started a, finished b; duration 0.2 s (compute: 50 min 00 s summed over runs)"
+    calls = [
+        {"started": "s1", "duration_seconds": 2858.5, "ran_now": 275, "git_sha": "593c8a2400"},
+        {"started": "s2", "duration_seconds": 300.0, "ran_now": 18, "git_sha": "fc17b4a250"},
+        {"started": "s3", "duration_seconds": 0.2, "ran_now": 0, "git_sha": "0aeb23eba5"},
+    ]
+    line = _when({**meta, "invocations": calls})
+    assert line.startswith("- Made over 3 invocations, 52 min 39 s of wall time in all (compute")
+    assert "s1, 47 min 38 s for 275 runs (git 593c8a2); s2, 5 min 00 s for 18 runs" in line

@@ -236,3 +236,14 @@ def test_records_written_before_a_setting_existed_still_group_with_new_configs(t
     assert choose_lambdas([record], 0) == {group_key(cfg.to_dict()): 1.0}
     wider = cfg.replace(model="mlp", model_options={"hidden": 8})
     assert wider.run_id != cfg.replace(model="mlp").run_id  # a set option is part of the id
+
+
+def test_sweep_json_keeps_every_invocation(tmp_path):
+    exp = parse_experiment({**TINY, "seeds": [0]})
+    first = run_sweep(exp, tmp_path)
+    second = run_sweep(parse_experiment({**TINY, "seeds": [0]}), tmp_path)
+    assert [c["ran_now"] for c in first["invocations"]] == [first["runs"]]
+    assert [c["ran_now"] for c in second["invocations"]] == [first["runs"], 0]
+    assert second["invocations"][0] == first["invocations"][0]
+    other = parse_experiment({**TINY, "name": "other", "seeds": [0]})
+    assert len(run_sweep(other, tmp_path)["invocations"]) == 1  # another experiment: fresh

@@ -188,21 +188,26 @@ def peak_memory_text(runs: Sequence[Run]) -> str:
 def _when(meta: dict[str, Any]) -> str:
     """``- Started ..., finished ...; duration ...`` (with the compute time summed over runs).
 
-    When the last invocation reused records of earlier ones (a resumed or extended sweep), the
-    duration is that invocation's, and the line says how many runs it ran and reused.
+    When the records were made over several invocations (a resumed or extended sweep), the line
+    gives each invocation's wall time and how many runs it ran.
     """
     compute = meta.get("compute_seconds")
-    ran, total = meta.get("ran_now"), meta.get("runs")
-    scope = (
-        f" for the {ran} runs this invocation ran ({total - ran} records reused from earlier "
-        "invocations)"
-        if isinstance(ran, int) and isinstance(total, int) and 0 < ran < total
-        else ""
-    )
+    spent = f" (compute: {fmt_duration(compute)} summed over runs)" if compute is not None else ""
+    calls = [c for c in meta.get("invocations") or [] if isinstance(c, dict)]
+    if len(calls) > 1:
+        each = "; ".join(
+            f"{c.get('started') or 'not recorded'}, {fmt_duration(c.get('duration_seconds'))} "
+            f"for {c.get('ran_now', '?')} runs (git {str(c.get('git_sha'))[:7]})"
+            for c in calls
+        )
+        total = sum(float(c.get("duration_seconds") or 0) for c in calls)
+        return (
+            f"- Made over {len(calls)} invocations, {fmt_duration(total)} of wall time in all"
+            f"{spent}: {each}"
+        )
     return (
         f"- {started_finished(meta.get('started'), meta.get('finished'))}; duration "
-        f"{fmt_duration(meta.get('duration_seconds'))}{scope}"
-        + (f" (compute: {fmt_duration(compute)} summed over runs)" if compute is not None else "")
+        f"{fmt_duration(meta.get('duration_seconds'))}{spent}"
     )
 
 
