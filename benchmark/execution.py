@@ -93,13 +93,37 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch").start()
 
 
-def make_executor(jobs: int) -> Executor:
-    """In-process for one job; a spawn-based process pool for several, threads split evenly."""
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_jobs(jobs: int | str) -> int:
+    """``auto`` -> one run per available core (measured the faster split, see the README)."""
+    return available_cores() if jobs == "auto" else int(jobs)
+
+
+def threads_per_run(jobs: int, threads: int | None = None) -> int:
+    """Torch threads of each run: ``threads``, else the cores shared evenly among the jobs."""
+    return threads if threads is not None else max(1, available_cores() // jobs)
+
+
+def make_executor(jobs: int, threads: int | None = None) -> Executor:
+    """In-process for one job; a spawn-based process pool for several, threads split evenly.
+
+    In process, ``threads`` (when given) sets this process's torch threads; otherwise torch's
+    default (``OMP_NUM_THREADS``) stays.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if jobs == 1:
+        if threads is not None:
+            torch.set_num_threads(threads)
         return InlineExecutor()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_run(jobs, threads)
     return ProcessPoolExecutor(
         jobs,
         mp_context=get_context("spawn"),
@@ -125,9 +149,10 @@ def stop_executor(executor: Executor, *, kill: bool) -> None:
 class Pool:
     """A sweep's executor: replaced when a worker dies, killed when the sweep is interrupted."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, threads: int | None = None) -> None:
         self.jobs = jobs
-        self.executor = make_executor(jobs)
+        self.threads = threads
+        self.executor = make_executor(jobs, threads)
 
     @property
     def inline(self) -> bool:
@@ -137,7 +162,7 @@ class Pool:
     def rebuild(self) -> None:
         """A fresh executor after a worker died (the old one is broken)."""
         stop_executor(self.executor, kill=True)
-        self.executor = make_executor(self.jobs)
+        self.executor = make_executor(self.jobs, self.threads)
 
     def close(self, *, kill: bool = False) -> None:
         """Shut down (``kill``: at once, ending the workers)."""

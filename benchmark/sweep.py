@@ -24,9 +24,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import provenance
 from .config import FIELD_HELP, FLOAT32_MAX, RunConfig, device_kind
-from .execution import Pool, Tally, phase_summary, run_configs, sigterm_as_interrupt
+from .execution import (
+    Pool,
+    Tally,
+    phase_summary,
+    resolve_jobs,
+    run_configs,
+    sigterm_as_interrupt,
+    threads_per_run,
+)
 from .lock import FolderLock
 from .methods import METHODS, parse_label
 from .preflight import preflight
@@ -271,7 +281,8 @@ def run_sweep(
     experiment: Experiment,
     results: Path,
     *,
-    jobs: int = 1,
+    jobs: int | str = 1,
+    threads: int | None = None,
     root: str | None = None,
     download: bool = False,
     retry_failed: bool = False,
@@ -280,6 +291,9 @@ def run_sweep(
     out: Path | None = None,
 ) -> dict[str, Any]:
     """Both phases; writes ``<results>/sweep.json`` (experiment, command, machine, outcomes).
+
+    ``jobs`` runs at once (``auto``: one per available core), each with ``threads`` torch
+    threads (default: the cores shared evenly; with one job, torch's own default).
 
     Before any run: the preflight (data, device, writable ``results`` and ``out`` folders,
     memory budgets; ``PreflightError``), then the folder's lock (``FolderInUseError``, or wait).
@@ -303,17 +317,18 @@ def run_sweep(
     )
     results.mkdir(parents=True, exist_ok=True)
     with FolderLock(results, wait=wait), sigterm_as_interrupt():
-        return _run_phases(experiment, results, jobs, root, retry_failed)
+        return _run_phases(
+            experiment, results, Pool(resolve_jobs(jobs), threads), root, retry_failed
+        )
 
 
 def _run_phases(
-    experiment: Experiment, results: Path, jobs: int, root: str | None, retry_failed: bool
+    experiment: Experiment, results: Path, pool: Pool, root: str | None, retry_failed: bool
 ) -> dict[str, Any]:
     """Selection (with grid extensions), then the final seeds; then ``sweep.json``."""
     clean_partial(results)
     provenance.pin_git_sha()
     started, t0 = provenance.now(), time.perf_counter()
-    pool = Pool(jobs)
     ran: dict[str, Tally] = {}
     kill = True
     try:
@@ -328,6 +343,12 @@ def _run_phases(
     meta.update(
         started=started, finished=provenance.now(), duration_seconds=time.perf_counter() - t0
     )
+    meta["parallel"] = {
+        "jobs": pool.jobs,
+        "threads_per_run": torch.get_num_threads()
+        if pool.inline
+        else threads_per_run(pool.jobs, pool.threads),
+    }
     meta["invocations"] = [*earlier_invocations(results, experiment.name), invocation(meta)]
     write_json_atomic(results / "sweep.json", meta)
     return meta

@@ -247,3 +247,25 @@ def test_sweep_json_keeps_every_invocation(tmp_path):
     assert second["invocations"][0] == first["invocations"][0]
     other = parse_experiment({**TINY, "name": "other", "seeds": [0]})
     assert len(run_sweep(other, tmp_path)["invocations"]) == 1  # another experiment: fresh
+
+
+def test_jobs_and_threads(monkeypatch, tmp_path):
+    from benchmark import execution
+
+    monkeypatch.setattr(execution, "available_cores", lambda: 4)
+    assert execution.resolve_jobs("auto") == 4 and execution.resolve_jobs(3) == 3
+    assert execution.threads_per_run(2) == 2 and execution.threads_per_run(4) == 1
+    assert execution.threads_per_run(8) == 1 and execution.threads_per_run(2, 3) == 3
+    monkeypatch.undo()
+    exp = parse_experiment({**TINY, "seeds": [0]})
+    meta = run_sweep(exp, tmp_path, jobs=2, threads=1)
+    assert meta["parallel"] == {"jobs": 2, "threads_per_run": 1}
+    assert {r.provenance["torch_threads"] for r in read_records(tmp_path)} == {1}
+
+
+def test_cli_jobs_accepts_auto_and_refuses_zero():
+    from benchmark.cli.common import jobs_arg
+
+    assert jobs_arg("auto") == "auto" and jobs_arg("2") == 2
+    with pytest.raises(Exception, match="positive integer"):
+        jobs_arg("0")

@@ -33,6 +33,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def jobs_arg(text: str) -> int | str:
+    """An argparse type: ``auto`` (one run per available core) or an integer >= 1."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def seed_list(text: str) -> list[int]:
     """An argparse type: comma-separated seeds, each an integer >= 0, at least one."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

@@ -16,7 +16,14 @@ from typing import Any
 
 from ..config import FIELD_HELP, RunConfig
 from ..errors import FAILED_RUNS_STATUS, UserError
-from .common import add_data_args, parse_assignments, parse_value, positive_int, seed_list
+from .common import (
+    add_data_args,
+    jobs_arg,
+    parse_assignments,
+    parse_value,
+    positive_int,
+    seed_list,
+)
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,12 +80,7 @@ def _add_sweep_like(
     p.add_argument(
         "--results", default=None, help="results folder (default results/<experiment name>)"
     )
-    p.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=1,
-        help="runs in parallel (local process pool; default 1)",
-    )
+    _add_parallel_args(p)
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -116,6 +118,24 @@ def _add_sweep_like(
         _add_reproduce_args(p)
     add_data_args(p)
     return p
+
+
+def _add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """``--jobs`` and ``--threads``: how many runs at once, with how many threads each."""
+    p.add_argument(
+        "--jobs",
+        type=jobs_arg,
+        default=1,
+        help="runs at once in a local process pool: a number, or auto (one per available core, "
+        "what `make reproduce` uses); default 1 (in this process)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads per run (default: the cores shared evenly among the jobs; with "
+        "--jobs 1, torch's default, e.g. OMP_NUM_THREADS)",
+    )
 
 
 def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -217,6 +237,7 @@ def _sweep(args: argparse.Namespace, exp: Any, out: Path | None) -> dict[str, An
         exp,
         results,
         jobs=args.jobs,
+        threads=args.threads,
         root=args.data_root,
         download=args.download,
         retry_failed=args.retry_failed,

@@ -221,6 +221,23 @@ def _records_text(runs: Sequence[Run]) -> str:
     )
 
 
+def parallel_text(meta: dict[str, Any], runs: Sequence[Run]) -> str:
+    """How many runs ran at once and with how many torch threads each (from the records)."""
+    threads = Counter(r.record.provenance.get("torch_threads") for r in runs)
+    per_run = ", ".join(
+        f"{t if t is not None else 'not recorded'} ({n} runs)"
+        for t, n in sorted(threads.items(), key=lambda item: (item[0] is None, item[0] or 0))
+    )
+    jobs = (meta.get("parallel") or {}).get("jobs")
+    at_once = f"{jobs} runs at once in the last invocation; " if jobs else ""
+    return (
+        f"- Parallelism: {at_once}torch threads per run: {per_run}. Numbers are bitwise "
+        "reproducible for the same machine and thread count; the per-step costs of the cost "
+        "table are measured inside the runs (plain and penalised steps interleaved, so both see "
+        "the same load, including other runs sharing the machine)"
+    )
+
+
 def report_provenance(
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
@@ -237,6 +254,7 @@ def report_provenance(
         _when(meta),
         _records_text(runs),
         peak_memory_text(runs),
+        parallel_text(meta, runs),
         results_version_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
