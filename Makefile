@@ -72,11 +72,15 @@ timing: install  ## Estimator timing and peak-memory table -> reports/timing.md.
 # threads. On the 2-core reference machine two runs of one thread each finished the quick
 # protocol 1.48x faster than one run of two threads (README); JOBS=1 runs in this process.
 JOBS ?= auto
+# Runs trained together as one stacked model (runs that differ only in lambda and seed); 1 = each
+# run alone. Default 1: with JOBS=auto the tutorial network gains nothing from it (scaling.md).
+GROUP_SIZE ?= 1
 RESULTS ?= results
 
 reproduce: data-check install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
 	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
-		--results $(RESULTS)/default --out reports --jobs $(JOBS)
+		--results $(RESULTS)/default --out reports --jobs $(JOBS) \
+		--group-size $(GROUP_SIZE)
 	$(MAKE) study
 
 costs: install  ## What each estimator costs: `make timing` then `make scaling` (run on an idle machine).
@@ -91,7 +95,8 @@ study: install  ## Approximation study (full vs KFAC vs diagonal) -> reports/STU
 
 reproduce-quick: data-check install  ## The same pipeline scaled down (< 5 min) -> reports/quick/.
 	$(PY) -m benchmark reproduce --experiment quick --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
-		--results $(RESULTS)/quick --out reports/quick --jobs $(JOBS)
+		--results $(RESULTS)/quick --out reports/quick --jobs $(JOBS) \
+		--group-size $(GROUP_SIZE)
 
 report: install  ## Rebuild reports/ from the stored records alone (no training).
 	$(PY) -m benchmark report --results $(RESULTS)/default --out reports

@@ -47,7 +47,9 @@ from . import provenance
 from .config import RunConfig
 from .data import DataError
 from .errors import DeviceError
+from .methods import METHODS
 from .records import RunRecord, load_record, record_path, write_record
+from .selection import group_key
 
 PARENT_POLL_SECONDS = 0.5
 """How often a worker checks that its driver is alive."""
@@ -149,9 +151,10 @@ def stop_executor(executor: Executor, *, kill: bool) -> None:
 class Pool:
     """A sweep's executor: replaced when a worker dies, killed when the sweep is interrupted."""
 
-    def __init__(self, jobs: int, threads: int | None = None) -> None:
+    def __init__(self, jobs: int, threads: int | None = None, group_size: int = 1) -> None:
         self.jobs = jobs
         self.threads = threads
+        self.group_size = group_size
         self.executor = make_executor(jobs, threads)
 
     @property
@@ -230,6 +233,43 @@ def execute(
     return record.to_dict()
 
 
+def execute_unit(
+    configs: list[dict[str, Any]], root: str | None, download: bool, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Run a unit of configs: alone, or as one group (``benchmark.grouped``); records as dicts.
+
+    A group that cannot be trained together, or that fails, is run again one config at a time,
+    so a failing run fails alone, never its group.
+    """
+    if len(configs) == 1:
+        return [execute(configs[0], root, download, progress)]
+    from .grouped import run_group  # imported here, as the harness is
+
+    try:
+        records = run_group([RunConfig.from_dict(c) for c in configs], root=root, download=download)
+    except Exception:  # GroupError, or any failure: each run on its own says what went wrong
+        return [execute(c, root, download, progress) for c in configs]
+    return [r.to_dict() for r in records]
+
+
+def pack(configs: list[RunConfig], group_size: int) -> list[tuple[RunConfig, ...]]:
+    """Units of at most ``group_size`` configs that differ only in lambda and seed, in order.
+
+    Joint runs stay alone (nothing to stack). With ``group_size`` 1, every config is its own unit.
+    """
+    if group_size <= 1:
+        return [(c,) for c in configs]
+    families: dict[str, list[RunConfig]] = {}
+    for c in configs:
+        key = c.run_id if METHODS[c.method].joint else group_key(c.to_dict())
+        families.setdefault(key, []).append(c)
+    return [
+        tuple(members[i : i + group_size])
+        for members in families.values()
+        for i in range(0, len(members), group_size)
+    ]
+
+
 # -- many runs -----------------------------------------------------------------------------------
 
 
@@ -272,53 +312,84 @@ def run_configs(
     retry_failed: bool = False,
     desc: str = "runs",
 ) -> Tally:
-    """Run every config not done yet (see ``plan``); write each record as it arrives."""
+    """Run every config not done yet (see ``plan``); write each record as it arrives.
+
+    Configs go in units (``pack``: groups of up to ``pool.group_size`` runs trained together).
+    """
     todo, reused = plan(configs, results, retry_failed)
-    tally = Tally(reused=reused)
-    queue = list(reversed(todo))  # pop() from the end: the configs' order
-    attempts: Counter = Counter()  # worker deaths blamed on each run
-    suspects: set[str] = set()  # in flight with others when a worker died: they run alone
-    in_flight: dict[Future, RunConfig] = {}
-    bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not todo, dynamic_ncols=True)
-    window = 1 if pool.inline else 2 * pool.jobs
-    progress = pool.inline and sys.stderr.isatty()
+    runner = _Runner(pool, results, Tally(reused=reused), (root, download))
+    runner.queue = list(reversed(pack(todo, pool.group_size)))  # pop(): the configs' order
+    runner.bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not todo, dynamic_ncols=True)
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < window:
-                together = (queue[-1], *in_flight.values())
-                if in_flight and any(c.run_id in suspects for c in together):
-                    break  # a suspect runs alone
-                cfg = queue.pop()
-                _show(bar, tally, len(in_flight) + 1, f"{cfg.sequence} {cfg.label}")
-                future = pool.executor.submit(execute, cfg.to_dict(), root, download, progress)
-                in_flight[future] = cfg
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            alone = len(in_flight) == 1  # a death can only be blamed on a run alone in flight
-            died, retry = False, []
-            for future in done:
-                cfg = in_flight.pop(future)
-                if _died(future):
-                    died = True
-                    if alone:
-                        attempts[cfg.run_id] += 1
-                record = _outcome(future, cfg, attempts[cfg.run_id] if alone else 0)
-                if record is None:  # its worker died: try again
-                    retry.append(cfg)
-                    continue
-                write_record(results, record)
-                tally.ran[record.status] += 1
-                bar.update(1)
-                _show(bar, tally, len(in_flight), "")
-            if died:  # the pool is broken: a new one, and its other runs are tried again
-                retry += in_flight.values()
-                if not alone:  # which of them killed the worker is unknown: each runs alone
-                    suspects.update(c.run_id for c in retry)
-                queue += retry
-                in_flight.clear()
-                pool.rebuild()
+        while runner.queue or runner.in_flight:
+            runner.fill()
+            runner.collect()
     finally:
-        bar.close()
-    return tally
+        runner.bar.close()
+    return runner.tally
+
+
+Unit = tuple[RunConfig, ...]
+
+
+class _Runner:
+    """The submission loop of ``run_configs``: a window of units in flight, deaths handled."""
+
+    def __init__(self, pool: Pool, results: Path, tally: Tally, where: tuple) -> None:
+        self.pool, self.results, self.tally, self.where = pool, results, tally, where
+        self.queue: list[Unit] = []
+        self.in_flight: dict[Future, Unit] = {}
+        self.attempts: Counter = Counter()  # worker deaths blamed on each run
+        self.suspects: set[str] = set()  # in flight with others when a worker died: run alone
+        self.bar: tqdm = tqdm(disable=True)
+        self.window = 1 if pool.inline else 2 * pool.jobs
+        self.progress = pool.inline and sys.stderr.isatty()
+
+    def fill(self) -> None:
+        """Submit units until the window is full (a suspect runs alone)."""
+        while self.queue and len(self.in_flight) < self.window:
+            together = [*self.queue[-1], *(c for u in self.in_flight.values() for c in u)]
+            if self.in_flight and any(c.run_id in self.suspects for c in together):
+                return
+            unit = self.queue.pop()
+            _show(self.bar, self.tally, len(self.in_flight) + 1, _what(unit))
+            dicts = [c.to_dict() for c in unit]
+            future = self.pool.executor.submit(execute_unit, dicts, *self.where, self.progress)
+            self.in_flight[future] = unit
+
+    def collect(self) -> None:
+        """Write the records of finished units; after a worker's death, a new pool and retries."""
+        done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
+        alone = len(self.in_flight) == 1 and len(next(iter(self.in_flight.values()))) == 1
+        died, retry = False, []
+        for future in done:
+            unit = self.in_flight.pop(future)
+            if _died(future):
+                died = True
+                if alone:
+                    self.attempts[unit[0].run_id] += 1
+            records = _outcomes(future, unit, self.attempts[unit[0].run_id] if alone else 0)
+            if records is None:  # its worker died: try again
+                retry.append(unit)
+                continue
+            for record in records:
+                write_record(self.results, record)
+                self.tally.ran[record.status] += 1
+            self.bar.update(len(records))
+            _show(self.bar, self.tally, len(self.in_flight), "")
+        if died:  # the pool is broken: a new one, and its other runs are tried again, alone
+            retry += self.in_flight.values()
+            singles = [(c,) for u in retry for c in u]
+            if not alone:  # which of them killed the worker is unknown: each runs alone
+                self.suspects.update(u[0].run_id for u in singles)
+            self.queue += singles
+            self.in_flight.clear()
+            self.pool.rebuild()
+
+
+def _what(unit: Unit) -> str:
+    first = unit[0]
+    return f"{first.sequence} {first.label}" + (f" x{len(unit)}" if len(unit) > 1 else "")
 
 
 def _died(future: Future) -> bool:
@@ -326,19 +397,19 @@ def _died(future: Future) -> bool:
     return isinstance(future.exception(), BrokenProcessPool)
 
 
-def _outcome(future: Future, cfg: RunConfig, attempts: int) -> RunRecord | None:
-    """The record a finished future stands for; None when its worker died and a try is left.
+def _outcomes(future: Future, unit: Unit, attempts: int) -> list[RunRecord] | None:
+    """The records a finished unit stands for; None when its worker died and a try is left.
 
-    ``attempts``: the worker deaths blamed on this run so far (this one included).
+    ``attempts``: the worker deaths blamed on this (single-run) unit so far, this one included.
     """
     try:
-        return RunRecord.from_dict(future.result())
+        return [RunRecord.from_dict(d) for d in future.result()]
     except BrokenProcessPool:
-        if attempts < MAX_ATTEMPTS:
+        if len(unit) > 1 or attempts < MAX_ATTEMPTS:
             return None
-        return failed_record(cfg, WORKER_DIED.format(attempts=attempts), "environment")
+        return [failed_record(unit[0], WORKER_DIED.format(attempts=attempts), "environment")]
     except Exception as err:  # e.g. a record or config that could not be sent between processes
-        return failed_record(cfg, f"{type(err).__name__}: {err}", "run")
+        return [failed_record(c, f"{type(err).__name__}: {err}", "run") for c in unit]
 
 
 def _show(bar: tqdm, tally: Tally, running: int, what: str) -> None:

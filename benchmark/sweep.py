@@ -283,6 +283,7 @@ def run_sweep(
     *,
     jobs: int | str = 1,
     threads: int | None = None,
+    group_size: int = 1,
     root: str | None = None,
     download: bool = False,
     retry_failed: bool = False,
@@ -293,7 +294,9 @@ def run_sweep(
     """Both phases; writes ``<results>/sweep.json`` (experiment, command, machine, outcomes).
 
     ``jobs`` runs at once (``auto``: one per available core), each with ``threads`` torch
-    threads (default: the cores shared evenly; with one job, torch's own default).
+    threads (default: the cores shared evenly; with one job, torch's own default). With
+    ``group_size`` > 1, runs that differ only in lambda and seed train together, up to that many
+    per process (``benchmark.grouped``); each still gets its own record.
 
     Before any run: the preflight (data, device, writable ``results`` and ``out`` folders,
     memory budgets; ``PreflightError``), then the folder's lock (``FolderInUseError``, or wait).
@@ -318,7 +321,7 @@ def run_sweep(
     results.mkdir(parents=True, exist_ok=True)
     with FolderLock(results, wait=wait), sigterm_as_interrupt():
         return _run_phases(
-            experiment, results, Pool(resolve_jobs(jobs), threads), root, retry_failed
+            experiment, results, Pool(resolve_jobs(jobs), threads, group_size), root, retry_failed
         )
 
 
@@ -345,6 +348,7 @@ def _run_phases(
     )
     meta["parallel"] = {
         "jobs": pool.jobs,
+        "group_size": pool.group_size,
         "threads_per_run": torch.get_num_threads()
         if pool.inline
         else threads_per_run(pool.jobs, pool.threads),

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .methods.base import Regulariser
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(logits, targets) -> 0-dim loss``."""
 OPTIMIZERS = ("adam", "sgd")
 CHECK_EVERY = 50
 """Steps between checks for a non-finite loss (each check synchronises with the device)."""
@@ -82,14 +84,16 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     regulariser: Regulariser | None = None,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> torch.Tensor:
-    """One optimizer step on cross-entropy (+ the regulariser); returns the loss (detached).
+    """One optimizer step on the loss (+ the regulariser); returns the loss (detached).
 
-    The regulariser's gradient enters in closed form after the loss's backward; its
-    ``after_step`` hook runs after the optimizer's step. A regulariser without terms yet (the
-    first task) costs nothing.
+    The loss is the mean cross-entropy unless ``loss_fn`` says otherwise (runs trained together
+    sum their own means, see ``benchmark.grouped``). The regulariser's gradient enters in closed
+    form after the loss's backward; its ``after_step`` hook runs after the optimizer's step. A
+    regulariser without terms yet (the first task) costs nothing.
     """
-    loss = F.cross_entropy(forward(model, x), y)
+    loss = loss_fn(forward(model, x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     active = regulariser is not None and regulariser.active

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import batched, diag, full, identity, kfac
+from . import batched, diag, ekfac, full, identity, kfac
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .diag import DiagCurvature
+from .ekfac import EKFACCurvature
 from .errors import FisherMemoryError
 from .estimator import Estimator
 from .full import DenseCurvature, LowRankCurvature
@@ -27,9 +28,15 @@ from .kfac import KFACCurvature
 from .layout import ParamLayout
 from .penalty import EWC
 from .registry import Declaration, Registry
+from .stacking import StackedPenalty
 
 _REGISTRY = Registry(
-    identity.DECLARATION, batched.DECLARATION, diag.DECLARATION, kfac.DECLARATION, full.DECLARATION
+    identity.DECLARATION,
+    batched.DECLARATION,
+    diag.DECLARATION,
+    kfac.DECLARATION,
+    ekfac.DECLARATION,
+    full.DECLARATION,
 )
 """Every estimator, from the declaration at the end of its structure's file (see ``registry``)."""
 
@@ -86,12 +93,14 @@ __all__ = [
     "Curvature",
     "DenseCurvature",
     "DiagCurvature",
+    "EKFACCurvature",
     "Estimator",
     "FisherMemoryError",
     "IdentityCurvature",
     "KFACCurvature",
     "LowRankCurvature",
     "ParamLayout",
+    "StackedPenalty",
     "declare",
     "make",
     "names",

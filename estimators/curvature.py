@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import NotImplementedType
 from typing import ClassVar
 
@@ -155,6 +155,17 @@ class Curvature(ABC):
             f"{what} must be a list of tensors in the layout's order "
             f"({', '.join(self.layout.names)}) or a mapping from those names to tensors"
         )
+
+    @classmethod
+    def _stacked_matmul(
+        cls, curvatures: Sequence[Curvature]
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Closed form of ``rows -> [F_s rows_s]_s`` for S curvatures of this class (``stacking``).
+
+        ``rows`` is ``[S, P]``, row s multiplied by ``curvatures[s]``, all of one layout. None
+        (the default) means no batched form: ``stacking`` then takes one matvec per curvature.
+        """
+        return None
 
     def _apply_elementwise_(self, delta: list[torch.Tensor]) -> bool:
         """Where F acts elementwise (diagonal, identity): ``delta <- F delta`` in place, True.

@@ -7,6 +7,7 @@ materialising :math:`u` (e.g. one matmul of :math:`g^2` and :math:`a^2` for ``nn
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from types import NotImplementedType
 from typing import Any
 
@@ -46,6 +47,14 @@ class DiagCurvature(Curvature):
             self._views = list(self.layout.unflatten(self.diag).values())
         torch._foreach_mul_(delta, self._views)
         return True
+
+    @classmethod
+    def _stacked_matmul(
+        cls, curvatures: Sequence[Curvature]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``rows * [f_s]_s``: one elementwise product over the stacked diagonals ``[S, P]``."""
+        stacked = torch.stack([c.diag for c in curvatures])  # type: ignore[attr-defined]
+        return lambda rows: rows * stacked
 
     def diagonal_flat(self) -> torch.Tensor:
         """The stored diagonal."""

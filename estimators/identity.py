@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from types import NotImplementedType
 
 import numpy as np
@@ -37,6 +38,19 @@ class IdentityCurvature(Curvature):
         """``delta_i <- s * delta_i`` (one foreach kernel)."""
         torch._foreach_mul_(delta, self.scale)
         return True
+
+    @classmethod
+    def _stacked_matmul(
+        cls, curvatures: Sequence[Curvature]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``rows * [s_s]_s``: each run's scale on its row."""
+        first = curvatures[0].layout
+        scales = torch.tensor(
+            [c.scale for c in curvatures],  # type: ignore[attr-defined]
+            dtype=first.dtype,
+            device=first.device,
+        ).unsqueeze(1)
+        return lambda rows: rows * scales
 
     def diagonal_flat(self) -> torch.Tensor:
         r""":math:`s \mathbf{1}`."""

@@ -19,6 +19,7 @@ closed forms) gets its exact diagonal. Quadratic forms use
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import NotImplementedType
 from typing import Any
@@ -106,6 +107,33 @@ class KFACCurvature(Curvature):
             blk.scatter(blk.G @ blk.gather(rows) @ blk.A, out)
         out[:, self.rest_index] = rows[:, self.rest_index] * self.rest_diag
         return out.T
+
+    @classmethod
+    def _stacked_matmul(
+        cls, curvatures: Sequence[Curvature]
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        r"""Per block one batched :math:`G_s [\Delta W | \Delta b]_s A_s` over the S runs.
+
+        None unless every curvature has the first one's blocks (same layers, same layout).
+        """
+        first = curvatures[0]
+        assert isinstance(first, KFACCurvature)
+        if not all(isinstance(c, KFACCurvature) and first._same_blocks(c) for c in curvatures):
+            return None
+        kfacs = [c for c in curvatures if isinstance(c, KFACCurvature)]
+        a_s = [torch.stack([c.blocks[i].A for c in kfacs]) for i in range(len(first.blocks))]
+        g_s = [torch.stack([c.blocks[i].G for c in kfacs]) for i in range(len(first.blocks))]
+        rest = torch.stack([c.rest_diag for c in kfacs])
+        index = first.rest_index
+
+        def apply(rows: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(rows)
+            for blk, a, g in zip(first.blocks, a_s, g_s, strict=True):
+                blk.scatter(g @ blk.gather(rows) @ a, out)
+            out[:, index] = rows[:, index] * rest
+            return out
+
+        return apply
 
     def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
         row = d.unsqueeze(0)

@@ -114,27 +114,36 @@ class EWC:
     __call__ = loss
 
     @torch.no_grad()
-    def add_gradients(self, model: Parameters) -> None:
+    def add_gradients(
+        self, model: Parameters, grads: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         r"""Add the penalty's gradient :math:`\lambda \sum_t F_t (\theta - \theta_t)` to ``.grad``.
 
         Call after the loss's ``backward()``: the same gradient as differentiating
         ``self.loss(model)``, without recording the quadratic forms
         (``Curvature.accumulate_penalty_grad``: elementwise for diagonal and identity curvatures,
         one matrix-vector product otherwise). Parameters without a gradient yet get one.
+        ``grads`` (name -> tensor) receives the gradient instead of the parameters' ``.grad``,
+        e.g. views into the gradients of several runs stacked in one tensor.
         """
         named = _named(model)
         for anchor, curvature in self.terms:
             names = curvature.layout.names
             try:
                 ps = [named[n] for n in names]
+                gs = None if grads is None else [grads[n] for n in names]
             except KeyError:  # say which and why (the shapes are checked per call below)
                 _check(named, curvature)
+                if grads is not None:
+                    _check(grads, curvature)
                 raise
-            for p in ps:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
+            if gs is None:
+                for p in ps:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                gs = [p.grad for p in ps]
             curvature.accumulate_penalty_grad(
-                [p.detach() for p in ps], [anchor[n] for n in names], [p.grad for p in ps], self.lam
+                [p.detach() for p in ps], [anchor[n] for n in names], gs, self.lam
             )
 
     @property

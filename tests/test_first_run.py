@@ -727,7 +727,8 @@ class DyingExecutor:
     def flush(self) -> None:
         pending, self.pending = self.pending, []
         for _, _, args in pending:
-            run_id = RunConfig.from_dict(args[0]).run_id
+            (config,) = args[0]  # a unit of one run (group size 1)
+            run_id = RunConfig.from_dict(config).run_id
             left = self.dies.get(run_id, 0)
             if left is None or left > 0:
                 if left is not None:
@@ -752,6 +753,7 @@ class DyingPool:
         self.executors = [self.executor]
 
     inline = False
+    group_size = 1
 
     def rebuild(self) -> None:
         self.rebuilds += 1

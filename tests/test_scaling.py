@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import cli
-from benchmark.costs import scaling
+from benchmark.costs import scaling, throughput, time_split
 from benchmark.records import RunRecord
 from benchmark.report import scaling as scaling_report
 from benchmark.report import scaling_figures
@@ -128,19 +128,19 @@ def test_run_time_split_by_hand():
         step_ms=[2.0, 2.0],
         penalty_ms=[None, 1.0],
     )
-    split = scaling.run_time_split(record)
+    split = time_split.run_time_split(record)
     # task 2: the penalty is 1 ms of a 3 ms step, a third of its 12 s of training
     assert split == {"training": 18.0, "penalty": 4.0, "estimation": 1.0, "evaluation": 1.0}
 
 
 def test_time_split_from_sample_records():
     sample = Path(__file__).parent / "data" / "records_sample"
-    split = scaling.time_split(str(sample))
+    split = time_split.time_split(str(sample))
     assert split["rows"] and split["reason"] is None
     for row in split["rows"]:
         assert row["runs"] >= 1
         assert all(row[k] >= 0 for k in scaling_report.SPLIT_PARTS)
-    missing = scaling.time_split("/nonexistent/results")
+    missing = time_split.time_split("/nonexistent/results")
     assert missing["rows"] == [] and "not a folder" in missing["reason"]
 
 
@@ -164,6 +164,27 @@ def test_cli_end_to_end(tmp_path, capsys):
     record = json.loads((out / "scaling.json").read_text())
     assert record["schema"] == scaling.SCHEMA
     assert record["time_split"] is None
+    assert [(r["network"], r["group_size"]) for r in record["throughput"]] == [
+        ("mlp-16", 1),
+        ("mlp-16", 2),
+    ]
+    assert "| mlp-16 | 2 |" in text
+
+
+def test_throughput_rates_and_ratio(monkeypatch):
+    """Runs per minute are 60 S / median seconds; the speed-up is grouped over alone."""
+    clock = iter([10.0, 4.0, 30.0, 6.0, 20.0, 5.0])  # alone, grouped, alone, grouped, ...
+    monkeypatch.setattr(throughput, "_seconds", lambda call: next(clock))
+    config = throughput.ThroughputConfig(networks=("mlp-16",), sizes=(4,), repeats=3)
+    (row,) = throughput.measure_throughput(config)
+    assert row["runs_per_min_alone"] == pytest.approx(60 * 4 / 20.0)
+    assert row["runs_per_min_grouped"] == pytest.approx(60 * 4 / 5.0)
+    assert row["speedup"] == pytest.approx(4.0)
+    configs = throughput.member_configs(config, "mlp-16", 3)
+    assert [c.seed for c in configs] == [0, 1, 2]
+    assert len({c.replace(seed=0).run_id for c in configs}) == 1
+    with pytest.raises(ValueError, match="unknown network 'vgg'"):
+        throughput.measure_throughput(throughput.ThroughputConfig(networks=("vgg",)))
 
 
 def test_cli_rejects_bad_numbers(capsys):

@@ -259,7 +259,7 @@ def test_jobs_and_threads(monkeypatch, tmp_path):
     monkeypatch.undo()
     exp = parse_experiment({**TINY, "seeds": [0]})
     meta = run_sweep(exp, tmp_path, jobs=2, threads=1)
-    assert meta["parallel"] == {"jobs": 2, "threads_per_run": 1}
+    assert meta["parallel"] == {"jobs": 2, "threads_per_run": 1, "group_size": 1}
     assert {r.provenance["torch_threads"] for r in read_records(tmp_path)} == {1}
 
 

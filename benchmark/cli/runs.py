@@ -136,6 +136,13 @@ def _add_parallel_args(p: argparse.ArgumentParser) -> None:
         help="torch threads per run (default: the cores shared evenly among the jobs; with "
         "--jobs 1, torch's default, e.g. OMP_NUM_THREADS)",
     )
+    p.add_argument(
+        "--group-size",
+        type=positive_int,
+        default=1,
+        help="train up to this many runs that differ only in lambda and seed together, as one "
+        "stacked model (one record each; default 1: each run alone)",
+    )
 
 
 def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -238,6 +245,7 @@ def _sweep(args: argparse.Namespace, exp: Any, out: Path | None) -> dict[str, An
         results,
         jobs=args.jobs,
         threads=args.threads,
+        group_size=args.group_size,
         root=args.data_root,
         download=args.download,
         retry_failed=args.retry_failed,

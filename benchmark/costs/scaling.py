@@ -35,8 +35,7 @@ import gc
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -47,8 +46,6 @@ from estimators.curvature import DEFAULT_MEMORY_BUDGET
 
 from ..device import synchronizer
 from ..models import INPUT_PIXELS, mlp, n_parameters
-from ..outcomes import load_records, penalty_seconds, summarise
-from ..records import RunRecord
 from .measure import (
     Progress,
     SetupError,
@@ -62,6 +59,8 @@ from .measure import (
     timed,
     warn_if_busy,
 )
+from .throughput import ThroughputConfig, measure_throughput
+from .time_split import time_split
 from .workloads import (
     PENALTY_BATCH,
     PENALTY_WARMUP_STEPS,
@@ -103,6 +102,7 @@ class ScalingConfig:
         memory_budget: the full-Fisher budget in bytes (the dense limit's line).
         memory: measure extra peak memory (one more call per row).
         results: a sweep's results folder for the time split, or None.
+        throughput: runs per minute alone vs grouped (``throughput``), or None to skip.
     """
 
     n_values: tuple[int, ...] = (100, 300, 1000, 3000, 10000)
@@ -131,6 +131,7 @@ class ScalingConfig:
     results: str | None = None
     command: str = ""
     quick: bool = False
+    throughput: ThroughputConfig | None = field(default_factory=ThroughputConfig)
 
     def __post_init__(self) -> None:
         for field_name in ("n_values", "widths", "depths", "classes", "past_tasks"):
@@ -175,6 +176,7 @@ def quick_config(**overrides: Any) -> ScalingConfig:
         penalty_steps=3,
         repeats=1,
         quick=True,
+        throughput=ThroughputConfig(("mlp-16",), (1, 2), epochs=1, fisher_samples=16, repeats=1),
     )
     settings.update(overrides)
     return ScalingConfig(**settings)
@@ -391,41 +393,6 @@ def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
     }
 
 
-# -- time split of whole runs (from a sweep's records) ----------------------------------------
-
-
-def run_time_split(record: RunRecord) -> dict[str, float]:
-    """Seconds of one run split into training (without penalty), penalty, estimation, evaluation.
-
-    The penalty's part of each task's training time is ``outcomes.penalty_seconds``.
-    """
-    penalty = sum(penalty_seconds(record))
-    return {
-        "training": float(sum(record.train_seconds)) - penalty,
-        "penalty": penalty,
-        "estimation": float(sum(record.estimate_seconds)),
-        "evaluation": float(sum(record.eval_seconds)),
-    }
-
-
-def time_split(results: str | None) -> dict[str, Any] | None:
-    """Mean time split per (sequence, method) over the selected runs of a sweep, or None."""
-    if results is None:
-        return None
-    path = Path(results)
-    if not path.is_dir():
-        return {"source": str(path), "rows": [], "reason": f"{path} is not a folder"}
-    runs = [r for r in summarise(load_records(path)) if r.selected and r.record.status == "ok"]
-    groups: dict[tuple[str, str, str], list[dict[str, float]]] = {}
-    for run in runs:
-        groups.setdefault((run.sequence, run.bn, run.label), []).append(run_time_split(run.record))
-    rows = []
-    for (sequence, bn, label), splits in sorted(groups.items()):
-        mean = {k: statistics.fmean(s[k] for s in splits) for k in splits[0]}
-        rows.append({"sequence": sequence, "bn": bn, "method": label, "runs": len(splits), **mean})
-    return {"source": str(path), "rows": rows, "reason": None if rows else "no finished runs"}
-
-
 # -- the whole measurement ---------------------------------------------------------------------
 
 
@@ -434,7 +401,9 @@ def total_ticks(config: ScalingConfig) -> int:
     ticks = len(config.n_values) * point_ticks(config, config.n_estimators)
     ticks += (len(config.widths) + len(config.depths)) * point_ticks(config, config.size_estimators)
     ticks += len(config.classes) * point_ticks(config, config.class_estimators)
-    return ticks + min(PENALTY_WARMUP_STEPS, config.penalty_steps) + config.penalty_steps
+    ticks += min(PENALTY_WARMUP_STEPS, config.penalty_steps) + config.penalty_steps
+    t = config.throughput
+    return ticks + (len(t.networks) * len(t.sizes) if t else 0)
 
 
 def measure_all(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
@@ -469,6 +438,9 @@ def measure_all(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
             lambda c: c,
         ),
         "penalty": sweep_penalty(config, progress),
+        "throughput": measure_throughput(config.throughput, progress.tick)
+        if config.throughput
+        else None,
     }
 
 

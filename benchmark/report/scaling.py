@@ -273,6 +273,35 @@ def split_section(record: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def throughput_section(record: dict[str, Any]) -> list[str]:
+    """Runs per minute one by one against trained together (``costs.throughput``)."""
+    rows = record.get("throughput")
+    lines = ["## Runs per minute: one by one against trained together", ""]
+    if not rows:
+        return [*lines, "Not measured in this record.", ""]
+    t = record["settings"]["throughput"]
+    lines += [
+        f"Whole runs (two synthetic tasks of 1,080 training inputs, {t['epochs']} epochs, "
+        f"EWC with {t['estimator']} fitted on {t['fisher_samples']} inputs, evaluation "
+        "included) per minute: S runs of seeds 0..S-1 trained one after the other "
+        "(`--group-size 1`) against the same S runs trained as one stacked model "
+        "(`--group-size S`), each the median of "
+        f"{t['repeats']} alternating repeats in one process at this record's thread count. "
+        "The speed-up is the ratio measured in the same run; the lone rates depend on the "
+        "machine's load. Grouped runs give the records they give alone to float32 tolerance "
+        "(`tests/test_grouped.py`).",
+        "",
+        "| network | group size S | runs/min alone | runs/min grouped | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['group_size']} | {r['runs_per_min_alone']:.1f} | "
+            f"{r['runs_per_min_grouped']:.1f} | {r['speedup']:.2f}x |"
+        )
+    return [*lines, ""]
+
+
 def figures_section(figures: Sequence[str]) -> list[str]:
     """Links to the figures that were drawn."""
     if not figures:
@@ -293,6 +322,7 @@ def render_markdown(record: dict[str, Any], figures: Sequence[str] = ()) -> str:
         penalty_section(record),
         dense_section(record),
         split_section(record),
+        throughput_section(record),
         figures_section(figures),
     ]
     return "\n".join(line for part in parts for line in part).rstrip() + "\n"
