@@ -11,6 +11,18 @@ structures that can add: identity, diagonal, dense). With the identity curvature
 penalty to the old weights. Every estimator's F is the mean of per-input Fisher matrices, so one
 lambda means the same thing for all of them.
 
+Separate mode with dense curvatures keeps one merged term whatever the number of tasks, exactly:
+with :math:`M = \sum_t F_t`, the latest anchor :math:`\theta_T`,
+:math:`r = \sum_t F_t (\theta_T - \theta_t)` and
+:math:`c = \sum_t (\theta_T - \theta_t)^\top F_t (\theta_T - \theta_t)`,
+
+.. math::
+    \sum_t (\theta - \theta_t)^\top F_t (\theta - \theta_t)
+    = (\theta - \theta_T)^\top M (\theta - \theta_T) + 2 r^\top (\theta - \theta_T) + c,
+
+so memory is one P x P matrix and a training step one matvec, instead of T of each (the dense
+matrix of a later task is added in place: ``consolidate`` takes ownership of it).
+
 Two ways to train with it, the same step up to rounding:
 
 >>> ewc = EWC(lam=1000.0)                                  # doctest: +SKIP
@@ -38,6 +50,7 @@ import torch
 from torch import nn
 
 from .curvature import Curvature
+from .full import DenseCurvature
 
 Parameters = nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 MODES = ("separate", "online")
@@ -68,6 +81,8 @@ class EWC:
         self.mode = mode
         self.gamma = float(gamma)
         self.terms: list[tuple[dict[str, torch.Tensor], Curvature]] = []
+        self.offsets: list[tuple[torch.Tensor, float] | None] = []
+        """Per term, ``(r, c)`` of merged dense terms (module docstring), else None."""
 
     def __bool__(self) -> bool:
         return bool(self.terms)
@@ -92,8 +107,36 @@ class EWC:
         if self.mode == "online" and self.terms:
             curvature = self.terms[0][1].add(curvature, self.gamma)
             self.terms = [(anchor, curvature)]
+        elif self._merges(curvature):
+            self._merge_dense(anchor, curvature)
         else:
             self.terms.append((anchor, curvature))
+            self.offsets.append(None)
+
+    def _merges(self, curvature: Curvature) -> bool:
+        """Separate mode, a dense curvature after a dense term: fold it in (module docstring)."""
+        return (
+            self.mode == "separate"
+            and isinstance(curvature, DenseCurvature)
+            and len(self.terms) == 1
+            and type(self.terms[0][1]) is DenseCurvature
+            and curvature.layout == self.terms[0][1].layout
+        )
+
+    def _merge_dense(self, anchor: dict[str, torch.Tensor], curvature: DenseCurvature) -> None:
+        r"""``M += F_T``, ``r += M_old \Delta``, ``c += 2 r_old^T \Delta + \Delta^T M_old \Delta``.
+
+        :math:`\Delta = \theta_T - \theta_{T-1}` is the move of the anchor.
+        """
+        old_anchor, merged = self.terms[0]
+        layout = merged.layout
+        delta = layout.flatten(anchor) - layout.flatten(old_anchor)
+        r, c = self.offsets[0] or (torch.zeros_like(delta), 0.0)
+        moved = merged.matvec(delta)
+        c = c + float(2.0 * torch.dot(r, delta) + torch.dot(delta, moved))
+        curvature.matrix.add_(merged.matrix)  # the new task's matrix becomes M (in place)
+        self.terms[0] = (anchor, curvature)
+        self.offsets[0] = (r + moved, c)
 
     def loss(self, model: Parameters) -> torch.Tensor:
         r"""The penalty as a differentiable 0-dim tensor (zero before the first consolidation).
@@ -102,9 +145,13 @@ class EWC:
         """
         named = _named(model)  # once: ``model`` may be a one-shot iterator
         total = None
-        for anchor, curvature in self.terms:
+        for (anchor, curvature), offset in zip(self.terms, self.offsets, strict=True):
             _check(named, curvature)
-            q = curvature.quadratic({n: named[n] - a for n, a in anchor.items()})
+            delta = {n: named[n] - a for n, a in anchor.items()}
+            q = curvature.quadratic(delta)
+            if offset is not None:
+                flat = torch.cat([delta[n].reshape(-1) for n in curvature.layout.names])
+                q = q + 2.0 * torch.dot(offset[0], flat) + offset[1]
             total = q if total is None else total + q
         if total is None:
             first = next(iter(named.values()), None)
@@ -127,7 +174,7 @@ class EWC:
         e.g. views into the gradients of several runs stacked in one tensor.
         """
         named = _named(model)
-        for anchor, curvature in self.terms:
+        for (anchor, curvature), offset in zip(self.terms, self.offsets, strict=True):
             names = curvature.layout.names
             try:
                 ps = [named[n] for n in names]
@@ -145,11 +192,15 @@ class EWC:
             curvature.accumulate_penalty_grad(
                 [p.detach() for p in ps], [anchor[n] for n in names], gs, self.lam
             )
+            if offset is not None:
+                parts = curvature.layout.unflatten(offset[0]).values()
+                torch._foreach_add_(gs, list(parts), alpha=self.lam)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all curvature terms (anchors not counted)."""
-        return sum(c.nbytes for _, c in self.terms)
+        """Bytes held by all curvature terms and merged offsets (anchors not counted)."""
+        offsets = sum(o[0].numel() * o[0].element_size() for o in self.offsets if o is not None)
+        return sum(c.nbytes for _, c in self.terms) + offsets
 
 
 def _named(model: Parameters) -> dict[str, torch.Tensor]:

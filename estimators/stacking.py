@@ -16,6 +16,7 @@ is one batched product over the runs that hold a term t (``Curvature._stacked_ma
 - any other structure (dense, low-rank factor): one matvec per run, as alone (stacking S dense
   P x P matrices would multiply their memory, and their products are memory-bound anyway).
 
+Merged dense terms (``EWC`` in separate mode) add their constant offset ``r`` row by row.
 The stacked tensors are built once per consolidation (they are cached by the identity of the
 runs' curvatures) and the result equals the per-run ``EWC.add_gradients`` up to rounding.
 """
@@ -54,18 +55,28 @@ class _Term:
     """Past task t of the runs ``index`` that hold it: their anchors, lambdas and curvatures."""
 
     def __init__(
-        self, index: list[int], terms: list[tuple[dict, Curvature]], lams: list[float]
+        self,
+        index: list[int],
+        terms: list[tuple[dict, Curvature]],
+        offsets: list[tuple[torch.Tensor, float] | None],
+        lams: list[float],
     ) -> None:
         names = terms[0][1].layout.names
         self.index = torch.tensor(index)
         self.anchors = torch.stack([torch.cat([a[n].reshape(-1) for n in names]) for a, _ in terms])
         self.lams = torch.tensor(lams, dtype=self.anchors.dtype).unsqueeze(1)
         self.matmul = stacked_matmul([c for _, c in terms])
+        self.offsets = None  # the r of merged dense terms (``EWC``), zero rows for the others
+        if any(o is not None for o in offsets):
+            zero = torch.zeros_like(self.anchors[0])
+            self.offsets = torch.stack([zero if o is None else o[0] for o in offsets])
 
     def add_into(self, total: torch.Tensor, theta: torch.Tensor) -> None:
-        """``total[index] += lam * F (theta[index] - anchors)``."""
+        """``total[index] += lam * (F (theta[index] - anchors) + offsets)``."""
         index = self.index.to(theta.device)
         product = self.matmul(theta.index_select(0, index) - self.anchors)
+        if self.offsets is not None:
+            product += self.offsets
         total.index_add_(0, index, self.lams.to(theta.device) * product)
 
 
@@ -83,15 +94,17 @@ class StackedPenalty:
 
     def _plan(self) -> list[_Term]:
         """One ``_Term`` per past task index, rebuilt when any run consolidated since."""
-        key = tuple(id(c) for p in self.penalties if p is not None for _, c in p.terms)
+        key = tuple(id(x) for p in self.penalties if p is not None for t in p.terms for x in t)
         if key != self._key:
             self._key, self._terms = key, []
             depth = max((len(p.terms) for p in self.penalties if p is not None), default=0)
             for t in range(depth):
                 runs = [s for s, p in enumerate(self.penalties) if p is not None and len(p) > t]
-                terms = [self.penalties[s].terms[t] for s in runs]  # type: ignore[union-attr]
-                lams = [self.penalties[s].lam for s in runs]  # type: ignore[union-attr]
-                self._terms.append(_Term(runs, terms, lams))
+                held = [self.penalties[s] for s in runs]
+                terms = [p.terms[t] for p in held]  # type: ignore[union-attr]
+                offsets = [p.offsets[t] for p in held]  # type: ignore[union-attr]
+                lams = [p.lam for p in held]  # type: ignore[union-attr]
+                self._terms.append(_Term(runs, terms, offsets, lams))
         return self._terms
 
     @torch.no_grad()

@@ -145,3 +145,31 @@ def test_accumulate_penalty_grad_takes_mappings_by_name_as_quadratic_does():
         curv.accumulate_penalty_grad(params, {n: anchors[n] for n in names[:-1]}, by_name, 1.0)
     with pytest.raises(TypeError, match="params must be a list of tensors in the layout's order"):
         curv.accumulate_penalty_grad("weights", anchors, by_name, 1.0)
+
+
+def test_separate_dense_terms_merge_exactly(setup):
+    """Three dense tasks become one P x P term; loss and gradient equal the explicit sum."""
+    model, x, y, _ = setup
+    penalty = estimators.EWC(lam=2.0)
+    kept = []  # (anchor, F) copies: consolidate takes ownership of the matrices
+    for t in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        curv = estimators.make("full-exact", representation="dense").fit(model, x[t:], y[t:])
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        kept.append((flat.clone(), curv.matrix.clone()))
+        penalty.consolidate(model, curv)
+    assert len(penalty) == 1 and penalty.nbytes == kept[0][1].numel() * 8 + flat.numel() * 8
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    explicit = sum(torch.dot(theta - a, m @ (theta - a)) for a, m in kept)
+    torch.testing.assert_close(penalty(model).detach(), 0.5 * 2.0 * explicit, rtol=1e-12, atol=0)
+    grad = 2.0 * sum(m @ (theta - a) for a, m in kept)
+    for p in model.parameters():
+        p.grad = None
+    penalty.add_gradients(model)
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(got, grad, rtol=1e-11, atol=1e-14)
