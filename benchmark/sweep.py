@@ -202,7 +202,9 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
                     **study.get("method_settings", {}).get(label, {}),
                 }
                 _check_keys(f"method_settings for {label!r}", per_method, FIELD_HELP)
-                fields = {**settings, **per_method, **overrides, **parse_method(label), "bn": bn}
+                known = {**settings, **per_method}.get("estimator_options", {})
+                from_label = parse_label(label, known)
+                fields = {**settings, **per_method, **overrides, **from_label, "bn": bn}
                 base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": selection_seed})
                 grid = _lambda_grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
                 if all(g.base != base for g in groups):  # --set bn can merge two groups

@@ -209,3 +209,23 @@ def test_ewc_loss_is_zero_before_any_task_and_on_the_model_device():
     model, _, _ = _fitted()
     loss = estimators.EWC(lam=1.0).loss(model)
     assert float(loss) == 0.0 and loss.device == next(model.parameters()).device
+
+
+def test_labels_carry_the_rank_of_a_structure():
+    from benchmark.methods import label_of, parse_label, sort_key
+
+    fields = parse_label("ewc lowrank-exact rank=50", {"memory_budget": 10})
+    assert fields == {
+        "method": "ewc",
+        "estimator": "lowrank-exact",
+        "mode": "separate",
+        "estimator_options": {"memory_budget": 10, "rank": 50},
+    }
+    assert label_of(fields) == "ewc lowrank-exact rank=50"
+    assert label_of({**fields, "estimator_options": {"memory_budget": 10}}) == "ewc lowrank-exact"
+    assert "estimator_options" not in parse_label("ewc kfac-exact", {"memory_budget": 10})
+    labels = ["ewc lowrank-exact rank=200", "ewc lowrank-exact rank=8", "ewc diag-exact"]
+    assert sorted(labels, key=sort_key) == [labels[2], labels[1], labels[0]]
+    for bad in ("ewc lowrank-exact rank=big", "ewc kfac-exact damping=3", "l2 rank=5"):
+        with pytest.raises(ValueError, match="bad option|unknown method"):
+            parse_label(bad)

@@ -20,7 +20,7 @@ from typing import Any
 
 import estimators
 
-from .base import Method, Regulariser
+from .base import LABEL_OPTIONS, Method, Regulariser
 from .ewc import CurvatureRegulariser, fit_curvature
 from .mas import mas_regulariser
 
@@ -74,8 +74,12 @@ def label_of(config: Mapping[str, Any]) -> str:
     return method.label(config) if method else str(config.get("method"))
 
 
-def parse_label(label: str) -> dict[str, Any]:
+def parse_label(label: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``'ewc kfac-mc'`` -> ``{method: ewc, estimator: kfac-mc, mode: separate}``; ``mas-online``.
+
+    After the estimator, ``key=value`` tokens set the ``LABEL_OPTIONS`` (integers):
+    ``'ewc lowrank-exact rank=50'`` adds ``estimator_options = {rank: 50}``, on top of
+    ``options`` (the estimator options set elsewhere, e.g. a study's memory budget).
 
     Raises:
         ValueError: an unknown method or a malformed label, listing the forms allowed.
@@ -84,9 +88,32 @@ def parse_label(label: str) -> dict[str, Any]:
     name, online = (head[: -len("-online")], True) if head.endswith("-online") else (head, False)
     method = METHODS.get(name)
     mode = "online" if online else "separate"
-    if method is None or mode not in method.modes or len(rest) != int(method.takes_estimator):
+    rest, label_options = _label_options(label, rest)
+    takes = method is not None and method.takes_estimator
+    wrong = method is None or mode not in method.modes or len(rest) != int(takes)
+    if wrong or (label_options and not takes):  # options belong to an estimator
         raise ValueError(f"unknown method {label!r}; use {', '.join(label_forms())}")
-    return {"method": name, "estimator": rest[0] if rest else None, "mode": mode}
+    fields: dict[str, Any] = {"method": name, "estimator": rest[0] if rest else None, "mode": mode}
+    if label_options:
+        fields["estimator_options"] = {**(options or {}), **label_options}
+    return fields
+
+
+def _label_options(label: str, tokens: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Split ``key=value`` tokens (``LABEL_OPTIONS``, integer values) from the others."""
+    words, options = [], {}
+    for token in tokens:
+        if "=" not in token:
+            words.append(token)
+            continue
+        key, _, value = token.partition("=")
+        if key not in LABEL_OPTIONS or not value.isdigit():
+            raise ValueError(
+                f"bad option {token!r} in method {label!r}: a label may set "
+                f"{', '.join(LABEL_OPTIONS)} to an integer (e.g. 'ewc lowrank-exact rank=50')"
+            )
+        options[key] = int(value)
+    return words, options
 
 
 def label_forms() -> list[str]:
@@ -110,7 +137,13 @@ def sort_key(label: str) -> tuple[int, int, int, str]:
     names = estimators.names()
     est = fields["estimator"]
     rank = names.index(est) if est in names else len(names)
-    return METHODS[fields["method"]].order, fields["mode"] == "online", rank, (est or "") + suffix
+    options = "".join(f" {k}={v:09d}" for k, v in fields.get("estimator_options", {}).items())
+    return (
+        METHODS[fields["method"]].order,
+        fields["mode"] == "online",
+        rank,
+        (est or "") + options + suffix,
+    )
 
 
 __all__ = [

@@ -45,6 +45,10 @@ class Regulariser(Protocol):
         """Per-step hook, after the optimizer's step (path-integral methods accumulate here)."""
 
 
+LABEL_OPTIONS = ("rank",)
+"""Estimator options that are part of a method's label (they change the structure itself)."""
+
+
 @dataclass(frozen=True)
 class Method:
     """One method of the benchmark.
@@ -70,6 +74,14 @@ class Method:
     order: int = 50
 
     def label(self, config: Mapping[str, Any]) -> str:
-        """``baseline``, ``l2``, ``ewc diag-exact``, ``ewc-online diag-exact``, ``mas-online``."""
+        """``baseline``, ``l2``, ``ewc diag-exact``, ``ewc-online diag-exact``, ``mas-online``.
+
+        Estimator options that make another structure (``LABEL_OPTIONS``: the rank of
+        ``lowrank-*``) follow as ``key=value``: ``ewc lowrank-exact rank=50``.
+        """
         text = self.name + ("-online" if config.get("mode") == "online" else "")
-        return f"{text} {config.get('estimator')}" if self.takes_estimator else text
+        if not self.takes_estimator:
+            return text
+        options = config.get("estimator_options") or {}
+        shown = [f"{k}={options[k]}" for k in LABEL_OPTIONS if k in options]
+        return " ".join([text, str(config.get("estimator")), *shown])
