@@ -107,6 +107,11 @@ def check_data(
     return problems
 
 
+def model_text(c: RunConfig) -> str:
+    """``mlp`` or ``mlp hidden=16``: the model and its options."""
+    return " ".join([c.model, *(f"{k}={v}" for k, v in sorted(c.model_options.items()))])
+
+
 def check_memory(configs: Iterable[RunConfig]) -> list[str]:
     """Each run's curvature against its memory budget, before any training.
 
@@ -118,20 +123,22 @@ def check_memory(configs: Iterable[RunConfig]) -> list[str]:
         name = "identity" if c.method == "l2" else c.estimator
         if c.method not in ("l2", "ewc") or name is None:
             continue
-        key = (c.sequence, c.n_tasks, c.model, name, repr(sorted(c.estimator_options.items())))
+        options = (c.model_options, c.estimator_options)
+        key = (c.sequence, c.n_tasks, c.model, name, c.fisher_samples, repr(options))
         if key in seen:
             continue
         seen.add(key)
         n_heads, n_outputs = heads_of(c.sequence, c.n_tasks)
         with torch.device("cpu"):
-            model = make_model(c.model, n_outputs, n_heads)
+            model = make_model(c.model, n_outputs, n_heads, c.model_options)
         try:
             estimators.make(name, **c.estimator_options).check_memory(
                 model, c.fisher_samples, n_outputs
             )
         except estimators.FisherMemoryError as err:
             problems.append(
-                f"{c.sequence} {c.label} ({c.model}, fisher_samples = {c.fisher_samples}): {err}"
+                f"{c.sequence} {c.label} ({model_text(c)}, fisher_samples = {c.fisher_samples}): "
+                f"{err}"
             )
     return problems
 

@@ -1013,3 +1013,23 @@ def test_redact_argv(monkeypatch, tmp_path):
 def test_project_license_is_a_string():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert isinstance(project["license"], str) and project["license"]
+
+
+def test_the_memory_check_builds_the_model_with_its_options():
+    """The check sizes the network the run trains (model options) at each run's sample count."""
+    from benchmark.preflight import check_memory
+
+    small = RunConfig(
+        model="mlp",
+        model_options={"hidden": 16},
+        method="ewc",
+        estimator="full-exact",
+        estimator_options={"representation": "factor", "memory_budget": 600 * 2**20},
+        fisher_samples=1000,
+    )
+    assert check_memory([small]) == []  # 10,000 rows x P = 13,002: 496 MiB
+    big = small.replace(model_options={"hidden": 100})  # P = 89,610: 3.3 GiB
+    (problem,) = check_memory([small, big])
+    assert "mlp hidden=100" in problem and "89,610" in problem
+    (problem,) = check_memory([small, small.replace(fisher_samples=2000)])
+    assert "fisher_samples = 2000" in problem
