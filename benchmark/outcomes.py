@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .config import BN_MODES, SEQUENCES
+from .config import BN_MODES, PENALISED, SEQUENCES
 from .methods import label_of, sort_key
 from .records import RunRecord, quarantine, read_records
 from .selection import choose_lambdas, group_key, is_selected
@@ -51,6 +51,8 @@ class Run:
         test_avg: test average accuracy.
         forgetting: test forgetting (``metrics.forgetting``).
         bwt: test backward transfer (``metrics.backward_transfer``).
+        at_edge: a penalised run whose lambda is the smallest or the largest its group tried on
+            the selection seed, so that the chosen value may not be bracketed (``grid_edges``).
     """
 
     record: RunRecord
@@ -65,6 +67,7 @@ class Run:
     test_avg: float | None
     forgetting: float | None
     bwt: float | None
+    at_edge: bool = False
 
     @property
     def ok(self) -> bool:
@@ -225,6 +228,7 @@ def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run
     records = list(records)
     chosen = choose_lambdas(records, selection_seed)
     labels = display_labels(records)
+    edges = grid_edges(records, selection_seed)
     runs = []
     for r in records:
         c = r.config
@@ -242,9 +246,23 @@ def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run
                 test_avg=_metric(metrics.average_accuracy, r.acc_test, r),
                 forgetting=_metric(metrics.forgetting, r.acc_test, r),
                 bwt=_metric(metrics.backward_transfer, r.acc_test, r),
+                at_edge=float(c.get("lam", 0.0)) in edges.get(group_key(c), ()),
             )
         )
     return sorted(runs, key=run_sort_key)
+
+
+def grid_edges(records: Iterable[RunRecord], selection_seed: int) -> dict[str, tuple[float, ...]]:
+    """``group key -> (smallest, largest)`` lambda tried on the selection seed, penalised only.
+
+    A choice at one of them is not bracketed by the grid: the best value may lie beyond it.
+    """
+    tried: dict[str, set[float]] = {}
+    for r in records:
+        c = r.config
+        if c.get("method") in PENALISED and c.get("seed") == selection_seed:
+            tried.setdefault(group_key(c), set()).add(float(c.get("lam", 0.0)))
+    return {key: (min(lams), max(lams)) for key, lams in tried.items()}
 
 
 def run_sort_key(run: Run) -> tuple:
