@@ -1,4 +1,4 @@
-"""Tiny float64 models as test cases: data, not loops (see STYLE.md)."""
+"""Tiny float64 models as test cases: data, not loops."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ in the table; the run continues."""
 
 TIMING_EPILOG = """\
 examples:
-  OMP_NUM_THREADS=2 python -m benchmark timing --data-root ../shared/data --out reports
+  OMP_NUM_THREADS=2 python -m benchmark timing --data-root $EWC_BENCH_DATA --out reports
   python -m benchmark timing --sizes 1000 --names diag-exact,kfac-exact --repeats 3
   python -m benchmark timing --quick --no-memory        # a smoke run in seconds"""
 
