@@ -268,6 +268,7 @@ def _train(
             sync(device)
             r.estimate_seconds.append(time.perf_counter() - start if regs[s] else 0.0)
             r.curvature_bytes.append(nbytes)
+            r.representations.append(getattr(regs[s], "last_structure", None))
         if not any(alive):
             return
 

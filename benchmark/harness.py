@@ -244,6 +244,7 @@ def _run_sequential(
         sync(device)
         record.estimate_seconds.append(time.perf_counter() - start if regulariser else 0.0)
         record.curvature_bytes.append(nbytes)
+        record.representations.append(getattr(regulariser, "last_structure", None))
 
 
 def _train(

@@ -18,17 +18,24 @@ code (``benchmark.costs.scaling``'s time split) need; it renders nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import metrics
 from .config import BN_MODES, PENALISED, SEQUENCES
 from .methods import label_of, sort_key
+from .models import make_model, n_parameters
 from .records import RunRecord, quarantine, read_records
 from .selection import choose_lambdas, group_key, is_selected
+from .tasks import heads_of
+
+FLOAT32_BYTES = 4
 
 VARIANT_IGNORE = ("lam", "seed", "device", "bn", "sequence")
 """Settings that never disambiguate a method label (they are the tables' own axes)."""
@@ -250,6 +257,41 @@ def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run
             )
         )
     return sorted(runs, key=run_sort_key)
+
+
+def representation(record: RunRecord) -> str:
+    """The representation of the run's last curvature (``Curvature.summary``), '' without one.
+
+    Records made before representations were recorded: derived from the estimator and the
+    curvature's bytes (a full Fisher of R x P float32 entries is a factor of R rows, of P x P a
+    dense matrix; P from the run's network).
+    """
+    known = [x for x in record.representations if x]
+    if known:
+        return known[-1]
+    c = record.config
+    name = "identity" if c.get("method") == "l2" else c.get("estimator")
+    if c.get("method") == "mas":
+        return "diag"
+    if not name or not record.curvature_bytes:
+        return ""
+    if not str(name).startswith("full-"):
+        return str(name).split("-")[0]
+    p = _parameter_count(json.dumps(c, sort_keys=True))
+    rows, rest = divmod(max(record.curvature_bytes), FLOAT32_BYTES * p)
+    if rest or not rows:
+        return "full"
+    return "full-dense" if rows == p else f"full-factor {rows} rows"
+
+
+@functools.lru_cache(maxsize=64)
+def _parameter_count(config_json: str) -> int:
+    """P of the network a run config trains (built on the CPU, never trained)."""
+    c = json.loads(config_json)
+    n_heads, n_outputs = heads_of(str(c.get("sequence")), c.get("n_tasks"))
+    with torch.device("cpu"):
+        model = make_model(str(c.get("model")), n_outputs, n_heads, c.get("model_options") or {})
+    return n_parameters(model)
 
 
 def grid_edges(records: Iterable[RunRecord], selection_seed: int) -> dict[str, tuple[float, ...]]:

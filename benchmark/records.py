@@ -69,6 +69,9 @@ class RunRecord:
         estimate_seconds: per task, wall time of fitting the curvature (0 without one).
         eval_seconds: per task, wall time of evaluating every task.
         curvature_bytes: per task, bytes of the curvature fitted after it (0 without one).
+        representations: per task, the representation of that curvature
+            (``Curvature.summary``: ``diag``, ``kfac``, ``full-dense``, ``full-factor 200 rows``,
+            ...), None without one; empty in records made before it was recorded.
         step_ms: per task, median time of one plain training step (forward, loss, backward,
             optimizer step) measured after the task; None where not measured.
         penalty_ms: per task, median extra time per step that the penalty in force during that
@@ -92,6 +95,7 @@ class RunRecord:
     estimate_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
     curvature_bytes: list[int] = field(default_factory=list)
+    representations: list[str | None] = field(default_factory=list)
     step_ms: list[float | None] = field(default_factory=list)
     penalty_ms: list[float | None] = field(default_factory=list)
     train_loss: list[float | None] = field(default_factory=list)

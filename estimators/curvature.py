@@ -156,6 +156,11 @@ class Curvature(ABC):
             f"({', '.join(self.layout.names)}) or a mapping from those names to tensors"
         )
 
+    @property
+    def summary(self) -> str:
+        """The representation in a few words, for records and reports (default: ``structure``)."""
+        return self.structure
+
     @classmethod
     def _stacked_matmul(
         cls, curvatures: Sequence[Curvature]

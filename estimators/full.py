@@ -139,6 +139,11 @@ class LowRankCurvature(Curvature):
     def _dense(self) -> torch.Tensor:
         return self.factor.T @ self.factor
 
+    @property
+    def summary(self) -> str:
+        """``full-factor R rows``: F has rank at most R."""
+        return f"full-factor {self.factor.shape[0]} rows"
+
     def gram(self) -> torch.Tensor:
         r""":math:`U U^\top` (R x R): same non-zero eigenvalues as F, far cheaper when R << P."""
         return self.factor @ self.factor.T

@@ -56,6 +56,9 @@ def _agree(group_record, alone_record, size: int = 3) -> None:
         assert row_g == pytest.approx(row_a, abs=0.02)
     assert group_record.train_loss == pytest.approx(alone_record.train_loss, rel=1e-4)
     assert group_record.curvature_bytes == alone_record.curvature_bytes
+    assert group_record.representations == alone_record.representations
+    if alone_record.config["estimator"] == "full-exact":  # 16 inputs x 10 classes, as a factor
+        assert alone_record.representations == ["full-factor 160 rows"] * 2
     assert group_record.provenance["group_size"] == size
 
 

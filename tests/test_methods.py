@@ -227,5 +227,5 @@ def test_labels_carry_the_rank_of_a_structure():
     labels = ["ewc lowrank-exact rank=200", "ewc lowrank-exact rank=8", "ewc diag-exact"]
     assert sorted(labels, key=sort_key) == [labels[2], labels[1], labels[0]]
     for bad in ("ewc lowrank-exact rank=big", "ewc kfac-exact damping=3", "l2 rank=5"):
-        with pytest.raises(ValueError, match="bad option|unknown method"):
+        with pytest.raises(ValueError, match=r"bad option|unknown method"):
             parse_label(bad)

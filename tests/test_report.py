@@ -333,3 +333,38 @@ def test_duration_gives_every_invocation_when_records_came_from_several():
     line = _when({**meta, "invocations": calls})
     assert line.startswith("- Made over 3 invocations, 52 min 39 s of wall time in all (compute")
     assert "s1, 47 min 38 s for 275 runs (git 593c8a2); s2, 5 min 00 s for 18 runs" in line
+
+
+def _full_record(rows: int, representations: list | None = None, **config) -> RunRecord:
+    c = RunConfig(model="mlp", model_options={"hidden": 8}, estimator="full-exact", **config)
+    p = 784 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10  # 6,442 parameters
+    return RunRecord(
+        run_id=c.run_id,
+        config=c.to_dict(),
+        curvature_bytes=[rows * p * 4, rows * p * 4],
+        representations=representations or [],
+    )
+
+
+def test_representation_is_recorded_or_derived_from_the_bytes():
+    assert outcomes.representation(_full_record(200)) == "full-factor 200 rows"
+    dense = _full_record(6442)  # P x P entries: the dense matrix
+    assert outcomes.representation(dense) == "full-dense"
+    given = _full_record(200, representations=["full-factor 180 rows", "full-factor 190 rows"])
+    assert outcomes.representation(given) == "full-factor 190 rows"
+    diag = RunRecord(run_id="x", config=RunConfig().to_dict(), curvature_bytes=[4, 4])
+    assert outcomes.representation(diag) == "diag"
+    base = RunRecord(run_id="y", config=RunConfig(method="baseline", estimator=None).to_dict())
+    assert outcomes.representation(base) == ""
+
+
+def test_full_fisher_rows_state_their_rank():
+    record = _full_record(200)
+    run = outcomes.summarise([record])[0]
+    cell = report_results.method_cell("ewc full-exact", run)
+    assert cell == "ewc full-exact [factor of 200 rows: rank ≤ 200]"
+    dense = outcomes.summarise([_full_record(6442)])[0]
+    assert report_results.method_cell("ewc full-exact", dense) == "ewc full-exact"
+    row = report_results.csv_row(run)
+    assert row["model"] == "mlp hidden=8" and row["representation"] == "full-factor 200 rows"
+    assert row["curvature_bytes"] == str(200 * 6442 * 4)

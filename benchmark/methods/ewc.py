@@ -57,6 +57,8 @@ class CurvatureRegulariser:
         self.config = config
         self.fit = fit
         self.penalty = estimators.EWC(config.lam, config.mode, config.gamma)
+        self.last_structure: str | None = None
+        """``Curvature.summary`` of the curvature fitted last (for the record)."""
 
     @property
     def active(self) -> bool:
@@ -66,8 +68,10 @@ class CurvatureRegulariser:
     def consolidate(self, model: nn.Module, task: Task, index: int, device: torch.device) -> int:
         """Fit task ``index``'s curvature and add it to the penalty; returns its bytes."""
         curvature = self.fit(self.config, model, task, index, device)
+        self.last_structure = curvature.summary
+        nbytes = curvature.nbytes  # before consolidate, which may merge it into another term
         self.penalty.consolidate(model, curvature)
-        return curvature.nbytes
+        return nbytes
 
     def add_gradients(self, model: nn.Module) -> None:
         """The penalty's closed-form gradient, added to ``.grad``."""

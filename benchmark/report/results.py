@@ -28,6 +28,7 @@ from ..outcomes import (
     bn_modes,
     method_cost,
     method_labels,
+    representation,
     run_sort_key,
     selected,
     sequences,
@@ -51,9 +52,10 @@ from .format import (
 from .provenance import report_provenance
 
 CSV_COLUMNS = (
-    "sequence", "method", "estimator", "mode", "bn", "lambda", "seed", "selected", "val_avg_acc",
-    "test_avg_acc", "forgetting", "bwt", "acc_matrix", "estimate_seconds", "train_seconds",
-    "peak_rss_mb", "diverged", "run_id",
+    "sequence", "model", "method", "estimator", "mode", "bn", "optimizer", "fisher_samples",
+    "representation", "curvature_bytes", "lambda", "lambda_at_edge", "seed", "selected",
+    "val_avg_acc", "test_avg_acc", "forgetting", "bwt", "acc_matrix", "estimate_seconds",
+    "train_seconds", "peak_rss_mb", "diverged", "run_id",
 )  # fmt: skip
 REFERENCE_METHOD = "ewc diag-exact"
 """Every method is compared with this one, seed by seed (paired tests)."""
@@ -77,11 +79,17 @@ def csv_row(run: Run) -> dict[str, str]:
     r, c = run.record, run.record.config
     return {
         "sequence": run.sequence,
+        "model": model_text(c),
         "method": str(c.get("method")),
         "estimator": c.get("estimator") or "",
         "mode": str(c.get("mode", "")),
         "bn": run.bn,
+        "optimizer": str(c.get("optimizer", "")),
+        "fisher_samples": str(c.get("fisher_samples", "")),
+        "representation": representation(r),
+        "curvature_bytes": str(max(r.curvature_bytes, default=0)),
         "lambda": fmt_lambda(run.lam),
+        "lambda_at_edge": "true" if run.at_edge else "false",
         "seed": str(run.seed),
         "selected": "true" if run.selected else "false",
         "val_avg_acc": csv_number(run.val_avg),
@@ -115,6 +123,21 @@ EDGE_NOTE = (
     "A lambda marked (edge) is the smallest or the largest value its grid tried (after any "
     "extension): the best value may lie beyond it, so that method's row may understate it."
 )
+
+
+def model_text(config: dict[str, Any]) -> str:
+    """``tutorial-mlp``, ``mlp hidden=16``: a run's network and its options."""
+    options = config.get("model_options") or {}
+    return " ".join([str(config.get("model")), *(f"{k}={v}" for k, v in sorted(options.items()))])
+
+
+def method_cell(label: str, run: Run) -> str:
+    """The method's label; a full Fisher kept as a factor states its rank bound."""
+    text = representation(run.record)
+    if text.startswith("full-factor "):
+        rows = text.split()[1]
+        return f"{label} [factor of {rows} rows: rank ≤ {rows}]"
+    return label
 
 
 def lambda_text(run: Run) -> str:
@@ -154,7 +177,7 @@ def tutorial_table(runs: Sequence[Run], bn: str) -> str:
         if not chosen:
             continue
         cells = [tutorial_cells(r) for r in chosen]
-        row = [label, lambda_text(chosen[0])]
+        row = [method_cell(label, chosen[0]), lambda_text(chosen[0])]
         for k in range(3):
             mean, half, n = metrics.mean_ci([c[k] for c in cells], CONFIDENCE)
             row.append(f"{fmt_ci(mean, half)} (n={n})" if n else "—")
@@ -234,7 +257,12 @@ def results_table(runs: Sequence[Run], sequence: str, bn: str) -> str:
             rows.append(_unchosen_row(runs, sequence, bn, label) + (["—"] * 3 if reference else []))
             continue
         ok = [r for r in chosen if r.ok]
-        row = [label, lambda_text(chosen[0]), str(len(ok)), excluded_note(chosen) or "—"]
+        row = [
+            method_cell(label, chosen[0]),
+            lambda_text(chosen[0]),
+            str(len(ok)),
+            excluded_note(chosen) or "—",
+        ]
         for attr in ("test_avg", "forgetting", "bwt"):
             mean, half, _ = metrics.mean_ci([getattr(r, attr) for r in ok], CONFIDENCE)
             row.append(fmt_ci(mean, half))
