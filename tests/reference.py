@@ -208,3 +208,57 @@ def kfac_dense(model, inputs, mode, targets=None, labels=None, forward=default_f
     rest = (~covered).nonzero().squeeze(1)
     out[rest, rest] = exact[rest, rest]
     return out
+
+
+# -- EKFAC (George et al. 2018): KFAC's eigenbases, the rotated Fisher's diagonal ----------
+
+
+def block_index(model, layer) -> torch.Tensor:
+    """Flat positions of [W | b] of ``layer``, row-major (bias column last)."""
+    slices = layout_slices(model)
+    names = {id(p): n for n, p in trainable(model)}
+    w = slices[names[id(layer.weight)]]
+    d_out = layer.weight.shape[0]
+    idx = torch.arange(w.start, w.stop).reshape(d_out, -1)
+    if layer.bias is not None and id(layer.bias) in names:
+        b = slices[names[id(layer.bias)]]
+        idx = torch.cat([idx, torch.arange(b.start, b.stop).reshape(d_out, 1)], dim=1)
+    return idx.reshape(-1)
+
+
+def kronecker_layers(model, forward, x) -> list[nn.Module]:
+    """Trainable Linear/Conv2d layers that run exactly once per forward (KFAC's blocks)."""
+    names = {id(p) for _, p in trainable(model)}
+    calls = call_counts(model, forward, x[:1])
+    return [
+        m
+        for m in model.modules()
+        if type(m) in (nn.Linear, nn.Conv2d) and id(m.weight) in names and calls.get(m, 0) == 1
+    ]
+
+
+def ekfac_brute_force(model, x, mode, targets=None, labels=None, forward=default_forward):
+    """Dense (F, KFAC, EKFAC) and each layer block's flat index, input by input, label by label."""
+    fisher = dense_fisher(model, x, mode, targets, labels, forward)
+    p = fisher.shape[0]
+    kfac, ekfac = torch.zeros(p, p, dtype=fisher.dtype), torch.zeros(p, p, dtype=fisher.dtype)
+    covered = torch.zeros(p, dtype=torch.bool)
+    blocks = []
+    for layer in kronecker_layers(model, forward, x):
+        A, G = kfac_factors(model, layer, x, mode, targets, labels, forward)
+        idx = block_index(model, layer)
+        q = torch.kron(torch.linalg.eigh(G).eigenvectors, torch.linalg.eigh(A).eigenvectors)
+        s = (q.T @ fisher[idx][:, idx] @ q).diagonal()
+        kfac[idx[:, None], idx[None, :]] = torch.kron(G, A)
+        ekfac[idx[:, None], idx[None, :]] = q @ torch.diag(s) @ q.T
+        covered[idx] = True
+        blocks.append(idx)
+    rest = (~covered).nonzero().squeeze(1)
+    for m in (kfac, ekfac):
+        m[rest, rest] = fisher[rest, rest]
+    return fisher, kfac, ekfac, blocks
+
+
+def ekfac_dense(model, inputs, mode, targets=None, labels=None, forward=default_forward):
+    """The dense EKFAC matrix (``ekfac_brute_force``'s third element)."""
+    return ekfac_brute_force(model, inputs, mode, targets, labels, forward)[2]

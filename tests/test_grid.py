@@ -38,6 +38,8 @@ def reference_dense(name, case, model, x, y, chunk, mc_samples=3, seed=7):
         mode = "labels"
     if structure == "kfac":
         return ref.kfac_dense(model, x, mode, **kw)
+    if structure == "ekfac":
+        return ref.ekfac_dense(model, x, mode, **kw)
     dense = ref.dense_fisher(model, x, mode, **kw)
     return torch.diag(dense.diagonal()) if structure == "diag" else dense
 

@@ -16,6 +16,7 @@ from tests import cases
 GRID = estimators.names()
 EXPECTED_NAMES = [
     "diag-argmax", "diag-batched", "diag-empirical", "diag-exact", "diag-mc",
+    "ekfac-empirical", "ekfac-exact", "ekfac-mc",
     "full-empirical", "full-exact", "full-mc", "identity",
     "kfac-empirical", "kfac-exact", "kfac-mc",
 ]  # fmt: skip

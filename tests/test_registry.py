@@ -19,6 +19,7 @@ MC = ["mc_samples", "generator"]
 OPTION_LISTS = {
     "diag-argmax": B, "diag-batched": ["forward", "batch_size", "memory_budget"],
     "diag-empirical": B, "diag-exact": B, "diag-mc": B + MC,
+    "ekfac-empirical": B, "ekfac-exact": B, "ekfac-mc": B + MC,
     "full-empirical": [*B, "representation"], "full-exact": [*B, "representation"],
     "full-mc": B + MC + ["representation"], "identity": ["forward", "memory_budget"],
     "kfac-empirical": B, "kfac-exact": B, "kfac-mc": B + MC,

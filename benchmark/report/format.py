@@ -200,9 +200,11 @@ def save_figure(fig: Any, path: Path) -> None:
 SHADES = {
     "diag": ("#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"),
     "kfac": ("#00441b", "#238b45", "#41ab5d", "#74c476", "#a1d99b"),
+    "ekfac": ("#004529", "#41ab5d", "#78c679", "#addd8e", "#d9f0a3"),
+    "lowrank": ("#7f2704", "#d94801", "#f16913", "#fd8d3c", "#fdae6b"),
     "full": ("#3f007d", "#6a51a3", "#807dba", "#9e9ac8", "#bcbddc"),
 }
-"""Per structure, a hue family (blues, greens, purples) from dark to light."""
+"""Per structure, a hue family (blues, greens, yellow-greens, oranges, purples), dark to light."""
 LABEL_MODES = ("exact", "mc", "empirical", "batched", "argmax")
 """The shade of a label mode within its structure's family (``SHADES`` order)."""
 FIXED_COLOURS = {

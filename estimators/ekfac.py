@@ -1,0 +1,491 @@
+r"""``ekfac-*``: eigenvalue-corrected KFAC (George et al., 2018) for Linear and Conv2d layers.
+
+For a layer with KFAC factors :math:`A = Q_A \Lambda_A Q_A^\top` and :math:`G = Q_G \Lambda_G
+Q_G^\top` over :math:`[W \mid b]` (see ``kfac``), KFAC is diagonal in the Kronecker eigenbasis
+:math:`Q = Q_G \otimes Q_A` with eigenvalues :math:`\lambda_{G,p} \lambda_{A,q}`. EKFAC keeps the
+basis and replaces the eigenvalues by the best diagonal in that basis, the second moments of the
+projected per-input gradients:
+
+.. math::
+    s_{pq} = \operatorname{mean}_n \sum_k \big(Q_G^\top D_{nk} Q_A\big)_{pq}^2
+    = \big(Q^\top F_{layer} Q\big)_{(p,q),(p,q)}, \qquad
+    F_{ekfac} = Q \operatorname{diag}(s) Q^\top,
+
+with :math:`D_{nk} = \nabla_{[W|b]}` of the k-th weighted loss column (label mode) of input n.
+Since :math:`\|F - Q \operatorname{diag}(d) Q^\top\|_F` is minimised over d by :math:`d = s`
+and KFAC is one such d, :math:`\|F_{bb} - EKFAC_{bb}\|_F \le \|F_{bb} - KFAC_{bb}\|_F` on every
+layer block. Every other parameter (BatchNorm affine, layers without closed forms) gets its exact
+diagonal, as in KFAC; blocks between layers are zero.
+
+The s of a layer, from the chunk's captures (``layers``; gradients carry :math:`1/\sqrt{N}`):
+
+- ``nn.Linear``: :math:`D_{nk} = g_{nk} \bar a_n^\top` has rank one, so :math:`s = \sum_n
+  (\sum_k (Q_G^\top g_{nk})^{2}) ((Q_A^\top \bar a_n)^{2})^\top`, one matmul per chunk.
+- ``nn.Conv2d``: :math:`D_{nk} = \sum_t g_{nkt} \bar a_{nt}^\top` sums over output positions t
+  (patches :math:`\bar a_{nt}`), and the square of a sum is not a product of squares. Both sides
+  are projected first, :math:`\tilde g = Q_G^\top g`, :math:`\tilde a = Q_A^\top \bar a`, then
+  :math:`Q_G^\top D_{nk} Q_A = \sum_t \tilde g_{nkt} \tilde a_{nt}^\top` is formed per input and
+  column (one batched matmul over positions), squared and summed, a few inputs at a time so that
+  the ``[K, n, d_out, d_in + 1]`` work tensor stays under ``WORK_BYTES``.
+- any other layer rule with a Kronecker form: the same from ``rule.per_input`` gradients.
+
+Fitting takes two passes over the inputs, in the same chunks, each chunk one batched forward and
+backward (``fitting.FisherPass``): the first accumulates the KFAC factor sums and the rest's exact
+diagonal (``KFACAccumulator``); after the eigendecompositions, the second backpropagates to the
+Kronecker layers only (no rest diagonal, no ``torch.func`` rows) and accumulates s. Both passes
+use the same label columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records the
+labels it draws in the first pass (``mc_samples`` integers per input) and replays them in the
+second, so the generator (or the global RNG) advances exactly as one ``kfac-mc`` fit does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from types import NotImplementedType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
+from .estimator import GridEstimator, check_labels
+from .fitting import Capture, FisherPass, Plan, PlannedLayer, make_plan
+from .full import DenseCurvature
+from .kfac import KFACAccumulator, KFACCurvature, KroneckerBlock
+from .labels import LabelMode, MonteCarlo
+from .layers.conv2d import Conv2dRule
+from .layers.linear import LinearRule
+from .layout import ParamLayout
+from .registry import Entry, GridStructure, never_online
+
+EKFAC_REFUSAL = "fits in different eigenbases do not sum to one eigen-corrected Kronecker product"
+"""Why EKFAC curvatures are not accumulated online."""
+
+WORK_BYTES = 64 * 1024**2
+"""Bytes of projected per-input gradient matrices built at once (Conv2d and generic layers)."""
+
+
+@dataclass
+class EigenBlock:
+    r""":math:`(Q_G \otimes Q_A) \operatorname{diag}(s) (Q_G \otimes Q_A)^\top` over ``[W | b]``.
+
+    ``QA`` ``[d_a, d_a]`` and ``QG`` ``[d_out, d_out]`` hold eigenvectors as columns; ``S``
+    ``[d_out, d_a]`` is the eigenvalue of :math:`Q_{G,:p} \otimes Q_{A,:q}` at ``[p, q]``
+    (row-major, like :math:`[W \mid b]`); ``weight``/``bias`` are slices of the flat layout.
+    """
+
+    weight: slice
+    bias: slice | None
+    QA: torch.Tensor
+    QG: torch.Tensor
+    S: torch.Tensor
+
+    @property
+    def frame(self) -> KroneckerBlock:
+        """The block's positions (``gather``/``scatter``/``flat_index``), shared with KFAC."""
+        first = (0,) * (self.QA.dim() - 2)  # stacked blocks (``_stacked_matmul``): one of them
+        return KroneckerBlock(self.weight, self.bias, self.QA[first], self.QG[first])
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`Q_G^\top X Q_A`: ``[..., d_out, d_a]`` matrices in eigen-coordinates."""
+        return self.QG.mT @ x @ self.QA
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`Q_G (S \circ Q_G^\top X Q_A) Q_A^\top` (F vec X) for ``[k, d_out, d_a]``."""
+        return self.QG @ (self.S * self.rotate(x)) @ self.QA.mT
+
+
+def _same_positions(x: EKFACCurvature, y: EKFACCurvature | KFACCurvature) -> bool:
+    """Same layers in the same layout positions: then closed forms split block by block."""
+    if [(b.weight, b.bias) for b in x.blocks] != [(b.weight, b.bias) for b in y.blocks]:
+        return False
+    return torch.equal(x.rest_index.cpu(), y.rest_index.cpu())
+
+
+class EKFACCurvature(Curvature):
+    """Eigen-corrected Kronecker blocks plus an exact diagonal over the remaining parameters."""
+
+    structure = "ekfac"
+    inner_cost = 2
+    online_refusal = EKFAC_REFUSAL
+
+    def __init__(
+        self,
+        layout: ParamLayout,
+        blocks: list[EigenBlock],
+        rest_index: torch.Tensor,
+        rest_diag: torch.Tensor,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        super().__init__(layout, memory_budget)
+        self.blocks = blocks
+        self.rest_index = rest_index
+        self.rest_diag = rest_diag
+
+    def _matmat(self, m: torch.Tensor) -> torch.Tensor:
+        rows = m.T.contiguous()  # [k, P]: each block's entries are contiguous within a row
+        out = torch.empty_like(rows)
+        for blk in self.blocks:
+            frame = blk.frame
+            frame.scatter(blk.apply(frame.gather(rows)), out)
+        out[:, self.rest_index] = rows[:, self.rest_index] * self.rest_diag
+        return out.T
+
+    @classmethod
+    def _stacked_matmul(
+        cls, curvatures: Sequence[Curvature]
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        r"""Per block, batched over the S runs: rotate in, scale by :math:`s`, rotate back.
+
+        :math:`Q_{G,s} (S_s \circ Q_{G,s}^\top X_s Q_{A,s}) Q_{A,s}^\top` as four ``bmm``. None
+        unless every curvature has the first one's blocks (same layers, same layout).
+        """
+        first = curvatures[0]
+        assert isinstance(first, EKFACCurvature)
+        if not all(isinstance(c, EKFACCurvature) and _same_positions(first, c) for c in curvatures):
+            return None
+        runs = [c for c in curvatures if isinstance(c, EKFACCurvature)]
+        stacked = [
+            EigenBlock(
+                blk.weight,
+                blk.bias,
+                torch.stack([c.blocks[i].QA for c in runs]),
+                torch.stack([c.blocks[i].QG for c in runs]),
+                torch.stack([c.blocks[i].S for c in runs]),
+            )
+            for i, blk in enumerate(first.blocks)
+        ]
+        rest = torch.stack([c.rest_diag for c in runs])
+        index = first.rest_index
+
+        def apply(rows: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(rows)
+            for blk in stacked:
+                frame = blk.frame
+                frame.scatter(blk.apply(frame.gather(rows)), out)
+            out[:, index] = rows[:, index] * rest
+            return out
+
+        return apply
+
+    def _quadratic(self, d: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_b \langle S_b, (Q_G^\top \Delta_b Q_A)^{2} \rangle` plus the rest."""
+        row = d.unsqueeze(0)
+        total = torch.dot(self.rest_diag * d[self.rest_index], d[self.rest_index])
+        for blk in self.blocks:
+            y = blk.rotate(blk.frame.gather(row)[0])
+            total = total + (blk.S * y * y).sum()
+        return total
+
+    def diagonal_flat(self) -> torch.Tensor:
+        r"""Per block :math:`Q_G^{2} S (Q_A^{2})^\top` (elementwise squares); the rest stored.
+
+        :math:`F_{(o,i),(o,i)} = \sum_{pq} Q_{G,op}^2 S_{pq} Q_{A,iq}^2`.
+        """
+        out = torch.empty(1, self.numel, dtype=self.layout.dtype, device=self.layout.device)
+        for blk in self.blocks:
+            diag = (blk.QG * blk.QG) @ blk.S @ (blk.QA * blk.QA).T
+            blk.frame.scatter(diag.unsqueeze(0), out)
+        out[0, self.rest_index] = self.rest_diag
+        return out.squeeze(0)
+
+    def _dense(self) -> torch.Tensor:
+        p = self.numel
+        out = torch.zeros(p, p, dtype=self.layout.dtype, device=self.layout.device)
+        for blk in self.blocks:
+            idx = blk.frame.flat_index().to(out.device)
+            q = torch.kron(blk.QG, blk.QA)
+            out[idx.unsqueeze(1), idx.unsqueeze(0)] = (q * blk.S.reshape(1, -1)) @ q.T
+        out[self.rest_index, self.rest_index] = self.rest_diag
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Both eigenbases and the eigenvalues of every block, the rest's diagonal and index."""
+        tensors = [t for blk in self.blocks for t in (blk.QA, blk.QG, blk.S)]
+        tensors += [self.rest_diag, self.rest_index]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def frobenius_sq(self) -> float:
+        r""":math:`\sum_b \|S_b\|_F^2 + \sum_{rest} f_i^2` (orthonormal eigenbases)."""
+        blocks = sum(float(b.S.double().square().sum()) for b in self.blocks)
+        return blocks + float(self.rest_diag.double().square().sum())
+
+    def _inner(self, other: Curvature) -> float | NotImplementedType:
+        r"""With EKFAC or KFAC over the same blocks, or with a dense matrix; otherwise not closed.
+
+        EKFAC: :math:`\sum_{ij} s_i s'_j (q_i^\top q'_j)^2 = \langle S, M_G S' M_A^\top \rangle`
+        with :math:`M_G = (Q_G^\top Q'_G)^{2}`, :math:`M_A = (Q_A^\top Q'_A)^{2}` (elementwise).
+        KFAC: :math:`\sum_i s_i q_i^\top (G \otimes A) q_i = \langle S, \operatorname{diag}(Q_G^\top
+        G Q_G) \operatorname{diag}(Q_A^\top A Q_A)^\top \rangle`. Dense: ``_dense_inner``.
+        """
+        if isinstance(other, (EKFACCurvature, KFACCurvature)) and _same_positions(self, other):
+            total = float((self.rest_diag.double() * other.rest_diag.double()).sum())
+            for x, y in zip(self.blocks, other.blocks, strict=True):
+                qg, qa, s = x.QG.double(), x.QA.double(), x.S.double()
+                if isinstance(y, EigenBlock):
+                    mg = (qg.T @ y.QG.double()).square()
+                    ma = (qa.T @ y.QA.double()).square()
+                    total += float((s * (mg @ y.S.double() @ ma.T)).sum())
+                else:
+                    dg = ((qg.T @ y.G.double()) * qg.T).sum(1)
+                    da = ((qa.T @ y.A.double()) * qa.T).sum(1)
+                    total += float((s * torch.outer(dg, da)).sum())
+            return total
+        if isinstance(other, DenseCurvature):
+            return self._dense_inner(other.matrix)
+        return NotImplemented
+
+    def _dense_inner(self, m: torch.Tensor) -> float:
+        r""":math:`\sum_{pq} S_{pq} q_{pq}^\top M_{bb} q_{pq}`, one factor contracted at a time."""
+        total = 0.0
+        for blk in self.blocks:
+            idx = blk.frame.flat_index().to(m.device)
+            d_out, d_a = blk.S.shape
+            sub = m[idx][:, idx].reshape(d_out, d_a, d_out, d_a).double()
+            qg, qa = blk.QG.double(), blk.QA.double()
+            left = torch.einsum("ap,abcd->pbcd", qg, sub)
+            mid = torch.einsum("pbcd,cp->pbd", left, qg)  # [p, b, d]
+            diag = ((mid @ qa) * qa.unsqueeze(0)).sum(1)  # [p, q]
+            total += float((blk.S.double() * diag).sum())
+        rest = self.rest_index.to(m.device)
+        return total + float((self.rest_diag.double() * m[rest, rest].double()).sum())
+
+    def _top_eigen(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        r"""The k largest of the explicit eigenpairs, descending.
+
+        :math:`(s_{pq}, Q_{G,:p} \otimes Q_{A,:q})` per block, :math:`(f_i, e_i)` for the rest.
+        """
+        values = torch.cat(
+            [b.S.reshape(-1).double().cpu() for b in self.blocks] + [self.rest_diag.double().cpu()]
+        )
+        chosen = torch.argsort(values, descending=True)[:k]
+        vecs = torch.zeros(self.numel, chosen.numel(), dtype=torch.float64)
+        start = 0
+        for blk in self.blocks:
+            d_out, d_a = blk.S.shape
+            hit = ((chosen >= start) & (chosen < start + d_out * d_a)).nonzero().squeeze(1)
+            p, q = (chosen[hit] - start) // d_a, (chosen[hit] - start) % d_a
+            qg, qa = blk.QG.double().cpu()[:, p], blk.QA.double().cpu()[:, q]
+            rows = blk.frame.flat_index().cpu()
+            vecs[rows.unsqueeze(1), hit] = (qg.unsqueeze(1) * qa.unsqueeze(0)).reshape(-1, len(hit))
+            start += d_out * d_a
+        hit = (chosen >= start).nonzero().squeeze(1)
+        vecs[self.rest_index.cpu()[chosen[hit] - start], hit] = 1.0
+        return values[chosen].numpy(), vecs.numpy()
+
+
+# -- the s pass: per-layer second moments in the eigenbasis ---------------------------------------
+def _projected_inputs(a: torch.Tensor, qa: torch.Tensor, with_bias: bool) -> torch.Tensor:
+    r""":math:`\bar a^\top Q_A` for ``a`` ``[n, d_in, ...]`` (features on dim 1): ``[n, ..., d_a]``.
+
+    :math:`\bar a = [a; 1]` is never built: the bias row of :math:`Q_A` is added as a constant.
+    """
+    d_in = a.shape[1]
+    out = a.movedim(1, -1) @ qa[:d_in]
+    return out + qa[d_in] if with_bias else out
+
+
+def _add_squares(s: torch.Tensor, make: Callable[[slice], torch.Tensor], n: int, per: int) -> None:
+    """``s += sum over k, n of make(inputs)**2`` for ``[K, m, d_out, d_a]`` slabs of inputs."""
+    step = max(1, WORK_BYTES // max(1, per * s.element_size()))
+    for start in range(0, n, step):
+        d = make(slice(start, min(n, start + step)))
+        s += (d * d).sum((0, 1))
+
+
+def linear_scales(
+    a: torch.Tensor, g: torch.Tensor, blk: EigenBlock, with_bias: bool
+) -> torch.Tensor:
+    r"""``nn.Linear``: :math:`(\sum_k (g_k Q_G)^{2})^\top (\bar a Q_A)^{2}`, one matmul.
+
+    ``a`` ``[n, d_in]``, ``g`` ``[K, n, d_out]``; returns the chunk's ``[d_out, d_a]``.
+    """
+    gp = g @ blk.QG
+    ap = _projected_inputs(a, blk.QA, with_bias)
+    return (gp * gp).sum(0).T @ (ap * ap)
+
+
+def conv_scales(a: torch.Tensor, g: torch.Tensor, blk: EigenBlock, with_bias: bool) -> torch.Tensor:
+    r"""``nn.Conv2d``: :math:`\sum_{n,k} (\sum_t \tilde g_{nkt} \tilde a_{nt}^\top)^{2}`.
+
+    ``a`` ``[n, d_in, T]`` patches, ``g`` ``[K, n, d_out, H, W]``; both projected once, then per
+    input and column one ``[d_out, T] @ [T, d_a]`` product, a bounded number of inputs at a time.
+    """
+    gp = torch.einsum("knot,op->knpt", g.flatten(3), blk.QG)  # [K, n, d_out, T]
+    ap = _projected_inputs(a, blk.QA, with_bias)  # [n, T, d_a]
+    s = torch.zeros_like(blk.S)
+    _add_squares(s, lambda i: gp[:, i] @ ap[i], a.shape[0], g.shape[0] * blk.S.numel())
+    return s
+
+
+def generic_scales(
+    layer: PlannedLayer, a: torch.Tensor, g: torch.Tensor, blk: EigenBlock
+) -> torch.Tensor:
+    r"""Any rule with a Kronecker form: :math:`(Q_G^\top D_{nk} Q_A)^{2}` from ``per_input``."""
+    attrs = layer.attrs
+    d_out, d_a = blk.S.shape
+    s = torch.zeros_like(blk.S)
+
+    def rotated(i: slice) -> torch.Tensor:
+        k = g.shape[0]
+        grads = layer.rule.per_input(layer.module, a[i], g[:, i], attrs)
+        parts = [grads["weight"].reshape(k, -1, d_out, d_a - ("bias" in grads))]
+        if "bias" in grads:
+            parts.append(grads["bias"].reshape(k, -1, d_out, 1))
+        return blk.rotate(torch.cat(parts, dim=3))
+
+    _add_squares(s, rotated, a.shape[0], g.shape[0] * blk.S.numel())
+    return s
+
+
+def layer_scales(
+    layer: PlannedLayer, a: torch.Tensor, g: torch.Tensor, blk: EigenBlock
+) -> torch.Tensor:
+    """One chunk's contribution to a layer's s, by the layer's rule (see the module docstring)."""
+    with_bias = blk.bias is not None
+    if isinstance(layer.rule, LinearRule):
+        return linear_scales(a, g, blk, with_bias)
+    if isinstance(layer.rule, Conv2dRule):
+        return conv_scales(a, g, blk, with_bias)
+    return generic_scales(layer, a, g, blk)
+
+
+# -- fitting ---------------------------------------------------------------------------------------
+class EKFACAccumulator(KFACAccumulator):
+    """KFAC's running sums (first pass), then the second moments s in their eigenbases.
+
+    What it holds does not grow with N (two factors and s per layer, the rest's diagonal), so,
+    like KFAC, it never refuses a fit for memory (``check_memory``); the work tensors of the s
+    pass are bounded by the chunk size and ``WORK_BYTES``.
+    """
+
+    def __init__(
+        self, layout: ParamLayout, plan: Plan, columns: int, n_total: int, options: dict[str, Any]
+    ) -> None:
+        super().__init__(layout, plan, columns, n_total, options)
+        self.eigen: dict[int, tuple[PlannedLayer, EigenBlock]] = {}
+
+    def rotate(self) -> None:
+        """Eigendecompose each layer's KFAC factors (then dropped); s starts at zero."""
+        for key, (layer, sums) in self.sums.items():
+            with_bias = "bias" in layer.params
+            A, G = sums.factors(self.n_total, with_bias)
+            QA, QG = torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors
+            bias = self.layout.slice(layer.params["bias"]) if with_bias else None
+            S = torch.zeros(QG.shape[0], QA.shape[0], dtype=QA.dtype, device=QA.device)
+            self.eigen[key] = (
+                layer,
+                EigenBlock(self.layout.slice(layer.params["weight"]), bias, QA, QG, S),
+            )
+        self.sums = {}
+
+    def scale_layers(self) -> list[PlannedLayer]:
+        """The layers the second pass backpropagates to: the Kronecker ones only."""
+        return [layer for layer, _ in self.eigen.values()]
+
+    def update_scales(self, cap: Capture) -> None:
+        """Add the chunk's projected squared gradients to each layer's s."""
+        for lc in cap.layers:
+            layer, blk = self.eigen[id(lc.layer)]
+            blk.S += layer_scales(layer, lc.a, lc.g, blk)
+
+    def result(self) -> EKFACCurvature:  # type: ignore[override]
+        """Blocks in layer order and the exact diagonal of the remaining parameters."""
+        blocks = [blk for _, blk in self.eigen.values()]
+        rest = [self.layout.slice(n) for n in self.layout.names if n not in self.kron_names]
+        index = torch.cat(
+            [torch.arange(s.start, s.stop) for s in rest] or [torch.zeros(0, dtype=torch.long)]
+        ).to(self.layout.device)
+        return EKFACCurvature(
+            self.layout, blocks, index, self.flat[index].clone(), self.options["memory_budget"]
+        )
+
+
+class ReplayedSamples(MonteCarlo):
+    """``mc`` labels drawn in the first pass and recorded, replayed chunk by chunk in the second."""
+
+    def __init__(self, mode: MonteCarlo) -> None:
+        super().__init__(mode.mc_samples, mode.generator)
+        self.drawn: list[torch.Tensor] = []
+        self.replaying: int | None = None
+
+    def sample(self, probs: torch.Tensor) -> torch.Tensor:
+        """Draw and record ``[K, n]`` labels; once ``replay`` was called, return the next record."""
+        if self.replaying is None:
+            labels = super().sample(probs)
+            self.drawn.append(labels)
+            return labels
+        labels = self.drawn[self.replaying]
+        self.replaying += 1
+        assert labels.shape[1] == probs.shape[0], "the second pass must use the same chunks"
+        return labels
+
+    def replay(self) -> None:
+        """From now on, return the recorded draws in order."""
+        self.replaying = 0
+
+
+class EKFACEstimator(GridEstimator):
+    """Two passes over the inputs in the same chunks: KFAC factors, then s (module docstring)."""
+
+    def _fit(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        layout: ParamLayout,
+    ) -> EKFACCurvature:
+        n = inputs.shape[0]
+        plan = make_plan(model, self.forward, inputs[:1], layout)
+        check_labels(targets, plan.n_classes)
+        labels = (
+            ReplayedSamples(self.labels) if isinstance(self.labels, MonteCarlo) else self.labels
+        )
+        factors = FisherPass(model, self.forward, labels, plan, n)
+        acc = EKFACAccumulator(layout, plan, factors.columns, n, self.options)
+        self._sweep(factors, inputs, targets, acc.chunk_size(), acc.update)
+        acc.rotate()
+        if acc.eigen:
+            if isinstance(labels, ReplayedSamples):
+                labels.replay()
+            kronecker = replace(plan, layers=acc.scale_layers(), generic=())
+            scales = FisherPass(model, self.forward, labels, kronecker, n)
+            self._sweep(scales, inputs, targets, acc.chunk_size(), acc.update_scales)
+        return acc.result()
+
+    @staticmethod
+    def _sweep(
+        fisher_pass: FisherPass,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        step: int,
+        update: Callable[[Capture], None],
+    ) -> None:
+        """``update`` with the capture of each chunk of ``step`` inputs, in order."""
+        n = inputs.shape[0]
+        for start in range(0, n, step):
+            chunk = slice(start, min(n, start + step))
+            update(fisher_pass.capture(inputs[chunk], None if targets is None else targets[chunk]))
+
+
+def _ekfac_estimator(mode: type[LabelMode], name: str, options: dict[str, Any]) -> EKFACEstimator:
+    return EKFACEstimator(name, EKFACAccumulator, mode.from_options(options), options)
+
+
+@dataclass(frozen=True)
+class EKFACStructure(GridStructure):
+    """A grid structure whose estimators fit in two passes (``EKFACEstimator``)."""
+
+    def _entry(self, mode: type[LabelMode]) -> Entry:
+        entry = super()._entry(mode)
+        return Entry(partial(_ekfac_estimator, mode), entry.options, entry.online)
+
+
+DECLARATION = EKFACStructure(
+    "ekfac", EKFACAccumulator, ("exact", "mc", "empirical"), online=never_online(EKFAC_REFUSAL)
+)
+"""``ekfac-*``: the label modes of KFAC, never online."""
