@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import batched, diag, ekfac, full, identity, kfac
+from . import batched, diag, ekfac, full, identity, kfac, lowrank
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
 from .diag import DiagCurvature
 from .ekfac import EKFACCurvature
@@ -26,6 +26,7 @@ from .full import DenseCurvature, LowRankCurvature
 from .identity import IdentityCurvature
 from .kfac import KFACCurvature
 from .layout import ParamLayout
+from .lowrank import LowRankDiagCurvature
 from .penalty import EWC
 from .registry import Declaration, Registry
 from .stacking import StackedPenalty
@@ -37,6 +38,7 @@ _REGISTRY = Registry(
     kfac.DECLARATION,
     ekfac.DECLARATION,
     full.DECLARATION,
+    lowrank.DECLARATION,
 )
 """Every estimator, from the declaration at the end of its structure's file (see ``registry``)."""
 
@@ -99,6 +101,7 @@ __all__ = [
     "IdentityCurvature",
     "KFACCurvature",
     "LowRankCurvature",
+    "LowRankDiagCurvature",
     "ParamLayout",
     "StackedPenalty",
     "declare",

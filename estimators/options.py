@@ -39,6 +39,12 @@ def _generator(name: str, value: Any) -> torch.Generator | None:
     return value
 
 
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"option {name!r} must be a non-negative integer, got {value!r}")
+    return value
+
+
 REPRESENTATIONS = ("auto", "dense", "factor")
 
 
@@ -69,6 +75,11 @@ OPTIONS: dict[str, Option] = {
     "generator": Option(None, _generator, "torch.Generator for the mc samples (reproducible)"),
     "representation": Option("auto", _representation, "full: 'auto', 'dense' or 'factor'"),
     "batch_size": Option(100, _positive_int, "mini-batch size of the legacy batched estimator"),
+    "rank": Option(50, _positive_int, "lowrank: k, the top eigenpairs kept (1 <= k < P)"),
+    "oversample": Option(10, _non_negative_int, "lowrank: sketch columns beyond rank"),
+    "power_iterations": Option(
+        3, _non_negative_int, "lowrank: extra passes over the inputs that sharpen the sketch"
+    ),
 }
 
 

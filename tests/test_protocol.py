@@ -19,6 +19,7 @@ EXPECTED_NAMES = [
     "ekfac-empirical", "ekfac-exact", "ekfac-mc",
     "full-empirical", "full-exact", "full-mc", "identity",
     "kfac-empirical", "kfac-exact", "kfac-mc",
+    "lowrank-empirical", "lowrank-exact", "lowrank-mc",
 ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from tests import cases
 
 B = ["forward", "chunk_size", "memory_budget"]
 MC = ["mc_samples", "generator"]
+LR = ["rank", "oversample", "power_iterations"]
 OPTION_LISTS = {
     "diag-argmax": B, "diag-batched": ["forward", "batch_size", "memory_budget"],
     "diag-empirical": B, "diag-exact": B, "diag-mc": B + MC,
@@ -23,6 +24,7 @@ OPTION_LISTS = {
     "full-empirical": [*B, "representation"], "full-exact": [*B, "representation"],
     "full-mc": B + MC + ["representation"], "identity": ["forward", "memory_budget"],
     "kfac-empirical": B, "kfac-exact": B, "kfac-mc": B + MC,
+    "lowrank-empirical": B + LR, "lowrank-exact": B + LR, "lowrank-mc": B + MC + LR,
 }  # fmt: skip
 ONLINE_BY_DEFAULT = {
     "diag-argmax", "diag-batched", "diag-empirical", "diag-exact", "diag-mc", "identity",
