@@ -347,17 +347,34 @@ def nystrom_top(
     gen = torch.Generator(device=layout.device).manual_seed(SEED)
     shape = (layout.numel, sketch_width(layout.numel, options))
     omega = torch.randn(shape, generator=gen, dtype=layout.dtype, device=layout.device)
-    q = torch.linalg.qr(omega)[0]
+    q = orthonormalise(omega)
     for _ in range(options["power_iterations"]):
-        q = torch.linalg.qr(product(q))[0]
+        q = orthonormalise(product(q))
     return nystrom(q, product(q), options["rank"])
+
+
+def orthonormalise(y: torch.Tensor) -> torch.Tensor:
+    r"""Orthonormal columns spanning ``y`` ``[P, l]`` (CholeskyQR2, float64).
+
+    Two rounds of :math:`Q \leftarrow Q C^{-\top}` with :math:`Q^\top Q = C C^\top`: about
+    ten times faster than LAPACK's QR on these tall, thin matrices; LAPACK's QR when the Gram
+    matrix is too ill-conditioned for Cholesky.
+    """
+    q = y.double()
+    for _ in range(2):
+        chol, info = torch.linalg.cholesky_ex(q.T @ q)
+        if info != 0:
+            return torch.linalg.qr(y)[0]
+        q = torch.linalg.solve_triangular(chol.T, q, upper=True, left=False)
+    return q.to(y.dtype)
 
 
 def nystrom(q: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Top-k eigenpairs of :math:`Y (Q^\top Y)^+ Y^\top` for :math:`Y = F Q` (float64).
 
     Stable form (Tropp, Yurtsever, Udell & Cevher, 2017, Alg. 3): :math:`Y_\nu = Y + \nu Q`,
-    :math:`Q^\top Y_\nu = C C^\top`, :math:`E = Y_\nu C^{-\top} = W \Sigma Z^\top`, eigenpairs
+    :math:`Q^\top Y_\nu = C C^\top`, :math:`E = Y_\nu C^{-\top} = W \Sigma Z^\top` (from the
+    eigenpairs of the small :math:`E^\top E`), eigenpairs
     :math:`(\max(\sigma^2 - \nu, 0), W)`. :math:`\nu` starts at eps (of Y's dtype) times
     :math:`\|Y\|_F` and grows tenfold until the Cholesky factorisation succeeds. Zero
     eigenvalues are dropped; Q ``[P, l]`` must have orthonormal columns.
@@ -376,9 +393,11 @@ def nystrom(q: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     else:
         raise RuntimeError("the Nyström core Q^T F Q is not positive semi-definite")
     e = torch.linalg.solve_triangular(chol.T, shifted, upper=True, left=False)
-    w, s, _ = torch.linalg.svd(e, full_matrices=False)
-    vals = (s[:k].square() - nu).clamp_min(0)
-    return vals[vals > 0], w[:, :k][:, vals > 0]
+    sq, z = torch.linalg.eigh(e.T @ e)  # E^T E = Z S^2 Z^T: W = E Z / S (no tall SVD)
+    sq, z = sq.flip(0)[:k], z.flip(1)[:, :k]
+    vals = (sq - nu).clamp_min(0)
+    keep = vals > 0
+    return vals[keep], e @ (z[:, keep] / sq[keep].sqrt())
 
 
 def assemble(

@@ -72,3 +72,18 @@ def test_interleaved_steps_order_and_warmup():
     expected = [(v.name, r % 2) for r in range(5) for v in measure.shuffled(variants, r)]
     assert log == expected
     assert all(len(v.times) == 3 for v in variants)
+
+
+def test_low_rank_rows_are_timed_at_the_protocols_rank_and_only_up_to_their_limit():
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 50), torch.nn.ReLU(), torch.nn.Linear(50, 10)
+    )
+    x, y = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    call = workloads.estimator_call("lowrank-exact", model, x, y)
+    call.warm_up(1, lambda: None)
+    assert call.row["status"] == "ok"
+    big = torch.zeros(workloads.MAX_TIMED_N["lowrank-exact"] + 1, 1, 28, 28)
+    skipped = workloads.estimator_call("lowrank-exact", model, big, torch.zeros(len(big)).long())
+    skipped.warm_up(1, lambda: None)
+    assert skipped.row["status"] == "not timed" and "N = 1,000" in skipped.row["message"]
+    assert measure.failure(measure.NotTimed("x")) == {"status": "not timed", "message": "x"}

@@ -27,6 +27,7 @@ import estimators
 
 from .measure import cuda_peak, is_cuda, proc_memory_unsupported, proc_peak
 from .workloads import (
+    TIMED_OPTIONS,
     bn_count,
     floor_pass,
     load_data,
@@ -63,7 +64,7 @@ def child_workload(
     if spec.kind == "naive":
         m = naive_inputs(spec.n)
         return lambda: naive_diagonal(model, x[:m], y[:m])
-    est = estimators.make(spec.name)
+    est = estimators.make(spec.name, **TIMED_OPTIONS.get(spec.name, {}))
     return lambda: est.fit(model, x, y)
 
 

@@ -80,8 +80,14 @@ def repeats_for(warmup_s: float, repeats: int, budget_s: float = SLOW_BUDGET_S) 
     return max(1, min(repeats, int(budget_s / max(warmup_s, 1e-9))))
 
 
+class NotTimed(Exception):  # noqa: N818 (a decision, not an error)
+    """A call left out at this size on purpose; its message says why and where it is timed."""
+
+
 def failure(err: BaseException) -> dict[str, Any]:
-    """A row's status and message for a call that refused or crashed."""
+    """A row's status and message for a call that refused, crashed or was left out."""
+    if isinstance(err, NotTimed):
+        return {"status": "not timed", "message": str(err)}
     if isinstance(err, FisherMemoryError):
         return {
             "status": "refused",

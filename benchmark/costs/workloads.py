@@ -31,7 +31,7 @@ import estimators
 from ..data import load_split
 from ..models import make_model
 from ..training import make_optimizer, plain_forward, train_step
-from .measure import SetupError, TimedCall
+from .measure import NotTimed, SetupError, TimedCall
 
 MODEL = "tutorial-mlp"
 SYNTHETIC_SEED = 0
@@ -168,10 +168,28 @@ def describe_tensors(tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
     return {"nbytes": sum(t.numel() * t.element_size() for t in tensors)}
 
 
+TIMED_OPTIONS: dict[str, dict[str, Any]] = {
+    f"lowrank-{mode}": {"rank": 200} for mode in ("exact", "mc", "empirical")
+}
+"""Options the cost tables time an estimator with (the protocol's largest low-rank rank)."""
+MAX_TIMED_N: dict[str, int] = {f"lowrank-{mode}": 1000 for mode in ("exact", "mc", "empirical")}
+"""Largest N an estimator is timed at: each low-rank fit is ``power_iterations + 1`` passes over
+the N x C implicit rows (linear in N), so N = 10,000 would add minutes per row and say nothing
+the N = 1,000 row does not."""
+
+
 def estimator_call(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TimedCall:
-    """``est.fit(model, x, y)`` as a timed call; an error of ``estimators.make`` surfaces in it."""
+    """``est.fit(model, x, y)`` as a timed call; an error of ``estimators.make`` surfaces in it.
+
+    ``TIMED_OPTIONS`` configure the estimator; beyond ``MAX_TIMED_N`` inputs the row says so.
+    """
     try:
-        est = estimators.make(name)
+        limit = MAX_TIMED_N.get(name)
+        if limit is not None and x.shape[0] > limit:
+            raise NotTimed(
+                f"not timed above N = {limit:,} (linear in N; see the N = {limit:,} table)"
+            )
+        est = estimators.make(name, **TIMED_OPTIONS.get(name, {}))
     except Exception as err:  # recorded by the warm-up, the run continues
         failed = err
 
