@@ -76,11 +76,18 @@ JOBS ?= auto
 # run alone. Default 1: with JOBS=auto the tutorial network gains nothing from it (scaling.md).
 GROUP_SIZE ?= 1
 RESULTS ?= results
+# Where the runs of reproduce and reproduce-quick execute: process (a local process pool of JOBS
+# runs, the default) or dask (pip install -e '.[distributed]'): SCHEDULER=tcp://HOST:PORT connects
+# to a running Dask scheduler, SCHEDULER=local:N starts N single-threaded workers for the sweep;
+# empty: $$DASK_SCHEDULER_ADDRESS, else local:JOBS. README: "Sweeps on many cores, GPUs or a cluster".
+EXECUTOR ?= process
+SCHEDULER ?=
+EXECUTOR_FLAGS := --executor $(EXECUTOR) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 reproduce: data-check install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
 	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
 		--results $(RESULTS)/default --out reports --jobs $(JOBS) \
-		--group-size $(GROUP_SIZE)
+		--group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 	$(MAKE) study
 
 costs: install  ## What each estimator costs: `make timing` then `make scaling` (run on an idle machine).
@@ -96,7 +103,7 @@ study: install  ## Approximation study (full vs KFAC vs diagonal) -> reports/STU
 reproduce-quick: data-check install  ## The same pipeline scaled down (< 5 min) -> reports/quick/.
 	$(PY) -m benchmark reproduce --experiment quick --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
 		--results $(RESULTS)/quick --out reports/quick --jobs $(JOBS) \
-		--group-size $(GROUP_SIZE)
+		--group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 
 report: install  ## Rebuild reports/ from the stored records alone (no training).
 	$(PY) -m benchmark report --results $(RESULTS)/default --out reports

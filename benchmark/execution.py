@@ -1,10 +1,11 @@
 """Running a sweep's runs: executors, workers that never outlive their driver, failures that heal.
 
 Runs go through a ``concurrent.futures.Executor``: in this process for ``jobs = 1``, a local
-spawn-based process pool for ``jobs > 1``. Workers receive a run's config (plain data) and return
-its record as a plain dict; the driver writes every record (atomically), so a worker never
-writes into the results folder. Runs are submitted a few at a time and the progress bar
-advances as each one finishes, whatever the executor.
+spawn-based process pool for ``jobs > 1``, or a Dask cluster (``benchmark.distributed``).
+Workers receive a run's config (plain data) and return its record as a plain dict; the driver
+writes every record (atomically), so a worker never writes into the results folder. Runs are
+submitted a few at a time and the progress bar advances as each one finishes, whatever the
+executor.
 
 Failures: a run that raises is recorded as ``failed`` with ``failure = "environment"`` when the
 cause lies outside the run (missing or corrupt data, no device, out of memory, an OS error, a
@@ -170,6 +171,13 @@ class Pool:
     def close(self, *, kill: bool = False) -> None:
         """Shut down (``kill``: at once, ending the workers)."""
         stop_executor(self.executor, kill=kill)
+
+    def describe(self) -> dict[str, Any]:
+        """``sweep.json``'s ``parallel``: runs at once, runs per unit, torch threads per run."""
+        threads = (
+            torch.get_num_threads() if self.inline else threads_per_run(self.jobs, self.threads)
+        )
+        return {"jobs": self.jobs, "group_size": self.group_size, "threads_per_run": threads}
 
 
 @contextmanager
@@ -342,8 +350,12 @@ class _Runner:
         self.attempts: Counter = Counter()  # worker deaths blamed on each run
         self.suspects: set[str] = set()  # in flight with others when a worker died: run alone
         self.bar: tqdm = tqdm(disable=True)
-        self.window = 1 if pool.inline else 2 * pool.jobs
         self.progress = pool.inline and sys.stderr.isatty()
+
+    @property
+    def window(self) -> int:
+        """Units in flight at most: two per worker (read each time: Dask's workers come and go)."""
+        return 1 if self.pool.inline else 2 * self.pool.jobs
 
     def fill(self) -> None:
         """Submit units until the window is full (a suspect runs alone)."""
@@ -433,6 +445,7 @@ def phase_summary(configs: list[RunConfig], results: Path) -> dict[str, Any]:
                     f"lam={cfg.lam:g} seed={cfg.seed}",
                     "failure": record.failure or "unknown",
                     "message": record.message,
+                    **({"worker": w} if (w := record.provenance.get("worker")) else {}),
                 }
             )
     return {"runs": sum(counts.values()), **dict(counts), "failed_runs": failed}

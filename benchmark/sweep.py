@@ -24,22 +24,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import provenance
 from .config import FIELD_HELP, FLOAT32_MAX, RunConfig, device_kind
-from .execution import (
-    Pool,
-    Tally,
-    phase_summary,
-    resolve_jobs,
-    run_configs,
-    sigterm_as_interrupt,
-    threads_per_run,
-)
+from .distributed import DaskPool, executor_choice, failure_workers
+from .execution import Pool, Tally, phase_summary, run_configs, sigterm_as_interrupt
 from .lock import FolderLock
 from .methods import METHODS, parse_label
-from .preflight import preflight
 from .records import RunRecord, clean_partial, read_records, write_json_atomic
 from .selection import choose_lambdas, group_key
 
@@ -292,13 +282,17 @@ def run_sweep(
     device: str | None = None,
     wait: bool = False,
     out: Path | None = None,
+    executor: str = "process",
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Both phases; writes ``<results>/sweep.json`` (experiment, command, machine, outcomes).
 
     ``jobs`` runs at once (``auto``: one per available core), each with ``threads`` torch
     threads (default: the cores shared evenly; with one job, torch's own default). With
     ``group_size`` > 1, runs that differ only in lambda and seed train together, up to that many
-    per process (``benchmark.grouped``); each still gets its own record.
+    per process (``benchmark.grouped``); each still gets its own record. ``executor = "dask"``
+    sends them to a Dask cluster instead (``scheduler``: ``tcp://HOST:PORT`` or ``local:N``; see
+    ``benchmark.distributed``), where workers check their own data and devices.
 
     Before any run: the preflight (data, device, writable ``results`` and ``out`` folders,
     memory budgets; ``PreflightError``), then the folder's lock (``FolderInUseError``, or wait).
@@ -306,29 +300,31 @@ def run_sweep(
     now and how many were reused, the failed runs with their reasons).
 
     Raises:
-        PreflightError: problems found before training; nothing was written.
+        PreflightError: problems found before training; nothing was written (under Dask the
+            workers check once the folder is locked: it may exist, empty).
         FolderInUseError: another live sweep holds ``results``.
         SweepInterrupted: Ctrl-C or SIGTERM; workers were stopped, finished records kept.
     """
+    choice = executor_choice(executor, scheduler, jobs)
     if device is not None:
         resolved = device_kind(device)  # auto: what this machine has
         for g in experiment.groups:
             g.base = g.base.replace(device=resolved)
-    preflight(
-        [g.base for g in experiment.groups],
-        root=root,
-        download=download,
-        folders={"--results": results, "--out": out},
-    )
+    bases = [g.base for g in experiment.groups]
+    folders = {"--results": results, "--out": out}
+    choice.preflight(bases, root=root, download=download, folders=folders)
     results.mkdir(parents=True, exist_ok=True)
     with FolderLock(results, wait=wait), sigterm_as_interrupt():
-        return _run_phases(
-            experiment, results, Pool(resolve_jobs(jobs), threads, group_size), root, retry_failed
-        )
+        pool = choice.open(threads, group_size, bases, (root, download))
+        return _run_phases(experiment, results, pool, root, retry_failed)
 
 
 def _run_phases(
-    experiment: Experiment, results: Path, pool: Pool, root: str | None, retry_failed: bool
+    experiment: Experiment,
+    results: Path,
+    pool: Pool | DaskPool,
+    root: str | None,
+    retry_failed: bool,
 ) -> dict[str, Any]:
     """Selection (with grid extensions), then the final seeds; then ``sweep.json``."""
     clean_partial(results)
@@ -348,13 +344,7 @@ def _run_phases(
     meta.update(
         started=started, finished=provenance.now(), duration_seconds=time.perf_counter() - t0
     )
-    meta["parallel"] = {
-        "jobs": pool.jobs,
-        "group_size": pool.group_size,
-        "threads_per_run": torch.get_num_threads()
-        if pool.inline
-        else threads_per_run(pool.jobs, pool.threads),
-    }
+    meta["parallel"] = pool.describe()
     meta["invocations"] = [*earlier_invocations(results, experiment.name), invocation(meta)]
     write_json_atomic(results / "sweep.json", meta)
     return meta
@@ -391,7 +381,7 @@ def earlier_invocations(results: Path, name: str) -> list[dict[str, Any]]:
 def _phases(
     experiment: Experiment,
     results: Path,
-    pool: Pool,
+    pool: Pool | DaskPool,
     root: str | None,
     retry_failed: bool,
     ran: dict[str, Tally],
@@ -483,6 +473,8 @@ def summary_lines(meta: dict[str, Any], limit: int = 10) -> list[str]:
     failed = failed_runs(meta)
     for f in failed[:limit]:
         lines.append(f"  failed [{f['failure']}] {f['run_id']} {f['what']}: {f['message']}")
+    if workers := failure_workers(failed):
+        lines.append(f"  workers that ran the failed runs: {workers}")
     if len(failed) > limit:
         lines.append(f"  ... and {len(failed) - limit} more (runs.csv lists every run)")
     return lines

@@ -114,6 +114,13 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     add_machine_args(p, "one more call per row, in process")
     p.add_argument("--quick", action="store_true", help="tiny configuration (tests, smoke runs)")
+    p.add_argument(
+        "--executors-only",
+        action="store_true",
+        help="measure only runs per minute through the process pool and Dask (needs "
+        "'.[distributed]') and put them into OUT/scaling.json, which must exist; then rewrite "
+        "OUT/scaling.md (the other sections keep their numbers)",
+    )
     p.set_defaults(func=run_scaling_command, subparser=p)
     return p
 
@@ -181,6 +188,8 @@ def run_scaling_command(
     from ..report import scaling as scaling_report
 
     require_folders({"--out": args.out})
+    if args.executors_only:
+        return run_executors_only(args, argv)
     try:
         overrides = dict(
             device=str(resolve_device(args.device)),
@@ -195,6 +204,26 @@ def run_scaling_command(
         record = costs.run_scaling(config)
     except costs.ScalingError as err:
         parser.error(str(err))
+    print(f"wrote {scaling_report.write_reports(record, Path(args.out))}")
+    return 0
+
+
+def run_executors_only(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``scaling --executors-only``: measure the executors table into an existing scaling.json."""
+    from ..costs.executors import ExecutorsConfig, measure_executors
+    from ..distributed import require_distributed
+    from ..errors import UserError
+    from ..report import scaling as scaling_report
+
+    path = Path(args.out) / "scaling.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--executors-only updates {path}: {err}; run `make scaling` first"
+        ) from None
+    require_distributed()
+    record["executors"] = measure_executors(ExecutorsConfig(), args.results, command(argv))
     print(f"wrote {scaling_report.write_reports(record, Path(args.out))}")
     return 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import FIELD_HELP, RunConfig
+from ..distributed import EXECUTORS, INSTALL, SCHEDULER_ENV, parse_scheduler
 from ..errors import FAILED_RUNS_STATUS, UserError
 from .common import (
     add_data_args,
@@ -121,7 +122,23 @@ def _add_sweep_like(
 
 
 def _add_parallel_args(p: argparse.ArgumentParser) -> None:
-    """``--jobs`` and ``--threads``: how many runs at once, with how many threads each."""
+    """``--executor``, ``--scheduler``, ``--jobs``, ``--threads``, ``--group-size``."""
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="process",
+        help="where runs execute: process (a local process pool, default) or dask (a Dask "
+        f"cluster, see --scheduler; needs {INSTALL})",
+    )
+    p.add_argument(
+        "--scheduler",
+        type=scheduler_arg,
+        default=None,
+        metavar="tcp://HOST:PORT|local:N",
+        help="with --executor dask: a running scheduler's address (default "
+        f"${SCHEDULER_ENV}), or local:N to start a LocalCluster of N single-threaded workers for "
+        "the sweep (default local:JOBS)",
+    )
     p.add_argument(
         "--jobs",
         type=jobs_arg,
@@ -134,7 +151,7 @@ def _add_parallel_args(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="torch threads per run (default: the cores shared evenly among the jobs; with "
-        "--jobs 1, torch's default, e.g. OMP_NUM_THREADS)",
+        "--jobs 1, torch's default, e.g. OMP_NUM_THREADS; under --executor dask, 1)",
     )
     p.add_argument(
         "--group-size",
@@ -143,6 +160,14 @@ def _add_parallel_args(p: argparse.ArgumentParser) -> None:
         help="train up to this many runs that differ only in lambda and seed together, as one "
         "stacked model (one record each; default 1: each run alone)",
     )
+
+
+def scheduler_arg(text: str) -> Any:
+    """An argparse type: ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``local:N``."""
+    try:
+        return parse_scheduler(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--scheduler ")) from None
 
 
 def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -252,6 +277,8 @@ def _sweep(args: argparse.Namespace, exp: Any, out: Path | None) -> dict[str, An
         device=args.device,
         wait=args.wait,
         out=out,
+        executor=args.executor,
+        scheduler=args.scheduler,
     )
     print(f"sweep {exp.name} in {results}:", file=sys.stderr)
     for line in summary_lines(meta):

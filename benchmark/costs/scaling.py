@@ -46,6 +46,7 @@ from estimators.curvature import DEFAULT_MEMORY_BUDGET
 
 from ..device import synchronizer
 from ..models import INPUT_PIXELS, mlp, n_parameters
+from .executors import ExecutorsConfig, measure_executors
 from .measure import (
     Progress,
     SetupError,
@@ -103,6 +104,7 @@ class ScalingConfig:
         memory: measure extra peak memory (one more call per row).
         results: a sweep's results folder for the time split, or None.
         throughput: runs per minute alone vs grouped (``throughput``), or None to skip.
+        executors: runs per minute through the process pool and Dask (``executors``), or None.
     """
 
     n_values: tuple[int, ...] = (100, 300, 1000, 3000, 10000)
@@ -132,6 +134,7 @@ class ScalingConfig:
     command: str = ""
     quick: bool = False
     throughput: ThroughputConfig | None = field(default_factory=ThroughputConfig)
+    executors: ExecutorsConfig | None = field(default_factory=ExecutorsConfig)
 
     def __post_init__(self) -> None:
         for field_name in ("n_values", "widths", "depths", "classes", "past_tasks"):
@@ -177,6 +180,7 @@ def quick_config(**overrides: Any) -> ScalingConfig:
         repeats=1,
         quick=True,
         throughput=ThroughputConfig(("mlp-16",), (1, 2), epochs=1, fisher_samples=16, repeats=1),
+        executors=None,  # starts clusters: `scaling --executors-only` measures it alone
     )
     settings.update(overrides)
     return ScalingConfig(**settings)
@@ -402,8 +406,12 @@ def total_ticks(config: ScalingConfig) -> int:
     ticks += (len(config.widths) + len(config.depths)) * point_ticks(config, config.size_estimators)
     ticks += len(config.classes) * point_ticks(config, config.class_estimators)
     ticks += min(PENALTY_WARMUP_STEPS, config.penalty_steps) + config.penalty_steps
-    t = config.throughput
-    return ticks + (len(t.networks) * len(t.sizes) if t else 0)
+    t, e = config.throughput, config.executors
+    return (
+        ticks
+        + (len(t.networks) * len(t.sizes) if t else 0)
+        + (len(e.settings) * e.repeats if e else 0)
+    )
 
 
 def measure_all(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
@@ -440,6 +448,11 @@ def measure_all(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
         "penalty": sweep_penalty(config, progress),
         "throughput": measure_throughput(config.throughput, progress.tick)
         if config.throughput
+        else None,
+        "executors": measure_executors(
+            config.executors, config.results, config.command, progress.tick
+        )
+        if config.executors
         else None,
     }
 

@@ -7,11 +7,12 @@ by ``scaling_figures``. What is measured, and how, is ``benchmark.costs.scaling`
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .format import fmt_bytes, fmt_ms, fmt_ratio, md_cell
+from .format import fmt_bytes, fmt_duration, fmt_ms, fmt_ratio, md_cell
 from .provenance import command_item, git_text, libraries_text, machine_text
 from .scaling_figures import SPLIT_PARTS, estimator_names, row_of, write_figures
 
@@ -302,6 +303,155 @@ def throughput_section(record: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+EXECUTOR_LABELS = {
+    ("process", 1): "process pool, `--jobs 1` (in the driver)",
+    ("process", 2): "process pool, `--jobs 2`",
+}
+
+
+def executor_label(row: dict[str, Any]) -> str:
+    """``Dask, `--scheduler local:2` `` or the process pool's flags."""
+    key = (row["executor"], row["workers"])
+    if key in EXECUTOR_LABELS:
+        return EXECUTOR_LABELS[key]
+    if row["executor"] == "dask":
+        return f"Dask, `--executor dask --scheduler local:{row['workers']}`"
+    return f"process pool, `--jobs {row['workers']}`"
+
+
+def executors_section(record: dict[str, Any]) -> list[str]:
+    """Runs per minute through the process pool and Dask, Dask's overhead (``costs.executors``)."""
+    ex = record.get("executors")
+    lines = ["## Sweeps through the process pool and Dask: runs per minute", ""]
+    if not ex:
+        return [*lines, "Not measured in this record (`scaling --executors-only` measures it).", ""]
+    s = ex["settings"]
+    load = " -> ".join(str(v) for v in ex.get("load_average", []))
+    lines += [
+        f"{s['runs']} whole runs (two synthetic tasks of 1,080 training inputs, {s['epochs']} "
+        f"epochs, EWC with {s['estimator']}, evaluation included, one torch thread each) sent "
+        "through `execution.run_configs` as a sweep sends them, every record written by the "
+        "driver. Every executor is first started and warmed with one run per worker (start + "
+        "warm-up column: processes, imports, first calls); then batches alternate between "
+        f"them in a fresh order each of {s.get('repeats', 1)} rounds, each timed from its first "
+        "submission to its last record written (medians over the rounds). Overhead "
+        "per run = (workers x wall - the runs' own seconds) / runs: worker time not spent in a "
+        "run (submission, scheduling, transfer, the driver's writes, waiting for the last run). "
+        f"Measured {ex.get('date', '?')} (1-minute load average {load}) with "
+        f"`{ex.get('command') or 'python -m benchmark scaling'}`.",
+        "",
+        "| executor | workers | start + warm-up s | wall s | runs/min | mean run s | "
+        "overhead per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in ex["rows"]:
+        lines.append(
+            f"| {executor_label(r)} | {r['workers']} | {r['start_s']:.1f} | {r['wall_s']:.1f} | "
+            f"{r['runs_per_min']:.1f} | {r['run_s']:.2f} | {fmt_ms(r['overhead_s'])} ms "
+            f"({r['overhead_pct']:.1f}%) |"
+        )
+    lines += [
+        "",
+        "The mean-run column is the same runs' own time, which moves with the machine's load "
+        "(other processes on its cores): runs per minute compare executors only as far as it "
+        "stays put, while the overhead column subtracts it.",
+    ]
+    if ex.get("skipped"):
+        lines += ["", f"Dask rows skipped: {md_cell(ex['skipped'])}."]
+    lines += ["", *executor_costs(ex), "", *full_on_paper(ex), ""]
+    return lines
+
+
+def executor_costs(ex: dict[str, Any]) -> list[str]:
+    """Dask's overhead against the 2% target, and the per-run costs that bound the workers."""
+    dask = next((r for r in ex["rows"] if r["executor"] == "dask" and r["workers"] == 1), None)
+    out = []
+    if dask:
+        verdict = "under" if dask["overhead_pct"] < 2 else "over"
+        out.append(
+            f"Dask's overhead per run at one worker: {fmt_ms(dask['overhead_s'])} ms, "
+            f"{dask['overhead_pct']:.1f}% of a {dask['run_s']:.2f} s run ({verdict} the 2% "
+            "target). "
+        )
+    if ex.get("task_s") is not None:
+        out.append(
+            f"Costs per run that do not shrink with more workers: the Dask scheduler's, "
+            f"{fmt_ms(ex['task_s'])} ms per task ({ex['settings']['noop_tasks']} no-op tasks in "
+            f"flight; one round trip {fmt_ms(ex['round_trip_s'])} ms), and the driver's atomic "
+            f"write of one record (JSON, fsync, rename), {fmt_ms(ex['write_s'])} ms."
+        )
+    return ["".join(out)] if out else []
+
+
+def _phase(full: dict[str, Any], runs: int, workers: int) -> float:
+    """A phase of ``runs`` on ``workers``: ceil(runs / W) mean runs, never under the longest."""
+    return max(math.ceil(runs / workers) * full["run_s"], full.get("run_s_max") or 0.0)
+
+
+def _wall(full: dict[str, Any], workers: int) -> float:
+    """Wall time of selection then test phase on ``workers`` (no grid extension)."""
+    return _phase(full, full["selection_runs"], workers) + _phase(full, full["final_runs"], workers)
+
+
+def plateau(full: dict[str, Any]) -> int:
+    """The fewest workers at which both phases take only their longest run (the critical path)."""
+    widest = max(full["selection_runs"], full["final_runs"])
+    longest = full.get("run_s_max") or full["run_s"]
+    return math.ceil(widest / max(1, math.floor(longest / full["run_s"])))
+
+
+def full_on_paper(ex: dict[str, Any]) -> list[str]:
+    """How the full experiment's wall time falls with workers, and what limits them."""
+    f = ex["full"]
+    sel, final, t = f["selection_runs"], f["final_runs"], f["run_s"]
+    widest, flat = max(sel, final), plateau(f)
+    per_run = (ex.get("task_s") or 0.0) + ex["write_s"]
+    longest = f"; the longest {f['run_s_max']:.1f} s" if f.get("run_s_max") else ""
+    lines = [
+        f"### On paper: the `{f['experiment']}` experiment on W workers",
+        "",
+        f"`{f['experiment']}` has {f['groups']} (study, BatchNorm, method) groups: lambda "
+        f"selection is {sel} runs (seed 0), then up to {f['extension_rounds']} grid-extension "
+        "rounds (one run per grid edge that won), then the test phase, "
+        f"{final} runs ({f['groups']} groups x {f['seeds'] - 1} more seeds; seed 0 reuses its "
+        "selection run). Runs within a phase are independent, but a phase starts only when the "
+        "one before it has ended (the chosen lambdas decide the test runs), so on W workers the "
+        f"wall time is about t x (ceil({sel}/W) + ceil({final}/W)), plus ceil(n/W) x t per "
+        "extension round (not in the table), and no phase is shorter than its longest run: the "
+        "critical path, the longest selection run plus the longest test run (plus one run per "
+        f"extension round), is reached at W = {flat}. t = {t:.1f} s, the mean "
+        f"run in {f['run_s_source']}{longest}; runs of another length scale every time below "
+        "in proportion.",
+        "",
+        "| workers W | selection | test phase | wall time | speed-up |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for w in sorted({1, 2, 4, 8, 16, 32, 64, 128, flat, widest}):
+        if w <= flat or w == widest:
+            lines.append(
+                f"| {w:,} | {fmt_duration(_phase(f, sel, w))} | "
+                f"{fmt_duration(_phase(f, final, w))} | {fmt_duration(_wall(f, w))} | "
+                f"{_wall(f, 1) / _wall(f, w):.1f}x |"
+            )
+    limit = t / per_run if per_run > 0 else float("inf")
+    first = (
+        f"That is beyond the {flat} workers at which the critical path is reached: for this "
+        "experiment the phases' sizes and their longest runs bound the speed-up first (no gain "
+        f"past {flat} workers), not Dask's scheduler or the results store."
+        if limit > flat
+        else f"That is below the {flat} workers at which the critical path is reached: past "
+        f"{limit:,.0f} workers the driver, not the runs, sets the pace."
+    )
+    lines += [
+        "",
+        "Where the scheduler or the store becomes the limit: the driver receives and writes every "
+        f"record in turn, {fmt_ms(per_run)} ms per run (scheduler + write above), so it keeps up "
+        f"with runs finishing at W / t per second up to W = t / {fmt_ms(per_run)} ms = "
+        f"{limit:,.0f} workers. {first}",
+    ]
+    return lines
+
+
 def figures_section(figures: Sequence[str]) -> list[str]:
     """Links to the figures that were drawn."""
     if not figures:
@@ -323,6 +473,7 @@ def render_markdown(record: dict[str, Any], figures: Sequence[str] = ()) -> str:
         dense_section(record),
         split_section(record),
         throughput_section(record),
+        executors_section(record),
         figures_section(figures),
     ]
     return "\n".join(line for part in parts for line in part).rstrip() + "\n"
