@@ -268,6 +268,9 @@ class EKFACCurvature(Curvature):
         for blk in self.blocks:
             d_out, d_a = blk.S.shape
             hit = ((chosen >= start) & (chosen < start + d_out * d_a)).nonzero().squeeze(1)
+            if hit.numel() == 0:  # none of this block's eigenpairs is among the k largest
+                start += d_out * d_a
+                continue
             p, q = (chosen[hit] - start) // d_a, (chosen[hit] - start) % d_a
             qg, qa = blk.QG.double().cpu()[:, p], blk.QA.double().cpu()[:, q]
             rows = blk.frame.flat_index().cpu()
