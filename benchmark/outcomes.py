@@ -47,7 +47,8 @@ class Run:
 
     Attributes:
         record: the record itself.
-        sequence: task sequence name.
+        sequence: the run's report section (``section_of``): its task sequence, followed by
+            `` on <network>`` unless it trains the tutorial's network.
         bn: BatchNorm mode.
         label: the method's display label (``method_label`` plus a variant suffix if needed).
         lam: penalty strength lambda.
@@ -163,9 +164,34 @@ def method_sort_key(label: str) -> tuple[int, int, int, str]:
 
 
 def sequence_sort_key(sequence: str) -> tuple[int, str]:
-    """The order of ``config.SEQUENCES``; unknown sequences after, alphabetically."""
-    order = list(SEQUENCES)
-    return (order.index(sequence) if sequence in order else len(order), sequence)
+    """The order of ``config.SEQUENCES`` (by a section's sequence, then its network).
+
+    Unknown sequences come after, alphabetically.
+    """
+    order, base = list(SEQUENCES), sequence.split(NETWORK_JOIN)[0]
+    return (order.index(base) if base in order else len(order), sequence)
+
+
+TUTORIAL_NETWORK = "tutorial-mlp"
+"""The network whose sections are named by their sequence alone (the source tutorial's)."""
+NETWORK_JOIN = " on "
+
+
+def model_text(config: dict[str, Any]) -> str:
+    """``tutorial-mlp``, ``mlp hidden=16``: a run's network and its options."""
+    options = config.get("model_options") or {}
+    return " ".join([str(config.get("model")), *(f"{k}={v}" for k, v in sorted(options.items()))])
+
+
+def section_of(config: dict[str, Any]) -> str:
+    """A run's report section: its sequence, ``on`` its network unless the tutorial's.
+
+    Runs on different networks are never compared seed by seed, nor share a table:
+    ``mnist-fmnist`` (the tutorial network) and ``mnist-fmnist on mlp hidden=16``.
+    """
+    network = model_text(config)
+    sequence = str(config.get("sequence"))
+    return sequence if network == TUTORIAL_NETWORK else f"{sequence}{NETWORK_JOIN}{network}"
 
 
 def bn_sort_key(bn: str) -> tuple[int, str]:
@@ -195,11 +221,11 @@ def display_labels(records: Sequence[RunRecord]) -> dict[str, str]:
     """
     variants: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in records:
-        key = (str(r.config.get("sequence")), method_label(r.config))
+        key = (section_of(r.config), method_label(r.config))
         variants.setdefault(key, {})[_variant_key(r.config)] = r.config
     labels: dict[str, str] = {}
     for r in records:
-        key = (str(r.config.get("sequence")), method_label(r.config))
+        key = (section_of(r.config), method_label(r.config))
         configs = variants[key]
         label = key[1]
         if len(configs) > 1:
@@ -242,7 +268,7 @@ def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run
         runs.append(
             Run(
                 record=r,
-                sequence=str(c.get("sequence")),
+                sequence=section_of(c),
                 bn=str(c.get("bn")),
                 label=labels[r.run_id],
                 lam=float(c.get("lam", 0.0)),

@@ -368,3 +368,17 @@ def test_full_fisher_rows_state_their_rank():
     row = report_results.csv_row(run)
     assert row["model"] == "mlp hidden=8" and row["representation"] == "full-factor 200 rows"
     assert row["curvature_bytes"] == str(200 * 6442 * 4)
+
+
+def test_runs_on_another_network_are_their_own_section():
+    """Never one table (nor one paired test) across networks; no model suffix in the labels."""
+    main = _full_record(200)
+    tutorial_config = RunConfig(estimator="full-exact", fisher_samples=20).to_dict()
+    tutorial = RunRecord(run_id="t", config=tutorial_config, curvature_bytes=[4])
+    runs = {r.record.run_id: r for r in outcomes.summarise([main, tutorial])}
+    assert runs["t"].sequence == "mnist-fmnist"
+    assert runs[main.run_id].sequence == "mnist-fmnist on mlp hidden=8"
+    assert runs[main.run_id].label == runs["t"].label == "ewc full-exact"
+    assert outcomes.sequences(runs.values()) == ["mnist-fmnist", "mnist-fmnist on mlp hidden=8"]
+    assert report_results.csv_row(runs[main.run_id])["sequence"] == "mnist-fmnist"
+    assert report_figures.slug("mnist-fmnist on mlp hidden=8") == "mnist-fmnist_on_mlp_hidden8"

@@ -9,6 +9,7 @@ accuracy. Methods take their colours from the shared palette (``format.colour``)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,21 @@ class FigureSpec:
     caption: str
 
 
+def slug(section: str) -> str:
+    """A report section as a file-name part.
+
+    ``mnist-fmnist on mlp hidden=16`` -> ``mnist-fmnist_on_mlp_hidden16``.
+    """
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", section.replace("=", ""))
+
+
 def _bn_figures(runs: Sequence[Run], seq: str, bn: str, tasks: int) -> list[FigureSpec]:
     """The heatmap (and, from two tasks on, the task curves) of one sequence and bn mode."""
     if not any(r.selected and r.ok and r.sequence == seq and r.bn == bn for r in runs):
         return []
     specs = [
         FigureSpec(
-            f"heatmap_{seq}_{bn}.png",
+            f"heatmap_{slug(seq)}_{bn}.png",
             seq,
             bn,
             "heatmap",
@@ -77,7 +86,7 @@ def _bn_figures(runs: Sequence[Run], seq: str, bn: str, tasks: int) -> list[Figu
     if tasks >= 2:
         specs.append(
             FigureSpec(
-                f"tasks_{seq}_{bn}.png",
+                f"tasks_{slug(seq)}_{bn}.png",
                 seq,
                 bn,
                 "tasks",
@@ -95,7 +104,7 @@ def _sequence_figures(seq: str, tasks: int) -> list[FigureSpec]:
     if tasks >= 2:
         specs.append(
             FigureSpec(
-                f"lambda_{seq}.png",
+                f"lambda_{slug(seq)}.png",
                 seq,
                 None,
                 "lambda",
@@ -107,7 +116,7 @@ def _sequence_figures(seq: str, tasks: int) -> list[FigureSpec]:
         )
     specs.append(
         FigureSpec(
-            f"cost_{seq}.png",
+            f"cost_{slug(seq)}.png",
             seq,
             None,
             "cost",

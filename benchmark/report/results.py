@@ -28,6 +28,7 @@ from ..outcomes import (
     bn_modes,
     method_cost,
     method_labels,
+    model_text,
     representation,
     run_sort_key,
     selected,
@@ -78,7 +79,7 @@ def csv_row(run: Run) -> dict[str, str]:
     """One row of runs.csv (every value as text)."""
     r, c = run.record, run.record.config
     return {
-        "sequence": run.sequence,
+        "sequence": str(c.get("sequence")),
         "model": model_text(c),
         "method": str(c.get("method")),
         "estimator": c.get("estimator") or "",
@@ -123,12 +124,6 @@ EDGE_NOTE = (
     "A lambda marked (edge) is the smallest or the largest value its grid tried (after any "
     "extension): the best value may lie beyond it, so that method's row may understate it."
 )
-
-
-def model_text(config: dict[str, Any]) -> str:
-    """``tutorial-mlp``, ``mlp hidden=16``: a run's network and its options."""
-    options = config.get("model_options") or {}
-    return " ".join([str(config.get("model")), *(f"{k}={v}" for k, v in sorted(options.items()))])
 
 
 def method_cell(label: str, run: Run) -> str:
