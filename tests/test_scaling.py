@@ -165,22 +165,22 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert record["schema"] == scaling.SCHEMA
     assert record["time_split"] is None
     assert [(r["network"], r["group_size"]) for r in record["throughput"]] == [
-        ("mlp-16", 1),
-        ("mlp-16", 2),
+        ("mlp hidden=16", 1),
+        ("mlp hidden=16", 2),
     ]
-    assert "| mlp-16 | 2 |" in text
+    assert "| mlp hidden=16 | 2 |" in text
 
 
 def test_throughput_rates_and_ratio(monkeypatch):
     """Runs per minute are 60 S / median seconds; the speed-up is grouped over alone."""
     clock = iter([10.0, 4.0, 30.0, 6.0, 20.0, 5.0])  # alone, grouped, alone, grouped, ...
     monkeypatch.setattr(throughput, "_seconds", lambda call: next(clock))
-    config = throughput.ThroughputConfig(networks=("mlp-16",), sizes=(4,), repeats=3)
+    config = throughput.ThroughputConfig(networks=("mlp hidden=16",), sizes=(4,), repeats=3)
     (row,) = throughput.measure_throughput(config)
     assert row["runs_per_min_alone"] == pytest.approx(60 * 4 / 20.0)
     assert row["runs_per_min_grouped"] == pytest.approx(60 * 4 / 5.0)
     assert row["speedup"] == pytest.approx(4.0)
-    configs = throughput.member_configs(config, "mlp-16", 3)
+    configs = throughput.member_configs(config, "mlp hidden=16", 3)
     assert [c.seed for c in configs] == [0, 1, 2]
     assert len({c.replace(seed=0).run_id for c in configs}) == 1
     with pytest.raises(ValueError, match="unknown network 'vgg'"):

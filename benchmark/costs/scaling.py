@@ -179,7 +179,9 @@ def quick_config(**overrides: Any) -> ScalingConfig:
         penalty_steps=3,
         repeats=1,
         quick=True,
-        throughput=ThroughputConfig(("mlp-16",), (1, 2), epochs=1, fisher_samples=16, repeats=1),
+        throughput=ThroughputConfig(
+            ("mlp hidden=16",), (1, 2), epochs=1, fisher_samples=16, repeats=1
+        ),
         executors=None,  # starts clusters: `scaling --executors-only` measures it alone
     )
     settings.update(overrides)

@@ -290,7 +290,9 @@ def throughput_section(record: dict[str, Any]) -> list[str]:
         f"{t['repeats']} alternating repeats in one process at this record's thread count. "
         "The speed-up is the ratio measured in the same run; the lone rates depend on the "
         "machine's load. Grouped runs give the records they give alone to float32 tolerance "
-        "(`tests/test_grouped.py`).",
+        "(`tests/test_grouped.py`). Networks: `tutorial-mlp` is 784-100-100-10 with BatchNorm; "
+        "`mlp hidden=16` (named `mlp-16` in records made before 2026-11-30) is the main "
+        "comparison's MLP 784-16-16-10 without BatchNorm, not the `mlp-16` model (784-16-10).",
         "",
         "| network | group size S | runs/min alone | runs/min grouped | speed-up |",
         "| --- | ---: | ---: | ---: | ---: |",
