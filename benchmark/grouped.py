@@ -40,13 +40,13 @@ from estimators import EWC, StackedPenalty
 from . import provenance
 from .config import RESULTS_VERSION, RunConfig
 from .device import resolve_device, sync
-from .harness import _diverged, _evaluate, set_train_mode
+from .harness import _diverged, _evaluate, sequence_of, set_train_mode
 from .methods import METHODS, Regulariser
 from .models import MultiHead, make_model
 from .records import RunRecord
 from .seeds import generator, seed_hash
 from .selection import group_key
-from .tasks import TaskSequence, build_sequence
+from .tasks import TaskSequence
 from .training import CHECK_EVERY, Batches, make_optimizer, train_step
 
 
@@ -183,7 +183,7 @@ def run_group(
     provenance.reset_peak_memory()
     first = configs[0]
     device = resolve_device(first.device)
-    sequences = [_sequence(c, root, download) for c in configs]
+    sequences = [sequence_of(c, root, download) for c in configs]
     _check_sizes(sequences)
     models = []
     for c, seq in zip(configs, sequences, strict=True):
@@ -207,20 +207,6 @@ def run_group(
             "group_size": len(configs),
         }
     return records
-
-
-def _sequence(c: RunConfig, root: str | None, download: bool) -> TaskSequence:
-    return build_sequence(
-        c.sequence,
-        n_tasks=c.n_tasks,
-        seed=c.seed,
-        data=c.data,
-        root=root,
-        val_fraction=c.val_fraction,
-        train_limit=c.train_limit,
-        eval_limit=c.eval_limit,
-        download=download,
-    )
 
 
 def _check_sizes(sequences: Sequence[TaskSequence]) -> None:

@@ -150,6 +150,21 @@ def probe_step_cost(
 OnTaskEnd = Callable[[int, nn.Module], None]
 
 
+def sequence_of(config: RunConfig, root: str | None, download: bool) -> TaskSequence:
+    """The task sequence a run trains on (its sequence, seed, data and limits)."""
+    return build_sequence(
+        config.sequence,
+        n_tasks=config.n_tasks,
+        seed=config.seed,
+        data=config.data,
+        root=root,
+        val_fraction=config.val_fraction,
+        train_limit=config.train_limit,
+        eval_limit=config.eval_limit,
+        download=download,
+    )
+
+
 def run(
     config: RunConfig,
     *,
@@ -169,17 +184,7 @@ def run(
     started, t0 = provenance.now(), time.perf_counter()
     provenance.reset_peak_memory()
     device = resolve_device(config.device)
-    sequence = build_sequence(
-        config.sequence,
-        n_tasks=config.n_tasks,
-        seed=config.seed,
-        data=config.data,
-        root=root,
-        val_fraction=config.val_fraction,
-        train_limit=config.train_limit,
-        eval_limit=config.eval_limit,
-        download=download,
-    )
+    sequence = sequence_of(config, root, download)
     torch.manual_seed(seed_hash(config.seed, "init"))
     model = make_model(config.model, sequence.n_outputs, sequence.n_heads, config.model_options).to(
         device
