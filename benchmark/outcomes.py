@@ -303,21 +303,28 @@ def representation(record: RunRecord) -> str:
         return ""
     if not str(name).startswith("full-"):
         return str(name).split("-")[0]
-    p = _parameter_count(json.dumps(c, sort_keys=True))
+    p = network_facts(c)[0]
     rows, rest = divmod(max(record.curvature_bytes), FLOAT32_BYTES * p)
     if rest or not rows:
         return "full"
     return "full-dense" if rows == p else f"full-factor {rows} rows"
 
 
+def network_facts(config: dict[str, Any]) -> tuple[int, bool]:
+    """``(P, has BatchNorm)`` of the network a run config trains."""
+    keys = ("sequence", "n_tasks", "model", "model_options")
+    return _network_facts(json.dumps({k: config.get(k) for k in keys}, sort_keys=True))
+
+
 @functools.lru_cache(maxsize=64)
-def _parameter_count(config_json: str) -> int:
-    """P of the network a run config trains (built on the CPU, never trained)."""
-    c = json.loads(config_json)
+def _network_facts(network_json: str) -> tuple[int, bool]:
+    """The network built on the CPU (never trained): its P, and whether it has BatchNorm."""
+    c = json.loads(network_json)
     n_heads, n_outputs = heads_of(str(c.get("sequence")), c.get("n_tasks"))
     with torch.device("cpu"):
         model = make_model(str(c.get("model")), n_outputs, n_heads, c.get("model_options") or {})
-    return n_parameters(model)
+    norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return n_parameters(model), norm
 
 
 def grid_edges(records: Iterable[RunRecord], selection_seed: int) -> dict[str, tuple[float, ...]]:

@@ -382,3 +382,11 @@ def test_runs_on_another_network_are_their_own_section():
     assert outcomes.sequences(runs.values()) == ["mnist-fmnist", "mnist-fmnist on mlp hidden=8"]
     assert report_results.csv_row(runs[main.run_id])["sequence"] == "mnist-fmnist"
     assert report_figures.slug("mnist-fmnist on mlp hidden=8") == "mnist-fmnist_on_mlp_hidden8"
+
+
+def test_a_network_without_batchnorm_is_not_headed_by_a_batchnorm_mode():
+    main = outcomes.summarise([_full_record(200)])
+    text = report_results.results_section(main)
+    assert f"#### {report_results.NO_BN_TEXT}" in text and "bn = freeze)" not in text
+    assert outcomes.network_facts(main[0].record.config) == (6442, False)
+    assert outcomes.network_facts(RunConfig().to_dict())[1] is True  # the tutorial network

@@ -29,6 +29,7 @@ from ..outcomes import (
     method_cost,
     method_labels,
     model_text,
+    network_facts,
     representation,
     run_sort_key,
     selected,
@@ -66,6 +67,7 @@ TUTORIAL_PUBLISHED = (
     ("no penalty (tutorial, published)", (0.9762, 0.1769, 0.8672)),
 )
 """The source tutorial's reported test accuracies: MNIST after A, MNIST after B, FMNIST after B."""
+NO_BN_TEXT = "The network has no BatchNorm (the bn setting changes nothing)"
 BN_TEXT = {
     "freeze": "BatchNorm statistics frozen after the first task (bn = freeze)",
     "update": "BatchNorm statistics updated in every task (bn = update)",
@@ -290,7 +292,10 @@ def results_section(runs: Sequence[Run]) -> str:
         if tasks:
             parts += ["", f"Tasks, in order: {', '.join(tasks)}."]
         for bn in bn_modes(runs, seq):
-            parts += ["", f"#### {BN_TEXT.get(bn, f'bn = {bn}')}", "", results_table(runs, seq, bn)]
+            heading = BN_TEXT.get(bn, f"bn = {bn}")
+            if not any(network_facts(r.record.config)[1] for r in runs if r.sequence == seq):
+                heading = NO_BN_TEXT
+            parts += ["", f"#### {heading}", "", results_table(runs, seq, bn)]
     return "\n".join(parts)
 
 
