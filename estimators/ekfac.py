@@ -42,7 +42,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from types import NotImplementedType
 from typing import Any
 
@@ -55,11 +54,11 @@ from .estimator import GridEstimator, check_labels
 from .fitting import Capture, FisherPass, Plan, PlannedLayer, make_plan
 from .full import DenseCurvature
 from .kfac import KFACAccumulator, KFACCurvature, KroneckerBlock
-from .labels import LabelMode, MonteCarlo
+from .labels import MonteCarlo
 from .layers.conv2d import Conv2dRule
 from .layers.linear import LinearRule
 from .layout import ParamLayout
-from .registry import Entry, GridStructure, never_online
+from .registry import GridStructure, never_online
 
 EKFAC_REFUSAL = "fits in different eigenbases do not sum to one eigen-corrected Kronecker product"
 """Why EKFAC curvatures are not accumulated online."""
@@ -475,20 +474,11 @@ class EKFACEstimator(GridEstimator):
             update(fisher_pass.capture(inputs[chunk], None if targets is None else targets[chunk]))
 
 
-def _ekfac_estimator(mode: type[LabelMode], name: str, options: dict[str, Any]) -> EKFACEstimator:
-    return EKFACEstimator(name, EKFACAccumulator, mode.from_options(options), options)
-
-
-@dataclass(frozen=True)
-class EKFACStructure(GridStructure):
-    """A grid structure whose estimators fit in two passes (``EKFACEstimator``)."""
-
-    def _entry(self, mode: type[LabelMode]) -> Entry:
-        entry = super()._entry(mode)
-        return Entry(partial(_ekfac_estimator, mode), entry.options, entry.online)
-
-
-DECLARATION = EKFACStructure(
-    "ekfac", EKFACAccumulator, ("exact", "mc", "empirical"), online=never_online(EKFAC_REFUSAL)
+DECLARATION = GridStructure(
+    "ekfac",
+    EKFACAccumulator,
+    ("exact", "mc", "empirical"),
+    online=never_online(EKFAC_REFUSAL),
+    estimator=EKFACEstimator,
 )
 """``ekfac-*``: the label modes of KFAC, never online."""

@@ -33,7 +33,6 @@ labels where both take the same chunks). The test matrix is seeded (``SEED``): f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -44,13 +43,13 @@ from torch import nn
 from .curvature import CHUNK, DEFAULT_MEMORY_BUDGET, Curvature
 from .diag import add_diagonal
 from .errors import FisherMemoryError, format_bytes
-from .estimator import Accumulator, Estimator, GridEstimator, check_labels
+from .estimator import Accumulator, GridEstimator, check_labels
 from .fitting import Capture, FisherPass, LayerCapture, Plan, PlannedLayer, make_plan
 from .full import WORK_BYTES, fill_rows
 from .labels import LabelMode
 from .layers.linear import LinearRule
 from .layout import ParamLayout
-from .registry import Entry, GridStructure, never_online
+from .registry import GridStructure, never_online
 
 LOWRANK_REFUSAL = (
     "low-rank + diagonal curvatures do not add into one of the same rank (the ranks add, and "
@@ -471,22 +470,12 @@ class LowRankEstimator(GridEstimator):
         return assemble(layout, vals, vecs, passes.diag, self.options["memory_budget"])
 
 
-class LowRankStructure(GridStructure):
-    """A ``GridStructure`` whose estimators are ``LowRankEstimator`` (several passes)."""
-
-    def _entry(self, mode: type[LabelMode]) -> Entry:
-        return replace(super()._entry(mode), factory=partial(_make_estimator, mode))
-
-
-def _make_estimator(mode: type[LabelMode], name: str, options: dict[str, Any]) -> Estimator:
-    return LowRankEstimator(name, LowRankAccumulator, mode.from_options(options), options)
-
-
-DECLARATION = LowRankStructure(
+DECLARATION = GridStructure(
     "lowrank",
     LowRankAccumulator,
     ("exact", "mc", "empirical"),
     options=("rank", "oversample", "power_iterations"),
     online=never_online(LOWRANK_REFUSAL),
+    estimator=LowRankEstimator,
 )
 """``lowrank-*``: top-k eigenpairs plus the diagonal remainder; never online."""

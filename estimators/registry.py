@@ -69,6 +69,8 @@ class GridStructure:
         modes: label modes (keys of ``labels.MODES``), in declaration order.
         options: options beyond ``BASE_OPTIONS`` and the label mode's own, appended last.
         online: the online rule.
+        estimator: the ``GridEstimator`` class that fits it (a subclass for structures that
+            need more than one pass over the inputs: EKFAC, low-rank).
     """
 
     name: str
@@ -76,6 +78,7 @@ class GridStructure:
     modes: tuple[str, ...]
     options: tuple[str, ...] = ()
     online: OnlineRule = always_online
+    estimator: type[GridEstimator] = GridEstimator
 
     def entries(self) -> dict[str, Entry]:
         """``structure-mode`` for each mode, with options base + mode's + structure's.
@@ -93,13 +96,18 @@ class GridStructure:
 
     def _entry(self, mode: type[LabelMode]) -> Entry:
         allowed = BASE_OPTIONS + mode.options + self.options
-        return Entry(partial(_grid_estimator, self.accumulator, mode), allowed, self.online)
+        build = partial(_grid_estimator, self.estimator, self.accumulator, mode)
+        return Entry(build, allowed, self.online)
 
 
 def _grid_estimator(
-    accumulator: type[Accumulator], mode: type[LabelMode], name: str, options: dict[str, Any]
+    estimator: type[GridEstimator],
+    accumulator: type[Accumulator],
+    mode: type[LabelMode],
+    name: str,
+    options: dict[str, Any],
 ) -> Estimator:
-    return GridEstimator(name, accumulator, mode.from_options(options), options)
+    return estimator(name, accumulator, mode.from_options(options), options)
 
 
 @dataclass(frozen=True)
