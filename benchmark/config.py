@@ -35,7 +35,7 @@ PENALISED = tuple(n for n in METHODS if METHOD_SPECS[n].penalised)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 """Runs train in float32: lambda, the learning rate and friends must be representable in it."""
 
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
 """Part of every run id; raised whenever the harness's arithmetic changes, so that a results
 folder never mixes records of two harnesses. Its history (``RESULTS_VERSIONS``) is in the report."""
 RESULTS_VERSIONS = {
@@ -44,6 +44,9 @@ RESULTS_VERSIONS = {
     "(before, its 15-30 timing steps after each task shared and advanced Adam's state, so "
     "measuring changed the training it measured); non-finite parameters or logits after a "
     "task make the run diverged; the device kind is part of the run id",
+    3: "no curvature is fitted after the last task (no training would use it; accuracies are "
+    "unchanged, estimation times and bytes of the last task are 0); records carry tr(F) of "
+    "each fitted curvature (curvature_trace)",
 }
 
 

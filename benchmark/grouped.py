@@ -40,7 +40,7 @@ from estimators import EWC, StackedPenalty
 from . import provenance
 from .config import RESULTS_VERSION, RunConfig
 from .device import resolve_device, sync
-from .harness import _diverged, _evaluate, sequence_of, set_train_mode
+from .harness import _diverged, _evaluate, consolidate, sequence_of, set_train_mode
 from .methods import METHODS, Regulariser
 from .models import MultiHead, make_model
 from .records import RunRecord
@@ -248,13 +248,8 @@ def _train(
             if not _evaluate(model, seq, device, r, f"after task {t + 1} ({seq.tasks[t].name})"):
                 alive[s] = False
                 continue
-            sync(device)
-            start = time.perf_counter()
-            nbytes = regs[s].consolidate(model, seq.tasks[t], t, device) if regs[s] else 0
-            sync(device)
-            r.estimate_seconds.append(time.perf_counter() - start if regs[s] else 0.0)
-            r.curvature_bytes.append(nbytes)
-            r.representations.append(getattr(regs[s], "last_structure", None))
+            reg = regs[s] if t < n_tasks - 1 else None  # the last task's would go unused
+            consolidate(reg, model, seq.tasks[t], t, device, r)
         if not any(alive):
             return
 

@@ -5,7 +5,8 @@ order, Adam by default, its state carried over as in the source tutorial) with t
 regulariser (``benchmark.methods``: for EWC the penalty of the tasks before it); evaluate every
 task of the sequence (row t of the accuracy matrices, on the validation and the test split);
 measure one plain training step and the extra time the regulariser costs per step, on copies;
-consolidate task t (fit its curvature or importance, timed) into the regulariser. A ``joint``
+consolidate task t (fit its curvature or importance, timed) into the regulariser, except after
+the last task, whose curvature no training would use. A ``joint``
 method trains once on the union of all tasks (the upper bound: one row). The training step
 itself is ``training.train_step``, the one every measurement uses too.
 
@@ -243,13 +244,37 @@ def _run_sequential(
             return
         if on_task_end is not None:
             on_task_end(t, model)
-        sync(device)
-        start = time.perf_counter()
-        nbytes = regulariser.consolidate(model, task, t, device) if regulariser else 0
-        sync(device)
-        record.estimate_seconds.append(time.perf_counter() - start if regulariser else 0.0)
-        record.curvature_bytes.append(nbytes)
-        record.representations.append(getattr(regulariser, "last_structure", None))
+        last = t == len(sequence.tasks) - 1
+        consolidate(regulariser if not last else None, model, task, t, device, record)
+
+
+def consolidate(
+    regulariser: Regulariser | None,
+    model: nn.Module,
+    task: Task,
+    t: int,
+    device: torch.device,
+    record: RunRecord,
+) -> None:
+    """After task ``t``: fit its curvature into ``regulariser`` (timed) and record its facts.
+
+    Without a regulariser (unpenalised methods, and after the last task, whose curvature no
+    training would use) the record gets 0 seconds, 0 bytes and no representation or trace.
+    """
+    if regulariser is None:
+        record.estimate_seconds.append(0.0)
+        record.curvature_bytes.append(0)
+        record.representations.append(None)
+        record.curvature_trace.append(None)
+        return
+    sync(device)
+    start = time.perf_counter()
+    nbytes = regulariser.consolidate(model, task, t, device)
+    sync(device)
+    record.estimate_seconds.append(time.perf_counter() - start)
+    record.curvature_bytes.append(nbytes)
+    record.representations.append(getattr(regulariser, "last_structure", None))
+    record.curvature_trace.append(getattr(regulariser, "last_trace", None))
 
 
 def _train(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from .config import BN_MODES, PENALISED, SEQUENCES
 from .methods import label_of, sort_key
 from .models import make_model, n_parameters
 from .records import RunRecord, quarantine, read_records
-from .selection import choose_lambdas, group_key, is_selected
+from .selection import DEFAULT_SELECTION_SEEDS, TEST, choose_lambdas, group_key, is_selected, role
 from .tasks import heads_of
 
 FLOAT32_BYTES = 4
@@ -54,13 +54,14 @@ class Run:
         lam: penalty strength lambda.
         seed: root seed.
         group: the selection group key (``selection.group_key``).
-        selected: whether the run is at its group's chosen lambda.
+        selected: whether the run is a test run at its group's chosen lambda.
         val_avg: validation average accuracy (mean of the last row), None if undefined.
         test_avg: test average accuracy.
         forgetting: test forgetting (``metrics.forgetting``).
         bwt: test backward transfer (``metrics.backward_transfer``).
         at_edge: a penalised run whose lambda is the smallest or the largest its group tried on
-            the selection seed, so that the chosen value may not be bracketed (``grid_edges``).
+            the selection seeds, so that the chosen value may not be bracketed (``grid_edges``).
+        role: ``selection`` (its seed is a selection seed: it only chooses lambda) or ``test``.
     """
 
     record: RunRecord
@@ -76,6 +77,7 @@ class Run:
     forgetting: float | None
     bwt: float | None
     at_edge: bool = False
+    role: str = TEST
 
     @property
     def ok(self) -> bool:
@@ -252,16 +254,18 @@ def _metric(fn: Callable[[Any], float | None], matrix: list, record: RunRecord) 
         raise ValueError(f"run {record.run_id}: {err}") from err
 
 
-def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run]:
+def summarise(
+    records: Iterable[RunRecord], selection_seeds: Collection[int] = DEFAULT_SELECTION_SEEDS
+) -> list[Run]:
     """The reports' view of every record, sorted (sequence, bn, method, lambda, seed, id).
 
-    Lambda is chosen per group with ``selection.choose_lambdas`` on the validation split of
-    ``selection_seed``; ``Run.selected`` follows ``selection.is_selected``.
+    Lambda is chosen per group with ``selection.choose_lambdas`` on the validation split of the
+    ``selection_seeds``; ``Run.selected`` follows ``selection.is_selected`` (test runs only).
     """
     records = list(records)
-    chosen = choose_lambdas(records, selection_seed)
+    chosen = choose_lambdas(records, selection_seeds)
     labels = display_labels(records)
-    edges = grid_edges(records, selection_seed)
+    edges = grid_edges(records, selection_seeds)
     runs = []
     for r in records:
         c = r.config
@@ -274,12 +278,13 @@ def summarise(records: Iterable[RunRecord], selection_seed: int = 0) -> list[Run
                 lam=float(c.get("lam", 0.0)),
                 seed=int(c.get("seed", 0)),
                 group=group_key(c),
-                selected=is_selected(r, chosen),
+                selected=is_selected(r, chosen, selection_seeds),
                 val_avg=_metric(metrics.average_accuracy, r.acc_val, r),
                 test_avg=_metric(metrics.average_accuracy, r.acc_test, r),
                 forgetting=_metric(metrics.forgetting, r.acc_test, r),
                 bwt=_metric(metrics.backward_transfer, r.acc_test, r),
                 at_edge=float(c.get("lam", 0.0)) in edges.get(group_key(c), ()),
+                role=role(int(c.get("seed", 0)), selection_seeds),
             )
         )
     return sorted(runs, key=run_sort_key)
@@ -327,15 +332,17 @@ def _network_facts(network_json: str) -> tuple[int, bool]:
     return n_parameters(model), norm
 
 
-def grid_edges(records: Iterable[RunRecord], selection_seed: int) -> dict[str, tuple[float, ...]]:
-    """``group key -> (smallest, largest)`` lambda tried on the selection seed, penalised only.
+def grid_edges(
+    records: Iterable[RunRecord], selection_seeds: Collection[int]
+) -> dict[str, tuple[float, ...]]:
+    """``group key -> (smallest, largest)`` lambda tried on the selection seeds, penalised only.
 
     A choice at one of them is not bracketed by the grid: the best value may lie beyond it.
     """
     tried: dict[str, set[float]] = {}
     for r in records:
         c = r.config
-        if c.get("method") in PENALISED and c.get("seed") == selection_seed:
+        if c.get("method") in PENALISED and c.get("seed") in selection_seeds:
             tried.setdefault(group_key(c), set()).add(float(c.get("lam", 0.0)))
     return {key: (min(lams), max(lams)) for key, lams in tried.items()}
 

@@ -69,6 +69,8 @@ class RunRecord:
         estimate_seconds: per task, wall time of fitting the curvature (0 without one).
         eval_seconds: per task, wall time of evaluating every task.
         curvature_bytes: per task, bytes of the curvature fitted after it (0 without one).
+        curvature_trace: per task, tr(F) of the curvature fitted after it (None without one;
+            ``lam * tr(F)`` puts the penalty strengths of different structures on one axis).
         representations: per task, the representation of that curvature
             (``Curvature.summary``: ``diag``, ``kfac``, ``full-dense``, ``full-factor 200 rows``,
             ...), None without one; empty in records made before it was recorded.
@@ -96,6 +98,7 @@ class RunRecord:
     eval_seconds: list[float] = field(default_factory=list)
     curvature_bytes: list[int] = field(default_factory=list)
     representations: list[str | None] = field(default_factory=list)
+    curvature_trace: list[float | None] = field(default_factory=list)
     step_ms: list[float | None] = field(default_factory=list)
     penalty_ms: list[float | None] = field(default_factory=list)
     train_loss: list[float | None] = field(default_factory=list)

@@ -1,25 +1,58 @@
-"""Lambda selection on the validation split (never on test), as a pure function of records.
+"""Nested lambda selection: chosen on the validation split of *selection* seeds, never on test.
 
-Runs are grouped by their config without ``lam`` and ``seed``. In each group, among the runs
-with the selection seed that finished (status ``ok``), the lambda with the highest validation
-average accuracy (mean of the last row of ``acc_val``) is chosen; ties go to the smaller lambda.
-The runs of that group at the chosen lambda, for every seed, are the *selected* runs that tables
-report. Diverged runs are never chosen.
+A sweep has two disjoint sets of root seeds (``sweep``): the selection seeds, whose runs only
+choose lambda, and the test seeds, whose runs only report. Runs are grouped by their config
+without ``lam`` and ``seed`` (``group_key``). In each group, a lambda is *scored* when its run
+finished (status ``ok``) on every selection seed; its score is the mean over those seeds of the
+validation average accuracy (mean of the last row of ``acc_val``):
+
+    score(lambda) = (1 / |S|) * sum_{s in S} mean_j acc_val[s, lambda][T-1, j]
+
+The chosen lambda has the highest score; ties go to the smaller lambda. A lambda that diverged
+on any selection seed is never chosen. Methods without a penalty have the one lambda 0 and need
+no selection runs. The runs of a group at the chosen lambda on the *test* seeds are the
+*selected* runs that tables report; selection runs never are (``role``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Collection, Iterable
 from typing import Any
 
+from .config import PENALISED
 from .records import RunRecord
+
+SELECTION = "selection"
+TEST = "test"
+DEFAULT_SELECTION_SEEDS = (1000, 1001, 1002)
+"""Selection seeds of an experiment that names none: three, far from the usual test seeds."""
 
 
 def group_key(config: dict[str, Any]) -> str:
     """Canonical JSON of the config without ``lam``, ``seed`` and ``device``."""
     rest = {k: v for k, v in config.items() if k not in ("lam", "seed", "device")}
     return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
+def selection_seeds_of(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The selection seeds a sweep's ``sweep.json`` names.
+
+    Sweeps made before nested selection named one ``selection_seed`` (then also a test seed);
+    a folder without metadata gets ``DEFAULT_SELECTION_SEEDS``.
+    """
+    seeds = meta.get("selection_seeds")
+    if isinstance(seeds, list) and seeds:
+        return tuple(int(s) for s in seeds)
+    if isinstance(meta.get("selection_seed"), int):
+        return (int(meta["selection_seed"]),)
+    return DEFAULT_SELECTION_SEEDS
+
+
+def role(seed: int, selection_seeds: Collection[int]) -> str:
+    """``"selection"`` for a selection seed's run, else ``"test"``."""
+    return SELECTION if seed in selection_seeds else TEST
 
 
 def final_average(matrix: list[list[float | None]]) -> float | None:
@@ -30,25 +63,81 @@ def final_average(matrix: list[list[float | None]]) -> float | None:
     return sum(row) / len(row)  # type: ignore[arg-type]
 
 
-def choose_lambdas(records: Iterable[RunRecord], selection_seed: int) -> dict[str, float | None]:
-    """``group key -> chosen lambda`` (None when no run of the group finished)."""
-    best: dict[str, tuple[float, float] | None] = {}
+def validation_scores(
+    records: Iterable[RunRecord], selection_seeds: Collection[int]
+) -> dict[str, dict[float, dict[int, float | None]]]:
+    """``group -> lambda -> selection seed -> validation average`` (None: not finished)."""
+    out: dict[str, dict[float, dict[int, float | None]]] = {}
     for r in records:
         key = group_key(r.config)
-        best.setdefault(key, None)
-        if r.config["seed"] != selection_seed or r.status != "ok":
+        lams = out.setdefault(key, {})
+        if r.config["seed"] not in selection_seeds:
             continue
-        score = final_average(r.acc_val)
-        if score is None:
-            continue
-        lam = float(r.config["lam"])
-        current = best[key]
-        if current is None or score > current[0] or (score == current[0] and lam < current[1]):
-            best[key] = (score, lam)
-    return {k: (None if v is None else v[1]) for k, v in best.items()}
+        score = final_average(r.acc_val) if r.status == "ok" else None
+        lams.setdefault(float(r.config["lam"]), {})[int(r.config["seed"])] = score
+    return out
 
 
-def is_selected(record: RunRecord, chosen: dict[str, float | None]) -> bool:
-    """Whether ``record`` ran at its group's chosen lambda."""
+def lambda_score(
+    per_seed: dict[int, float | None], selection_seeds: Collection[int]
+) -> float | None:
+    """Mean validation average over the selection seeds; None unless every one finished."""
+    values = [per_seed.get(s) for s in selection_seeds]
+    if not values or any(v is None for v in values):
+        return None
+    return math.fsum(values) / len(values)  # type: ignore[arg-type]
+
+
+def choose_lambdas(
+    records: Iterable[RunRecord], selection_seeds: Collection[int]
+) -> dict[str, float | None]:
+    """``group key -> chosen lambda`` (None when no lambda of the group is scored).
+
+    Groups of a method without a penalty get 0.0, their only lambda, without selection runs.
+    """
+    records = list(records)
+    seeds = sorted(set(selection_seeds))
+    scores = validation_scores(records, seeds)
+    unpenalised = {group_key(r.config) for r in records if r.config["method"] not in PENALISED}
+    chosen: dict[str, float | None] = {}
+    for key, lams in scores.items():
+        if key in unpenalised:
+            chosen[key] = 0.0
+            continue
+        scored = [
+            (s, lam) for lam, per in lams.items() if (s := lambda_score(per, seeds)) is not None
+        ]
+        chosen[key] = max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None
+    return chosen
+
+
+def is_selected(
+    record: RunRecord, chosen: dict[str, float | None], selection_seeds: Collection[int]
+) -> bool:
+    """Whether ``record`` is a test run at its group's chosen lambda."""
     lam = chosen.get(group_key(record.config))
-    return lam is not None and float(record.config["lam"]) == lam
+    if lam is None or record.config["seed"] in selection_seeds:
+        return False
+    return float(record.config["lam"]) == lam
+
+
+def lattice(value: float, steps: int, per_decade: int) -> float:
+    """``value`` moved ``steps`` points along the grid of ``per_decade`` values per decade.
+
+    A value on the lattice 10^(i / per_decade) moves to 10^((i + steps) / per_decade), rounded
+    to 4 significant digits (10^2.5 -> 316.2), so that a grid grown twice in one direction and a
+    grid declared with those values name the same runs; a value off the lattice is multiplied by
+    10^(steps / per_decade) and rounded the same way.
+    """
+    if value <= 0:
+        raise ValueError(f"a lambda grid grows from positive values only, got {value!r}")
+    exponent = math.log10(value) * per_decade
+    nearest = round(exponent)
+    if abs(exponent - nearest) < 1e-3 or _is_rounded_lattice(value, nearest, per_decade):
+        exponent = nearest
+    return float(f"{10 ** ((exponent + steps) / per_decade):.4g}")
+
+
+def _is_rounded_lattice(value: float, index: int, per_decade: int) -> bool:
+    """Whether ``value`` is the 4-digit rounding of the lattice point ``index``."""
+    return value == float(f"{10 ** (index / per_decade):.4g}")

@@ -1,10 +1,14 @@
 """Sweeps: sequence x methods x lambda grid x seeds, lambda chosen on validation, resumable.
 
-An experiment (a TOML file, see ``benchmark/experiments/``) expands in two phases:
+An experiment (a TOML file, see ``benchmark/experiments/``) expands in two phases, on two
+disjoint sets of root seeds (nested selection):
 
-1. selection: every (study, bn, method) group over its lambda grid, on the selection seed;
-2. final: each group at the lambda chosen on the validation split (``selection``), on every seed
-   (paired: the same seeds, hence the same tasks, inits and data orders, for every method).
+1. selection: every penalised (study, bn, method) group over its lambda grid, on each selection
+   seed; a grid whose best lambda (mean validation score over the selection seeds, ``selection``)
+   sits at an edge grows by one lattice point past it, round after round, up to ``extend``
+   rounds (the cap: a choice still at an edge is flagged in every table);
+2. test: each group at its chosen lambda on every test seed (paired: the same seeds, hence the
+   same tasks, inits and data orders, for every method). Selection runs are never test runs.
 
 Each run is keyed by the hash of its config; its record is written atomically to
 ``<results>/runs`` by the driver, and a finished run is skipped, so an interrupted sweep resumes
@@ -25,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance
-from .config import FIELD_HELP, FLOAT32_MAX, RunConfig, device_kind
+from .config import FIELD_HELP, FLOAT32_MAX, PENALISED, RunConfig, device_kind
 from .distributed import DaskPool, executor_choice, failure_workers
 from .execution import Pool, Tally, phase_summary, run_configs, sigterm_as_interrupt
 from .lock import FolderLock
 from .methods import METHODS, parse_label
 from .records import RunRecord, clean_partial, read_records, write_json_atomic
-from .selection import choose_lambdas, group_key
+from .selection import DEFAULT_SELECTION_SEEDS, choose_lambdas, group_key, lattice
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,20 +46,26 @@ EXPERIMENT_KEYS = {
     "name": "experiment name (also the default results folder name)",
     "description": "one paragraph for the report",
     "notes": "protocol notes (list of strings) for the report",
-    "seeds": "root seeds of the final runs (paired across methods)",
-    "selection_seed": "seed of the lambda-selection runs (one of the seeds)",
+    "seeds": "root seeds of the test runs (paired across methods)",
+    "selection_seeds": "root seeds of the lambda-selection runs (disjoint from every test seed)",
     "defaults": "run settings for every run (RunConfig fields)",
     "lambdas": "lambda grids: a table keyed by method label, with 'default'",
     "method_settings": "run settings per method label (e.g. fisher_samples for full-exact)",
     "studies": "list of studies: sequence, bn, methods, settings, lambdas, method_settings",
-    "extend": "rounds in which a grid grows by one value past a winning edge (default 0)",
-    "extend_factor": "the factor between an edge and the value added past it (default 10)",
+    "extend": "cap on the rounds in which a grid grows one value past a winning edge (default 0)",
+    "per_decade": "grid lattice: values 10^(i / per_decade) a grid grows along (default 1)",
 }
-STUDY_KEYS = ("sequence", "bn", "methods", "settings", "lambdas", "method_settings")
+STUDY_KEYS = ("sequence", "bn", "methods", "settings", "lambdas", "method_settings", "seeds")
+RENAMED_KEYS = {
+    "selection_seed": "selection_seed was replaced by selection_seeds, a list of seeds disjoint "
+    "from the test seeds (lambda is chosen on their mean validation score)",
+    "extend_factor": "extend_factor was replaced by per_decade (grids grow along 10^(i / "
+    "per_decade); per_decade = 1 is the old factor 10)",
+}
 FIXED_BY_EXPERIMENT = {
     "lam": "lambda comes from the experiment's grids ([lambdas], chosen on validation); "
     "edit the grid in a copy of the experiment's TOML, or use `run --lam`",
-    "seed": "seeds come from the experiment's seed list; use --seeds",
+    "seed": "seeds come from the experiment's seed lists; use --seeds for the test seeds",
     "sequence": "each study names its sequence; edit [[studies]] in a copy of the experiment",
     "method": "methods come from each study's list; edit [[studies]] in a copy of the experiment",
     "estimator": "estimators come from each study's method list ('ewc <estimator>')",
@@ -72,10 +82,16 @@ def parse_method(label: str) -> dict[str, Any]:
 
 @dataclass
 class Group:
-    """One (study, bn, method) group: a base config and its lambda grid."""
+    """One (study, bn, method) group: a base config, its lambda grid and its test seeds."""
 
     base: RunConfig
     lambdas: tuple[float, ...]
+    seeds: tuple[int, ...] = ()
+
+    @property
+    def penalised(self) -> bool:
+        """Whether lambda matters (else the group has the one lambda 0 and no selection)."""
+        return self.base.method in PENALISED
 
 
 @dataclass
@@ -86,51 +102,65 @@ class Experiment:
     description: str
     notes: list[str]
     seeds: list[int]
-    selection_seed: int
+    selection_seeds: list[int]
     groups: list[Group]
     source: dict[str, Any] = field(default_factory=dict)
     extend: int = 0
-    extend_factor: float = 10.0
+    per_decade: int = 1
 
     def selection_configs(self) -> list[RunConfig]:
-        """Phase 1: every group over its lambda grid on the selection seed."""
+        """Phase 1: every penalised group over its lambda grid on every selection seed."""
         return [
-            g.base.replace(seed=self.selection_seed, lam=lam)
+            g.base.replace(seed=s, lam=lam)
             for g in self.groups
+            if g.penalised
             for lam in g.lambdas
+            for s in self.selection_seeds
         ]
 
     def extend_grids(self, records: Iterable[RunRecord]) -> list[RunConfig]:
-        """Grow each grid whose best lambda (validation, selection seed) sits at an edge.
+        """Grow each grid whose best lambda (mean validation over selection seeds) is an edge.
 
-        One value per winning edge, ``extend_factor`` beyond it; returns the new selection
+        One lattice point (``selection.lattice``) per winning edge; returns the new selection
         configs (none: every optimum is interior, or no grid can grow). A pure function of the
         records, so a resumed sweep makes the same decisions.
         """
-        chosen = choose_lambdas(records, self.selection_seed)
+        chosen = choose_lambdas(records, self.selection_seeds)
         added = []
         for g in self.groups:
             lam = chosen.get(group_key(g.base.to_dict()))
             grid = sorted(g.lambdas)
-            if lam is None or grid == [0.0]:
+            if lam is None or not g.penalised:
                 continue
             new = []
-            if lam == grid[-1] and grid[-1] * self.extend_factor <= FLOAT32_MAX:
-                new.append(grid[-1] * self.extend_factor)
+            up = lattice(grid[-1], 1, self.per_decade) if grid[-1] > 0 else None
+            if lam == grid[-1] and up is not None and up <= FLOAT32_MAX:
+                new.append(up)
             if lam == grid[0] and grid[0] > 0:
-                new.append(grid[0] / self.extend_factor)
+                new.append(lattice(grid[0], -1, self.per_decade))
             g.lambdas = tuple(sorted(set(grid) | set(new)))
-            added += [g.base.replace(seed=self.selection_seed, lam=v) for v in new]
+            added += [g.base.replace(seed=s, lam=v) for v in new for s in self.selection_seeds]
         return added
 
     def final_configs(self, chosen: dict[str, float | None]) -> list[RunConfig]:
-        """Phase 2: every group at its chosen lambda, on every seed (groups without one: none)."""
+        """Phase 2: every group at its chosen lambda on its test seeds (none chosen: no run)."""
         out = []
         for g in self.groups:
-            lam = chosen.get(group_key(g.base.to_dict()))
+            lam = 0.0 if not g.penalised else chosen.get(group_key(g.base.to_dict()))
             if lam is not None:
-                out += [g.base.replace(seed=s, lam=lam) for s in self.seeds]
+                out += [g.base.replace(seed=s, lam=lam) for s in g.seeds or self.seeds]
         return out
+
+    def set_test_seeds(self, seeds: list[int]) -> None:
+        """Replace every group's test seeds (``--seeds``); they must miss the selection seeds."""
+        self.seeds = _seed_list(list(seeds), "--seeds")
+        _check_disjoint(self.selection_seeds, self.seeds, "--seeds")
+        for g in self.groups:
+            g.seeds = tuple(self.seeds)
+
+    def all_test_seeds(self) -> list[int]:
+        """Every test seed of any group, sorted."""
+        return sorted({s for g in self.groups for s in (g.seeds or self.seeds)})
 
 
 def _check_keys(where: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
@@ -158,6 +188,9 @@ def _lambda_grid(label: str, *tables: dict[str, Any]) -> tuple[float, ...]:
 
 def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> Experiment:
     """Validate an experiment table and expand it into groups; errors name what is allowed."""
+    for key, why in RENAMED_KEYS.items():
+        if key in data:
+            raise ValueError(f"{key!r} in the experiment: {why}")
     _check_keys("the experiment", data, EXPERIMENT_KEYS)
     overrides = dict(overrides or {})
     _check_keys("--set", overrides, FIELD_HELP)
@@ -166,22 +199,18 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
             raise ValueError(f"--set {key}=... is refused: {FIXED_BY_EXPERIMENT[key]}")
     defaults = dict(data.get("defaults", {}))
     _check_keys("[defaults]", defaults, FIELD_HELP)
-    seeds = data.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and s >= 0 for s in seeds)
-    ):
-        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
-    selection_seed = data.get("selection_seed", seeds[0])
-    if selection_seed not in seeds:
-        raise ValueError(f"selection_seed {selection_seed} must be one of the seeds {seeds}")
+    seeds = _seed_list(data.get("seeds", [0]), "seeds")
+    selection_seeds = _seed_list(
+        data.get("selection_seeds", list(DEFAULT_SELECTION_SEEDS)), "selection_seeds"
+    )
     groups = []
     for i, study in enumerate(data.get("studies", [])):
         _check_keys(f"studies[{i}]", study, STUDY_KEYS)
         if "sequence" not in study or "methods" not in study:
             raise ValueError(f"studies[{i}] needs a sequence and a list of methods")
         settings = {**defaults, **study.get("settings", {}), "sequence": study["sequence"]}
+        study_seeds = tuple(_seed_list(study.get("seeds", seeds), f"studies[{i}].seeds"))
+        _check_disjoint(selection_seeds, study_seeds, f"studies[{i}]")
         _check_keys(f"studies[{i}].settings", settings, FIELD_HELP)
         bns = study.get("bn", [settings.get("bn", "freeze")])
         bns = [overrides["bn"]] if "bn" in overrides else bns
@@ -195,10 +224,10 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
                 known = {**settings, **per_method}.get("estimator_options", {})
                 from_label = parse_label(label, known)
                 fields = {**settings, **per_method, **overrides, **from_label, "bn": bn}
-                base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": selection_seed})
+                base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": study_seeds[0]})
                 grid = _lambda_grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
                 if all(g.base != base for g in groups):  # --set bn can merge two groups
-                    groups.append(Group(base, grid))
+                    groups.append(Group(base, grid, study_seeds))
     if not groups:
         raise ValueError("the experiment has no studies: add at least one [[studies]] table")
     for g in groups:  # every config validates before any training
@@ -209,12 +238,36 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
         description=data.get("description", ""),
         notes=list(data.get("notes", [])),
         seeds=seeds,
-        selection_seed=selection_seed,
+        selection_seeds=selection_seeds,
         groups=groups,
         source=data,
         extend=_non_negative_int(data.get("extend", 0), "extend"),
-        extend_factor=_factor(data.get("extend_factor", 10.0)),
+        per_decade=_positive_int(data.get("per_decade", 1), "per_decade"),
     )
+
+
+def _seed_list(seeds: Any, name: str) -> list[int]:
+    """A non-empty list of distinct integers >= 0, or a ValueError naming ``name``."""
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ValueError(
+            f"{name} must be a non-empty list of distinct integers >= 0, got {seeds!r}"
+        )
+    return list(seeds)
+
+
+def _check_disjoint(selection: list[int], test: Iterable[int], where: str) -> None:
+    """Selection and test seeds must not meet: a selection run is never a test run."""
+    both = sorted(set(selection) & set(test))
+    if both:
+        raise ValueError(
+            f"seed(s) {both} of {where} are also selection seeds {selection}: lambda would be "
+            "chosen on runs that are then reported as test runs; make the lists disjoint"
+        )
 
 
 def _non_negative_int(value: Any, name: str) -> int:
@@ -223,10 +276,10 @@ def _non_negative_int(value: Any, name: str) -> int:
     return value
 
 
-def _factor(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
-        raise ValueError(f"extend_factor must be a number > 1, got {value!r}")
-    return float(value)
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def builtin_experiments() -> list[str]:
@@ -261,7 +314,7 @@ def load_experiment(name_or_path: str, overrides: dict[str, Any] | None = None) 
 # -- execution ---------------------------------------------------------------------------------
 
 
-FINAL = "final seeds"
+FINAL = "test seeds"
 """The final phase's name (progress bar and tallies)."""
 
 
@@ -326,7 +379,7 @@ def _run_phases(
     root: str | None,
     retry_failed: bool,
 ) -> dict[str, Any]:
-    """Selection (with grid extensions), then the final seeds; then ``sweep.json``."""
+    """Selection (with grid extensions), then the test seeds; then ``sweep.json``."""
     clean_partial(results)
     provenance.pin_git_sha()
     started, t0 = provenance.now(), time.perf_counter()
@@ -405,7 +458,7 @@ def _phases(
             break
         sel += more
         phase(more, f"lambda grid extension {round_ + 1}")
-    final = experiment.final_configs(choose_lambdas(records_of(sel), experiment.selection_seed))
+    final = experiment.final_configs(choose_lambdas(records_of(sel), experiment.selection_seeds))
     phase(final, FINAL)
     return sel, final
 
@@ -432,8 +485,8 @@ def _meta(
         "experiment": experiment.name,
         "description": experiment.description,
         "notes": experiment.notes,
-        "seeds": experiment.seeds,
-        "selection_seed": experiment.selection_seed,
+        "seeds": experiment.all_test_seeds(),
+        "selection_seeds": experiment.selection_seeds,
         "source": experiment.source,
         "command": provenance.command_line(),
         "provenance": {
@@ -463,7 +516,7 @@ def failed_runs(meta: dict[str, Any]) -> list[dict[str, Any]]:
 def summary_lines(meta: dict[str, Any], limit: int = 10) -> list[str]:
     """What a sweep did, per phase, and its failed runs (at most ``limit``) with their reasons."""
     lines = []
-    for phase, name in (("selection", "lambda selection"), ("final", "final seeds")):
+    for phase, name in (("selection", "lambda selection"), ("final", "test seeds")):
         c = meta.get("counts", {}).get(phase, {})
         lines.append(
             f"{name}: {c.get('runs', 0)} runs: {c.get('ok', 0)} finished, "

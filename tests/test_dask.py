@@ -73,15 +73,15 @@ workers inherit the driver's). torch_threads, versions, git SHA and machine are 
 KILL = {
     "name": "kill",
     "seeds": [0, 1, 2],
-    "selection_seed": 0,
+    "selection_seeds": [7],
     "defaults": {"data": "synthetic", "epochs": 12, "fisher_samples": 32, "eval_limit": 100},
     "lambdas": {"default": [1.0, 10.0]},
     "studies": [
         {"sequence": "mnist-fmnist", "bn": ["freeze"], "methods": ["baseline", "ewc diag-exact"]}
     ],
 }
-"""3 selection runs, then 4 more final runs, about a second each."""
-KILL_RECORDS = 7
+"""2 selection runs (seed 7), then 6 test runs (2 groups x 3 seeds), about a second each."""
+KILL_RECORDS = 8
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ def test_dask_local_cluster_gives_the_process_pools_records(tmp_path, capsys):
     assert "Traceback" not in err and "error" not in err.lower()
 
     by_pool, by_dask = _records(pool), _records(dask)
-    assert len(by_pool) == 7 and sorted(by_pool) == sorted(by_dask)
+    assert len(by_pool) == 9 and sorted(by_pool) == sorted(by_dask)
     for run_id, record in by_pool.items():
         assert _comparable(by_dask[run_id]) == _comparable(record), run_id
         assert record["status"] == "ok" and record["provenance"]["torch_threads"] == 1
@@ -290,7 +290,7 @@ def test_workers_check_their_own_data_and_are_named(tmp_path, capsys, cluster):
         "--executor", "dask", "--scheduler", cluster.address,
     )  # fmt: skip
     assert code == 0, err
-    assert len(record_files(res)) == 3
+    assert len(record_files(res)) == 4
 
 
 def test_cuda_runs_need_workers_with_a_gpu(tmp_path, capsys, cluster):

@@ -46,7 +46,7 @@ REAL_RUN = harness.run
 FIRST = {
     "name": "first",
     "seeds": [0, 1],
-    "selection_seed": 0,
+    "selection_seeds": [7],
     "defaults": {
         "data": "real",
         "epochs": 1,
@@ -59,8 +59,9 @@ FIRST = {
         {"sequence": "mnist-fmnist", "bn": ["freeze"], "methods": ["baseline", "ewc diag-exact"]}
     ],
 }
-"""The new user's first experiment: 3 selection runs, then seed 1 of both groups (5 records)."""
-FIRST_RECORDS = 5
+"""The new user's first experiment: 2 selection runs (seed 7), then test seeds 0-1 of both
+groups (6 records)."""
+FIRST_RECORDS = 6
 
 ONE_RUN = {
     **FIRST,
@@ -93,7 +94,9 @@ def _toml_value(value):
 def write_experiment(path: Path, exp: dict) -> Path:
     """``exp`` (plain tables, one level of sub-tables, a list of studies) as a TOML file."""
     lines = [f"{k} = {_toml_value(v)}" for k, v in exp.items() if not isinstance(v, (dict, list))]
-    lines += [f"{k} = {_toml_value(exp[k])}" for k in ("seeds", "notes") if k in exp]
+    lines += [
+        f"{k} = {_toml_value(exp[k])}" for k in ("seeds", "selection_seeds", "notes") if k in exp
+    ]
     for key in ("defaults", "lambdas"):
         if key in exp:
             lines.append(f"[{key}]")
@@ -244,9 +247,9 @@ def test_new_user_missing_data_then_fake_root_then_report(tmp_path):
     assert {r.status for r in found} == {"ok"}
     assert all(r.config["data"] == "real" for r in found)
     meta = json.loads((res / "sweep.json").read_text())
-    assert meta["counts"]["selection"]["ran"] == 3 and meta["counts"]["selection"]["reused"] == 0
-    assert meta["counts"]["final"]["ran"] == 2 and meta["counts"]["final"]["reused"] == 2
-    assert "3 finished, 0 diverged, 0 failed" in ok.stderr
+    assert meta["counts"]["selection"]["ran"] == 2 and meta["counts"]["selection"]["reused"] == 0
+    assert meta["counts"]["final"]["ran"] == 4 and meta["counts"]["final"]["reused"] == 0
+    assert "2 finished, 0 diverged, 0 failed" in ok.stderr
 
     out = tmp_path / "report"
     report, cpu = cli_parallel(
@@ -334,7 +337,7 @@ def test_set_applies_to_every_run_over_study_and_method_settings():
     assert {g.base.epochs for g in parse_experiment(exp).groups} == {1, 3}
     parsed = parse_experiment(exp, {"epochs": 2})
     configs = parsed.selection_configs()
-    assert len(configs) == 4 and {c.epochs for c in configs} == {2}
+    assert len(configs) == 3 and {c.epochs for c in configs} == {2}
 
 
 @pytest.mark.parametrize(
@@ -499,14 +502,14 @@ def test_corrupt_records_are_quarantined_and_redone(tmp_path, monkeypatch, capsy
     res = tmp_path / "results"
     run_sweep(parse_experiment(TINY), res)
     files = record_files(res)
-    assert len(files) == 7
+    assert len(files) == 9
     meta = json.loads((res / "sweep.json").read_text())
     final_only = set(meta["run_ids"]["final"]) - set(meta["run_ids"]["selection"])
     final = [p for p in files if p.stem in final_only]
-    baseline_sel = next(
-        p for p in files if p.stem in meta["run_ids"]["selection"] and '"baseline"' in p.read_text()
+    l2_sel = next(  # l2's grid has one value: redoing it cannot change its chosen lambda
+        p for p in files if p.stem in meta["run_ids"]["selection"] and '"l2"' in p.read_text()
     )
-    chosen = [final[0], final[1], baseline_sel]  # redoing them cannot change any chosen lambda
+    chosen = [final[0], final[1], l2_sel]
     before = {p.name: p.read_bytes() for p in chosen}
     _corrupt_records(res, chosen)
     corrupt = {p.name: p.read_bytes() for p in chosen}
@@ -515,7 +518,7 @@ def test_corrupt_records_are_quarantined_and_redone(tmp_path, monkeypatch, capsy
     calls = counting_run(monkeypatch)
     meta = run_sweep(parse_experiment(TINY), res)
     assert sorted(calls) == sorted(p.stem for p in chosen)  # exactly those, once each
-    assert len(record_files(res)) == 7 and {r.status for r in read_records(res)} == {"ok"}
+    assert len(record_files(res)) == 9 and {r.status for r in read_records(res)} == {"ok"}
     moved, reasons = _quarantined(res)
     assert len(moved) == 3 and len(reasons) == 3  # nothing deleted
     assert sorted(p.read_bytes() for p in moved) == sorted(corrupt.values())
@@ -535,12 +538,12 @@ def test_corrupt_records_are_quarantined_and_redone(tmp_path, monkeypatch, capsy
     assert code == 0, err
     assert "Traceback" not in err and not error_lines(err) and "moved to" in err
     assert (out / "REPORT.md").read_text().strip()
-    assert len(record_files(res)) == 6 and len(_quarantined(res)[0]) == 4
+    assert len(record_files(res)) == 8 and len(_quarantined(res)[0]) == 4
 
     # --retry-failed: the quarantined run is redone, nothing else
     calls.clear()
     run_sweep(parse_experiment(TINY), res, retry_failed=True)
-    assert calls == [victim.stem] and len(record_files(res)) == 7
+    assert calls == [victim.stem] and len(record_files(res)) == 9
 
     # a corrupt sweep.json: quarantined by the report, which still builds
     (res / "sweep.json").write_text('{"experiment": "tiny", ')
@@ -650,7 +653,7 @@ def test_failures_are_classified_and_heal_on_resume(tmp_path, monkeypatch):
     final = meta["counts"]["final"]
     assert final["failed"] == 2 and final["ok"] == 4 and final["runs"] == 6
     assert {f["failure"] for f in final["failed_runs"]} == {"environment", "run"}
-    assert len(record_files(res)) == 7
+    assert len(record_files(res)) == 9
 
     calls = counting_run(monkeypatch)
     meta = run_sweep(parse_experiment(TINY), res)
@@ -660,7 +663,7 @@ def test_failures_are_classified_and_heal_on_resume(tmp_path, monkeypatch):
     meta = run_sweep(parse_experiment(TINY), res, retry_failed=True)
     assert calls == [failed["l2"].run_id]
     assert meta["counts"]["final"].get("failed", 0) == 0 and meta["counts"]["final"]["ok"] == 6
-    assert len(record_files(res)) == 7 and {r.status for r in read_records(res)} == {"ok"}
+    assert len(record_files(res)) == 9 and {r.status for r in read_records(res)} == {"ok"}
 
 
 def test_sweep_and_reproduce_exit_1_on_a_failed_run(tmp_path, capsys, monkeypatch):
@@ -803,15 +806,15 @@ def test_worker_death_is_retried_and_blamed_on_the_run_that_dies(tmp_path, monke
 SLOW = {
     "name": "slow",
     "seeds": [0, 1, 2, 3, 4, 5],
-    "selection_seed": 0,
+    "selection_seeds": [7],
     "defaults": {"data": "synthetic", "epochs": 20, "fisher_samples": 32, "eval_limit": 100},
     "lambdas": {"default": [1.0, 10.0, 100.0]},
     "studies": [
         {"sequence": "mnist-fmnist", "bn": ["freeze"], "methods": ["baseline", "ewc diag-exact"]}
     ],
 }
-"""4 selection runs, then 10 more final runs, about a second each."""
-SLOW_RECORDS = 14
+"""3 selection runs (seed 7), then 12 test runs (2 groups x 6 seeds), about a second each."""
+SLOW_RECORDS = 15
 
 
 def children(pid: int) -> dict[int, str]:
@@ -983,7 +986,7 @@ def test_download_path(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err and not error_lines(err)
     assert sorted(downloads) == ["fmnist", "mnist"]
     assert "downloading MNIST into" in err and "downloading FashionMNIST into" in err
-    assert len(record_files(res)) == 3 and {r.status for r in read_records(res)} == {"ok"}
+    assert len(record_files(res)) == 4 and {r.status for r in read_records(res)} == {"ok"}
 
     downloads.clear()
     res2 = tmp_path / "results2"

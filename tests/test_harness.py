@@ -91,8 +91,11 @@ def test_run_end_to_end():
     assert len(rec.acc_test) == 2 and all(len(r) == 2 for r in rec.acc_test)
     assert all(0 <= v <= 1 for row in rec.acc_val + rec.acc_test for v in row)
     assert rec.acc_test[0][0] > 0.8  # learned task 1
-    assert len(rec.estimate_seconds) == 2 and all(s > 0 for s in rec.estimate_seconds)
-    assert rec.curvature_bytes == [90010 * 4] * 2
+    # a curvature after the first task only: the last task's would never be used
+    assert len(rec.estimate_seconds) == 2 and rec.estimate_seconds[0] > 0
+    assert rec.estimate_seconds[1] == 0 and rec.curvature_bytes == [90010 * 4, 0]
+    assert rec.representations == ["diag", None]
+    assert rec.curvature_trace[0] > 0 and rec.curvature_trace[1] is None
     assert rec.penalty_ms[0] is None and rec.penalty_ms[1] is not None
     assert all(s > 0 for s in rec.step_ms)
     assert rec.peak_rss_mb is None or rec.peak_rss_mb > 0

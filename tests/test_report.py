@@ -38,7 +38,7 @@ def built(tmp_path_factory):
     (out / "figures").mkdir()
     (out / "figures" / "heatmap_gone_freeze.png").write_bytes(PNG_SIGNATURE)
     (out / "figures" / "keep-me.png").write_bytes(PNG_SIGNATURE)
-    path = report.build_report(SAMPLE, out, selection_seed=0)
+    path = report.build_report(SAMPLE, out)
     return path
 
 
@@ -80,12 +80,12 @@ def test_runs_csv_matches_golden(built):
 
 def test_report_text_is_a_pure_function_of_the_records(built):
     records = list(read_records(SAMPLE))
-    runs = outcomes.summarise(records, selection_seed=0)
+    runs = outcomes.summarise(records, [0])
     meta = outcomes.load_meta(SAMPLE)
     pipeline = outcomes.load_pipeline(SAMPLE)
-    first = report_results.render_markdown(runs, meta, pipeline, 0)
+    first = report_results.render_markdown(runs, meta, pipeline, [0])
     again = report_results.render_markdown(
-        outcomes.summarise(reversed(records), 0), meta, pipeline, 0
+        outcomes.summarise(reversed(records), [0]), meta, pipeline, [0]
     )
     assert first == again == built.read_text()
     assert report_results.runs_csv(reversed(runs)) == (built.parent / "runs.csv").read_text()
@@ -107,22 +107,23 @@ def test_runs_csv_columns_and_rows(built):
 
 def test_selected_flags_follow_selection(built):
     records = list(read_records(SAMPLE))
-    chosen = choose_lambdas(records, selection_seed=0)
+    chosen = choose_lambdas(records, [0])
     rows = {r["run_id"]: r for r in _csv_rows((built.parent / "runs.csv").read_text())}
-    flags = {r.run_id: is_selected(r, chosen) for r in records}
+    flags = {r.run_id: is_selected(r, chosen, [0]) for r in records}
     assert {k: rows[k]["selected"] == "true" for k in rows} == flags
     assert 0 < sum(flags.values()) < len(flags)  # the sample has unselected lambdas
 
 
 def test_selection_seed_changes_the_choice():
     # Seed 1 ran l2 (bn freeze) at lambda 0.1 and 1.0: with selection seed 1 the choice is the
-    # better of the two on seed 1's validation split; groups with one lambda on seed 1 keep it.
-    runs = outcomes.summarise(read_records(SAMPLE), selection_seed=1)
+    # better of the two on seed 1's validation split, and seed 1's runs are no test runs.
+    runs = outcomes.summarise(read_records(SAMPLE), [1])
     l2 = [r for r in runs if r.sequence == "mnist-fmnist" and r.bn == "freeze" and r.label == "l2"]
     seed1 = {r.lam: r.val_avg for r in l2 if r.seed == 1}
     assert set(seed1) == {0.1, 1.0}
     assert {r.lam for r in l2 if r.selected} == {max(seed1, key=seed1.get)}
-    assert all(r.selected for r in runs if r.label == "baseline")
+    assert all(r.role == "selection" and not r.selected for r in runs if r.seed == 1)
+    assert all(r.selected for r in runs if r.label == "baseline" and r.seed != 1)
 
 
 def test_every_figure_exists_and_is_a_png(built):
@@ -167,10 +168,10 @@ def test_report_sections(built):
 def test_diverged_runs_are_counted_and_never_chosen(built):
     text = built.read_text()
     # bn update, ewc kfac-exact: seed 1 diverged at the chosen lambda.
-    assert "| ewc kfac-exact | 1000 | 2 | 1 of 3 diverged |" in text
+    assert "| ewc kfac-exact | 1000 | 2 | 1 of 3 diverged |" in text  # test seeds 1-3
     # bn freeze, ewc kfac-exact: lambda 10000 diverged on the selection seed, 1000 chosen.
-    assert "100: 0.8885, **1000: 0.8995**, 10000: diverged" in text
-    assert "63 runs (2 diverged, 0 failed)" in text
+    assert "100: 0.8885, **1000: 0.8995**, 10000: 1 of 1 diverged" in text
+    assert "70 runs (2 diverged, 0 failed)" in text
 
 
 def test_missing_results_dir_is_a_clear_error(tmp_path):
@@ -210,14 +211,14 @@ def _record(config: RunConfig, test, status="ok", val=None) -> RunRecord:
 def test_all_diverged_group_and_no_metadata(tmp_path):
     base = RunConfig(data="synthetic", bn="update")
     records = [
-        _record(base.replace(method="baseline", estimator=None), [[0.9, 0.1], [0.3, 0.8]]),
+        _record(base.replace(method="baseline", estimator=None, seed=1), [[0.9, 0.1], [0.3, 0.8]]),
         _record(base.replace(lam=10.0), [[0.9, 0.1], [None, None]], status="diverged"),
         _record(base.replace(lam=1.0), [[0.9, 0.1], [None, None]], status="diverged"),
         _record(base.replace(lam=1.0, seed=1), [[0.9, 0.1], [0.7, 0.7]]),
     ]
     for r in records:
         write_record(tmp_path / "results", r)
-    path = report.build_report(tmp_path / "results", tmp_path / "out")
+    path = report.build_report(tmp_path / "results", tmp_path / "out", selection_seeds=[0])
     text = path.read_text()
     assert _check_tables(text) == 4
     assert text.startswith("# EWC benchmark report\n")
@@ -225,14 +226,14 @@ def test_all_diverged_group_and_no_metadata(tmp_path):
     assert "git SHA not recorded" in text
     assert "Data pipeline" not in text
     assert (
-        "| ewc diag-exact | none chosen | 0 | no finished run on the selection seed (3 runs)"
+        "| ewc diag-exact | none chosen | 0 | no lambda finished on every selection seed (3 runs)"
         in (text)
     )
-    assert "1: diverged, 10: diverged" in text
+    assert "1: 1 of 1 diverged, 10: 1 of 1 diverged" in text
     rows = _csv_rows((tmp_path / "out" / "runs.csv").read_text())
     assert [r["diverged"] for r in rows] == ["false", "true", "false", "true"]
     assert [r["selected"] for r in rows] == ["true", "false", "false", "false"]
-    for spec in report_figures.planned_figures(outcomes.summarise(records)):
+    for spec in report_figures.planned_figures(outcomes.summarise(records, [0])):
         assert (tmp_path / "out" / "figures" / spec.name).read_bytes()[:8] == PNG_SIGNATURE
 
 

@@ -18,7 +18,7 @@ TINY = {
     "name": "tiny",
     "description": "tiny synthetic experiment for tests",
     "seeds": [0, 1],
-    "selection_seed": 0,
+    "selection_seeds": [7],
     "defaults": {
         "data": "synthetic",
         "epochs": 1,
@@ -42,17 +42,50 @@ def test_builtin_experiments_validate():
     assert {"default", "quick", "full"} <= set(names)
     for name in names:
         exp = load_experiment(name)
-        assert exp.groups and exp.selection_seed in exp.seeds
+        assert exp.groups and not set(exp.selection_seeds) & set(exp.all_test_seeds())
+
+
+def test_default_experiment_meets_the_protocol():
+    """Issue 14: 3 selection seeds, >= 10 test seeds (20 class-incremental), half-decades."""
+    exp = load_experiment("default")
+    assert len(exp.selection_seeds) == 3 and exp.per_decade == 2 and exp.extend >= 2
+    for g in exp.groups:
+        assert len(g.seeds) >= (20 if g.base.sequence == "split-mnist-class" else 10)
 
 
 def test_plan_counts():
     exp = parse_experiment(TINY)
     assert len(exp.groups) == 3
     assert [len(g.lambdas) for g in exp.groups] == [1, 1, 2]
-    assert len(exp.selection_configs()) == 4
+    sel = exp.selection_configs()  # baseline has no lambda to choose: no selection runs
+    assert (
+        len(sel) == 3 and {c.seed for c in sel} == {7} and "baseline" not in {c.method for c in sel}
+    )
     chosen = {group_key(g.base.to_dict()): g.lambdas[-1] for g in exp.groups}
     final = exp.final_configs(chosen)
     assert len(final) == 6 and {c.seed for c in final} == {0, 1}
+    assert {c.lam for c in final if c.method == "baseline"} == {0.0}
+
+
+def test_study_seeds_override_the_test_seeds():
+    studies = [{**TINY["studies"][0], "seeds": [3, 4, 5]}]
+    exp = parse_experiment({**TINY, "studies": studies})
+    chosen = {group_key(g.base.to_dict()): g.lambdas[0] for g in exp.groups}
+    assert {c.seed for c in exp.final_configs(chosen)} == {3, 4, 5}
+    assert exp.all_test_seeds() == [3, 4, 5]
+
+
+def test_selection_and_test_seeds_must_be_disjoint():
+    with pytest.raises(ValueError, match=r"seed\(s\) \[1\] of studies\[0\] are also selection"):
+        parse_experiment({**TINY, "selection_seeds": [1, 9]})
+    studies = [{**TINY["studies"][0], "seeds": [7]}]
+    with pytest.raises(ValueError, match="also selection seeds"):
+        parse_experiment({**TINY, "studies": studies})
+    exp = parse_experiment(TINY)
+    with pytest.raises(ValueError, match="also selection seeds"):
+        exp.set_test_seeds([0, 7])
+    exp.set_test_seeds([2, 3])
+    assert {c.seed for c in exp.final_configs({})} == {2, 3}  # baseline only: no lambda chosen
 
 
 @pytest.mark.parametrize(
@@ -69,7 +102,10 @@ def test_plan_counts():
         ),
         ({"defaults": {"epoch": 1}}, r"unknown key\(s\) 'epoch' in \[defaults\]"),
         ({"seeds": []}, "non-empty list"),
-        ({"selection_seed": 9}, "must be one of the seeds"),
+        ({"selection_seed": 9}, "replaced by selection_seeds"),
+        ({"extend_factor": 3}, "replaced by per_decade"),
+        ({"selection_seeds": [1, 1]}, "distinct integers"),
+        ({"per_decade": 0}, "per_decade must be an integer >= 1"),
         ({"lambdas": {"l2": [0.1]}}, "no lambda grid for 'ewc diag-exact'"),
         ({"studies": []}, "no studies"),
         ({"colour": "red"}, r"unknown key\(s\) 'colour' in the experiment"),
@@ -114,12 +150,11 @@ def test_sweep_selection_resume_and_report(tmp_path, monkeypatch):
     meta = run_sweep(exp, results)
     assert not set(calls) & done  # nothing redone
     records = list(read_records(results))
-    assert len(records) == 4 + 3  # selection 4, then seed 1 of each of the 3 groups
-    assert (
-        meta["runs"] == 7
-        and json.loads((results / "sweep.json").read_text())["experiment"] == "tiny"
-    )
-    chosen = choose_lambdas(records, 0)
+    assert len(records) == 3 + 6  # selection 3 (seed 7), then test seeds 0, 1 of 3 groups
+    written = json.loads((results / "sweep.json").read_text())
+    assert meta["runs"] == 9 and written["experiment"] == "tiny"
+    assert written["selection_seeds"] == [7] and written["seeds"] == [0, 1]
+    chosen = choose_lambdas(records, [7])
     assert all(v is not None for v in chosen.values())
 
     calls.clear()
@@ -128,11 +163,17 @@ def test_sweep_selection_resume_and_report(tmp_path, monkeypatch):
 
     from benchmark.report import build_report
 
-    report = build_report(results, tmp_path / "report", selection_seed=0)
+    report = build_report(results, tmp_path / "report")
     text = report.read_text()
-    assert "mnist-fmnist" in text
-    rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
-    assert len(rows) == 1 + 7
+    assert "mnist-fmnist" in text and "selection seeds (7)" in text
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "report" / "runs.csv").open()))
+    assert len(rows) == 9
+    assert {r["role"] for r in rows if r["seed"] == "7"} == {"selection"}
+    assert {r["role"] for r in rows if r["seed"] != "7"} == {"test"}
+    assert all(r["selected"] == "false" for r in rows if r["role"] == "selection")
+    assert sum(r["selected"] == "true" for r in rows) == 6
 
 
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path, monkeypatch):
@@ -198,11 +239,12 @@ def _record(config, val):
 def test_grid_grows_past_a_winning_edge():
     exp = parse_experiment({**TINY, "extend": 2})
     group = exp.groups[2]  # ewc diag-exact, grid (1, 100)
-    runs = [g.base.replace(seed=0, lam=lam) for g in exp.groups for lam in g.lambdas]
+    runs = [g.base.replace(seed=7, lam=lam) for g in exp.groups for lam in g.lambdas]
     scores = {1.0: 0.5, 100.0: 0.9}  # the upper edge wins
     records = [_record(c, scores.get(c.lam, 0.4)) for c in runs]
     added = exp.extend_grids(records)
     assert [c.lam for c in added if c.method == "ewc"] == [1000.0]
+    assert {c.seed for c in added} == {7}
     assert group.lambdas == (1.0, 100.0, 1000.0)
     assert exp.groups[0].lambdas == (0.0,)  # baseline: nothing to extend
     # l2's grid has one value: it is both edges, so it grows both ways
@@ -215,8 +257,20 @@ def test_grid_grows_past_a_winning_edge():
 def test_extend_settings_are_validated():
     with pytest.raises(ValueError, match="extend must be an integer >= 0"):
         parse_experiment({**TINY, "extend": -1})
-    with pytest.raises(ValueError, match="extend_factor must be a number > 1"):
-        parse_experiment({**TINY, "extend_factor": 1})
+
+
+def test_half_decade_grid_grows_on_its_lattice():
+    """per_decade = 2: 3162 -> 10000 -> 31620, never 9999.9 from accumulated rounding."""
+    exp = parse_experiment(
+        {**TINY, "extend": 3, "per_decade": 2, "lambdas": {"default": [316.2, 1000.0, 3162.0]}}
+    )
+    group = exp.groups[2]
+    grown = []
+    for _ in range(2):
+        runs = [group.base.replace(seed=7, lam=lam) for lam in group.lambdas]
+        added = exp.extend_grids([_record(c, c.lam / 1e5) for c in runs])  # larger is better
+        grown += [c.lam for c in added if c.method == "ewc"]
+    assert grown == [10000.0, 31620.0]
 
 
 def test_records_written_before_a_setting_existed_still_group_with_new_configs(tmp_path):
@@ -233,7 +287,7 @@ def test_records_written_before_a_setting_existed_still_group_with_new_configs(t
     (record,) = read_records(tmp_path)
     assert record.config["model_options"] == {}
     assert RunConfig.from_dict(record.config).run_id == cfg.run_id
-    assert choose_lambdas([record], 0) == {group_key(cfg.to_dict()): 1.0}
+    assert choose_lambdas([record], [0]) == {group_key(cfg.to_dict()): 1.0}
     wider = cfg.replace(model="mlp", model_options={"hidden": 8})
     assert wider.run_id != cfg.replace(model="mlp").run_id  # a set option is part of the id
 

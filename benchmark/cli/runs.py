@@ -242,9 +242,7 @@ def _experiment(args: argparse.Namespace) -> Any:
     overrides = parse_assignments(args.overrides, "--set")
     exp = load_experiment(args.experiment, overrides)
     if args.seeds:
-        exp.seeds = list(args.seeds)
-        if exp.selection_seed not in exp.seeds:
-            exp.selection_seed = exp.seeds[0]
+        exp.set_test_seeds(list(args.seeds))
     return exp
 
 
@@ -254,9 +252,10 @@ def _results(args: argparse.Namespace, name: str) -> Path:
 
 def _print_plan(exp: Any) -> None:
     n_sel = len({c.run_id for c in exp.selection_configs()})
+    n_test = sum(len(g.seeds or exp.seeds) for g in exp.groups)
     print(
-        f"experiment {exp.name}: {len(exp.groups)} groups, {n_sel} selection runs, "
-        f"up to {len(exp.groups) * len(exp.seeds)} final runs (seeds {exp.seeds})"
+        f"experiment {exp.name}: {len(exp.groups)} groups, {n_sel} selection runs (seeds "
+        f"{exp.selection_seeds}), up to {n_test} test runs (seeds {exp.all_test_seeds()})"
     )
 
 
@@ -323,13 +322,14 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     from ..outcomes import load_meta, load_records
     from ..preflight import require_folders
     from ..report import build_report
+    from ..selection import selection_seeds_of
 
     results = _results(args, Path(args.experiment).stem)
     if not (results / "runs").is_dir():
         raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
     require_folders({"--out": args.out})
     meta = load_meta(results)
-    path = build_report(results, Path(args.out), selection_seed=meta.get("selection_seed", 0))
+    path = build_report(results, Path(args.out), selection_seeds=selection_seeds_of(meta))
     print(f"wrote {path}")
     failed = [r for r in load_records(results, meta) if r.status == "failed"]
     if failed:
@@ -369,7 +369,7 @@ def cmd_reproduce(
         (results / "pipeline.json").write_text(
             json.dumps(measure(args.data_root), indent=1, sort_keys=True)
         )
-    path = build_report(results, Path(args.out), selection_seed=exp.selection_seed)
+    path = build_report(results, Path(args.out), selection_seeds=exp.selection_seeds)
     print(f"wrote {path}")
     return 0
 

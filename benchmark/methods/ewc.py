@@ -59,6 +59,8 @@ class CurvatureRegulariser:
         self.penalty = estimators.EWC(config.lam, config.mode, config.gamma)
         self.last_structure: str | None = None
         """``Curvature.summary`` of the curvature fitted last (for the record)."""
+        self.last_trace: float | None = None
+        """tr(F) of the curvature fitted last (for the record)."""
 
     @property
     def active(self) -> bool:
@@ -69,6 +71,7 @@ class CurvatureRegulariser:
         """Fit task ``index``'s curvature and add it to the penalty; returns its bytes."""
         curvature = self.fit(self.config, model, task, index, device)
         self.last_structure = curvature.summary
+        self.last_trace = float(curvature.trace())
         nbytes = curvature.nbytes  # before consolidate, which may merge it into another term
         self.penalty.consolidate(model, curvature)
         return nbytes

@@ -26,11 +26,13 @@ chooses lambda per group on the validation split (``selection``), and writes
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..outcomes import load_meta, load_pipeline, load_records, summarise
+from ..selection import selection_seeds_of
 from .figures import FIGURE_PREFIXES, draw_figure, planned_figures
 from .results import render_markdown, runs_csv
 from .scaling import write_reports as write_scaling_reports
@@ -62,7 +64,7 @@ def build_report(
     results_dir: Path,
     out_dir: Path,
     *,
-    selection_seed: int = 0,
+    selection_seeds: Collection[int] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Build REPORT.md, runs.csv and figures/ in ``out_dir`` from the records in ``results_dir``.
@@ -72,7 +74,8 @@ def build_report(
             ``pipeline.json``).
         out_dir: where to write (created if needed). Figures from an earlier build that this one
             does not draw are removed from ``out_dir/figures``.
-        selection_seed: the seed whose validation scores choose lambda.
+        selection_seeds: the seeds whose mean validation score chooses lambda (default: the
+            ones ``sweep.json`` names, ``selection.selection_seeds_of``).
         meta: experiment metadata; overrides the keys of ``sweep.json``.
 
     Returns:
@@ -93,7 +96,8 @@ def build_report(
             f"diverged): nothing to report, REPORT.md not written; run the sweep again "
             f"(failures outside the runs are retried) or see runs/*.json for the reasons"
         )
-    runs = summarise(records, selection_seed)
+    seeds = tuple(selection_seeds or selection_seeds_of(meta_all))
+    runs = summarise(records, seeds)
     pipeline = load_pipeline(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runs.csv").write_text(runs_csv(runs))
@@ -105,9 +109,9 @@ def build_report(
         if old.name.startswith(FIGURE_PREFIXES) and old.name not in wanted:
             old.unlink()
     for spec in specs:
-        draw_figure(spec, runs, fig_dir, selection_seed)
+        draw_figure(spec, runs, fig_dir)
     report = out_dir / "REPORT.md"
-    report.write_text(render_markdown(runs, meta_all, pipeline, selection_seed) + see_also(out_dir))
+    report.write_text(render_markdown(runs, meta_all, pipeline, seeds) + see_also(out_dir))
     return report
 
 

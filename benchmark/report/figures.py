@@ -29,6 +29,7 @@ from ..outcomes import (
     sequences,
     task_names,
 )
+from ..selection import SELECTION
 from .format import (
     CONFIDENCE,
     colour,
@@ -326,10 +327,22 @@ SWEEP_LABEL_OFFSETS = ((4, 3), (4, -10), (-22, 3), (-22, -10))
 """Where the lambda labels of the k-th method's points go (offset points), cycled."""
 
 
-def _sweep_method(ax: Any, group: Sequence[Run], label: str, k: int) -> None:
+def _mean_sweep_points(group: Sequence[Run]) -> list[tuple[float, tuple[float, float]]]:
+    """``(lambda, mean sweep point over the seeds that finished)``, by increasing lambda."""
+    by_lam: dict[float, list[tuple[float, float]]] = {}
+    for r in group:
+        point = _sweep_point(r)
+        if point is not None:
+            by_lam.setdefault(r.lam, []).append(point)
+    return [
+        (lam, (float(np.mean([p[0] for p in ps])), float(np.mean([p[1] for p in ps]))))
+        for lam, ps in sorted(by_lam.items())
+    ]
+
+
+def _sweep_method(ax: Any, group: Sequence[Run], label: str, k: int, chosen: float | None) -> None:
     """One method's points of the lambda sweep: a labelled line (penalised) or a marker."""
-    points = [(r, _sweep_point(r)) for r in sorted(group, key=lambda r: r.lam)]
-    points = [(r, p) for r, p in points if p is not None]
+    points = _mean_sweep_points(group)
     if not points:
         return
     method = group[0].record.config.get("method")
@@ -341,43 +354,42 @@ def _sweep_method(ax: Any, group: Sequence[Run], label: str, k: int) -> None:
         return
     ax.plot(xs, ys, marker=marker(label), ms=4, ls=line_style(label), color=c, label=label)
     offset = SWEEP_LABEL_OFFSETS[k % len(SWEEP_LABEL_OFFSETS)]
-    for r, (px, py) in points:
+    for lam, (px, py) in points:
         ax.annotate(
-            fmt_lambda(r.lam),
+            fmt_lambda(lam),
             (px, py),
             textcoords="offset points",
             xytext=offset,
             fontsize=7,
             color=c,
         )
-        if r.selected:
+        if lam == chosen:
             ax.plot(px, py, marker="o", ms=11, mfc="none", mec=c, mew=1.6)
 
 
-def plot_lambda_sweep(runs: Sequence[Run], sequence: str, path: Path, selection_seed: int) -> None:
-    """Stability-plasticity curve: one line per penalised method through its lambdas."""
+def plot_lambda_sweep(runs: Sequence[Run], sequence: str, path: Path) -> None:
+    """Stability-plasticity curve: one line per penalised method through its lambdas.
+
+    Each point is the mean over the selection seeds (validation split); unpenalised methods
+    show their test runs' mean as one marker.
+    """
     modes = bn_modes(runs, sequence)
     fig = new_figure(5.2 * len(modes) + 1.8, 4.4)
     axes = fig.subplots(1, len(modes), squeeze=False)[0]
     for ax, bn in zip(axes, modes, strict=True):
         for k, label in enumerate(method_labels(runs, sequence, bn)):
-            group = [
-                r
-                for r in runs
-                if r.sequence == sequence
-                and r.bn == bn
-                and r.label == label
-                and r.seed == selection_seed
-            ]
+            mine = [r for r in runs if r.sequence == sequence and r.bn == bn and r.label == label]
+            chosen = next((r.lam for r in mine if r.selected), None)
+            group = [r for r in mine if r.role == SELECTION] or [r for r in mine if r.selected]
             if group:
-                _sweep_method(ax, group, label, k)
+                _sweep_method(ax, group, label, k, chosen)
         ax.set_title(f"bn = {bn}", fontsize=10)
         ax.set_xlabel("accuracy on the last task (plasticity)")
         ax.set_ylabel("mean accuracy on earlier tasks (stability)")
         ax.grid(alpha=0.3)
     _method_legend(fig, axes)
     fig.suptitle(
-        f"Lambda sweep: {sequence} (validation split, seed {selection_seed}; chosen λ circled)"
+        f"Lambda sweep: {sequence} (validation split, mean over selection seeds; chosen λ circled)"
     )
     save_figure(fig, path)
 
@@ -428,7 +440,7 @@ def plot_cost(runs: Sequence[Run], sequence: str, path: Path) -> None:
     save_figure(fig, path)
 
 
-def draw_figure(spec: FigureSpec, runs: Sequence[Run], fig_dir: Path, selection_seed: int) -> Path:
+def draw_figure(spec: FigureSpec, runs: Sequence[Run], fig_dir: Path) -> Path:
     """Draw one planned figure into ``fig_dir``."""
     path = fig_dir / spec.name
     if spec.kind == "heatmap":
@@ -436,7 +448,7 @@ def draw_figure(spec: FigureSpec, runs: Sequence[Run], fig_dir: Path, selection_
     elif spec.kind == "tasks":
         plot_task_curves(runs, spec.sequence, str(spec.bn), path)
     elif spec.kind == "lambda":
-        plot_lambda_sweep(runs, spec.sequence, path, selection_seed)
+        plot_lambda_sweep(runs, spec.sequence, path)
     elif spec.kind == "cost":
         plot_cost(runs, spec.sequence, path)
     else:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import RESULTS_VERSIONS
 from ..outcomes import Run, sequences, setting_text
+from ..selection import selection_seeds_of
 from .format import CONFIDENCE, fmt_duration, fmt_num
 
 REPORT_LIBRARIES = ("numpy", "scipy", "torchvision")
@@ -145,11 +146,14 @@ def pipeline_text(pipeline: dict[str, Any]) -> str:
     return text
 
 
-def _seed_mismatch(meta: dict[str, Any], selection_seed: int) -> str:
-    recorded = meta.get("selection_seed")
-    if recorded is None or recorded == selection_seed:
+def _seed_mismatch(meta: dict[str, Any], selection_seeds: Sequence[int]) -> str:
+    recorded = list(selection_seeds_of(meta)) if "selection_seeds" in meta else None
+    if recorded is None or recorded == list(selection_seeds):
         return ""
-    return f" Note: the sweep chose lambda with seed {recorded}; this report uses {selection_seed}."
+    return (
+        f" Note: the sweep chose lambda with seeds {recorded}; this report uses "
+        f"{list(selection_seeds)}."
+    )
 
 
 def record_shas(runs: Sequence[Run]) -> str:
@@ -242,7 +246,7 @@ def report_provenance(
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
     runs: Sequence[Run],
-    selection_seed: int,
+    selection_seeds: Sequence[int],
 ) -> str:
     """REPORT.md's "How this report was produced": command, machine, versions, dates, protocol."""
     lines = [
@@ -258,11 +262,12 @@ def report_provenance(
         results_version_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
-        f"validation split of seed {selection_seed}: the highest validation average accuracy, "
-        f"ties to the smaller lambda, diverged runs never chosen. Tables report the test split "
-        f"at the chosen lambda, mean ± half-width of a {CONFIDENCE:.0%} Student-t interval over "
-        f"seeds; diverged or failed runs are counted and left out."
-        + _seed_mismatch(meta, selection_seed),
+        f"validation split of the selection seeds ({', '.join(map(str, selection_seeds))}): "
+        f"the highest mean validation average accuracy over them, ties to the smaller lambda, "
+        f"a lambda that diverged on any of them never chosen. Selection runs are never test "
+        f"runs: tables report the test split of the test seeds at the chosen lambda, mean ± "
+        f"half-width of a {CONFIDENCE:.0%} Student-t interval over seeds; diverged or failed "
+        f"runs are counted and left out." + _seed_mismatch(meta, selection_seeds),
     ]
     if pipeline:
         lines.append(pipeline_text(pipeline))

@@ -37,6 +37,7 @@ from ..outcomes import (
     setting_text,
     task_names,
 )
+from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
 from .figures import figures_section, planned_figures
 from .format import (
     CONFIDENCE,
@@ -55,7 +56,8 @@ from .provenance import report_provenance
 
 CSV_COLUMNS = (
     "sequence", "model", "method", "estimator", "mode", "bn", "optimizer", "fisher_samples",
-    "representation", "curvature_bytes", "lambda", "lambda_at_edge", "seed", "selected",
+    "representation", "curvature_bytes", "lambda", "lambda_at_edge", "lambda_trace", "seed",
+    "role", "selected",
     "val_avg_acc", "test_avg_acc", "forgetting", "bwt", "acc_matrix", "estimate_seconds",
     "train_seconds", "peak_rss_mb", "diverged", "run_id",
 )  # fmt: skip
@@ -93,7 +95,9 @@ def csv_row(run: Run) -> dict[str, str]:
         "curvature_bytes": str(max(r.curvature_bytes, default=0)),
         "lambda": fmt_lambda(run.lam),
         "lambda_at_edge": "true" if run.at_edge else "false",
+        "lambda_trace": csv_number(strength(run)),
         "seed": str(run.seed),
+        "role": run.role,
         "selected": "true" if run.selected else "false",
         "val_avg_acc": csv_number(run.val_avg),
         "test_avg_acc": csv_number(run.test_avg),
@@ -235,7 +239,7 @@ def paired_cells(runs: Sequence[Run], reference: Sequence[Run]) -> list[str]:
 def _unchosen_row(runs: Sequence[Run], sequence: str, bn: str, label: str) -> list[str]:
     """The row of a method that had no finished run on the selection seed."""
     n_all = sum(1 for r in runs if r.sequence == sequence and r.bn == bn and r.label == label)
-    reason = f"no finished run on the selection seed ({n_all} runs)"
+    reason = f"no lambda finished on every selection seed ({n_all} runs)"
     return [label, "none chosen", "0", reason, "—", "—", "—"]
 
 
@@ -302,14 +306,46 @@ def results_section(runs: Sequence[Run]) -> str:
 # -- chosen lambdas ----------------------------------------------------------------------------
 
 
-def lambda_grid_cell(group: Sequence[Run], selection_seed: int, chosen: float) -> str:
-    """``100: 0.8712, **1000: 0.8930**, 10000: diverged`` on the selection seed."""
+def selection_scores(group: Sequence[Run]) -> dict[float, tuple[float | None, str]]:
+    """``lambda -> (mean validation score over its selection runs, note)`` of one group.
+
+    The score is None unless every selection run of that lambda finished; the note then says
+    how many diverged or failed (``2 of 3 diverged``).
+    """
+    by_lam: dict[float, list[Run]] = {}
+    for r in group:
+        if r.role == SELECTION:
+            by_lam.setdefault(r.lam, []).append(r)
+    out: dict[float, tuple[float | None, str]] = {}
+    for lam, rs in sorted(by_lam.items()):
+        bad = Counter(r.record.status for r in rs if not r.ok)
+        if bad or any(r.val_avg is None for r in rs):
+            note = ", ".join(f"{n} of {len(rs)} {status}" for status, n in sorted(bad.items()))
+            out[lam] = (None, note or "incomplete")
+        else:
+            out[lam] = (sum(r.val_avg for r in rs) / len(rs), "")  # type: ignore[misc]
+    return out
+
+
+def lambda_grid_cell(group: Sequence[Run], chosen: float) -> str:
+    """``100: 0.8712, **316.2: 0.8930**, 1000: 1 of 3 diverged``: mean over selection seeds."""
     items = []
-    for r in sorted((r for r in group if r.seed == selection_seed), key=lambda r: r.lam):
-        value = fmt_fixed(r.val_avg) if r.ok else r.record.status
-        text = f"{fmt_lambda(r.lam)}: {value}"
-        items.append(f"**{text}**" if r.lam == chosen and r.ok else text)
+    for lam, (score, note) in selection_scores(group).items():
+        text = f"{fmt_lambda(lam)}: {fmt_fixed(score) if score is not None else note}"
+        items.append(f"**{text}**" if lam == chosen and score is not None else text)
     return ", ".join(items) if items else "—"
+
+
+def strength(run: Run) -> float | None:
+    """``lambda * mean_t tr(F_t)`` over the curvatures a run fitted (None: none recorded)."""
+    traces = [t for t in run.record.curvature_trace if t is not None]
+    return run.lam * sum(traces) / len(traces) if traces else None
+
+
+def strength_cell(chosen: Sequence[Run]) -> str:
+    """Mean of ``strength`` over the finished selected runs, 3 significant digits."""
+    values = [v for r in chosen if r.ok and (v := strength(r)) is not None]
+    return f"{sum(values) / len(values):.3g}" if values else "—"
 
 
 def declared_grid(meta: dict[str, Any]) -> str:
@@ -329,8 +365,8 @@ def declared_grid(meta: dict[str, Any]) -> str:
     return values(grid)
 
 
-def lambda_rows(runs: Sequence[Run], selection_seed: int) -> list[list[str]]:
-    """One row per sequence, bn and penalised method: chosen lambda, its score, the grid."""
+def lambda_rows(runs: Sequence[Run]) -> list[list[str]]:
+    """One row per sequence, bn and penalised method: chosen lambda, strength, score, grid."""
     rows = []
     for seq in sequences(runs):
         for bn in bn_modes(runs, seq):
@@ -340,29 +376,37 @@ def lambda_rows(runs: Sequence[Run], selection_seed: int) -> list[list[str]]:
                     continue
                 chosen = [r for r in group if r.selected]
                 lam = chosen[0].lam if chosen else None
-                best = [r for r in chosen if r.seed == selection_seed and r.ok]
+                best = selection_scores(group).get(lam, (None, ""))[0] if chosen else None
                 rows.append(
                     [
                         seq,
                         bn,
                         label,
                         lambda_text(chosen[0]) if chosen else "none",
-                        fmt_fixed(best[0].val_avg) if best else "—",
-                        lambda_grid_cell(group, selection_seed, -1.0 if lam is None else lam),
+                        strength_cell(chosen),
+                        fmt_fixed(best),
+                        lambda_grid_cell(group, -1.0 if lam is None else lam),
                     ]
                 )
     return rows
 
 
-def lambda_section(runs: Sequence[Run], meta: dict[str, Any], selection_seed: int) -> str:
+def lambda_section(
+    runs: Sequence[Run], meta: dict[str, Any], selection_seeds: Sequence[int]
+) -> str:
     """Chosen lambda per sequence, bn and penalised method, with the validation scores."""
-    rows = lambda_rows(runs, selection_seed)
+    rows = lambda_rows(runs)
+    seeds = ", ".join(map(str, selection_seeds))
     parts = [
         "## Chosen lambdas",
         "",
-        f"Chosen on the validation split of seed {selection_seed} (highest validation average "
-        "accuracy, ties to the smaller lambda; the chosen one in bold), per sequence, bn and "
-        "penalised method; the last column lists every lambda the group ran on that seed. "
+        f"Chosen per sequence, bn and penalised method on the validation split of the selection "
+        f"seeds ({seeds}), which are never test seeds: the highest mean validation average "
+        "accuracy over those seeds, ties to the smaller lambda, a lambda that diverged or "
+        "failed on any of them never chosen (the chosen one in bold). The last column lists "
+        "every lambda the group ran. λ·tr(F) is lambda times the mean trace of the curvatures "
+        "the selected runs fitted: the penalty's strength on one axis for every structure (two "
+        "structures with the same λ·tr(F) penalise a random direction equally on average). "
         "Baseline and joint have no lambda.",
     ]
     grid = declared_grid(meta)
@@ -376,10 +420,11 @@ def lambda_section(runs: Sequence[Run], meta: dict[str, Any], selection_seed: in
             "bn",
             "method",
             "chosen λ",
+            "λ·tr(F)",
             "val avg acc",
-            "λ grid: val avg acc per λ",
+            "λ grid: mean val avg acc per λ",
         ]
-        parts += ["", md_table(header, rows, "lllrrl")]
+        parts += ["", md_table(header, rows, "lllrrrl")]
     else:
         parts += ["", "No penalised runs."]
     return "\n".join(parts)
@@ -445,7 +490,7 @@ def render_markdown(
     runs: Sequence[Run],
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
-    selection_seed: int = 0,
+    selection_seeds: Sequence[int] = DEFAULT_SELECTION_SEEDS,
 ) -> str:
     """The whole REPORT.md (pure: same runs and metadata, same text)."""
     name = meta.get("name") or meta.get("experiment")
@@ -454,10 +499,10 @@ def render_markdown(
     if meta.get("description"):
         sections.append(str(meta["description"]))
     sections += [
-        report_provenance(meta, pipeline, runs, selection_seed),
+        report_provenance(meta, pipeline, runs, selection_seeds),
         tutorial_section(runs),
         results_section(runs),
-        lambda_section(runs, meta, selection_seed),
+        lambda_section(runs, meta, selection_seeds),
         cost_section(runs),
         figures_section(planned_figures(runs)),
     ]

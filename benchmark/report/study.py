@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import metrics
 from ..records import read_records
-from ..selection import choose_lambdas, is_selected
+from ..selection import choose_lambdas, is_selected, selection_seeds_of
 from .format import csv_cell, fmt_bytes, fmt_fixed, fmt_signed, md_table
 from .provenance import command_item, git_text, libraries_text, machine_text, started_finished
 from .study_figures import part_rows, write_figures
@@ -63,11 +63,11 @@ def outcomes(
         and r.config["mode"] == "separate"
     ]
     meta = Path(results) / "sweep.json"
-    seed = json.loads(meta.read_text()).get("selection_seed", 0) if meta.exists() else 0
-    chosen = choose_lambdas(records, seed)
+    seeds = selection_seeds_of(json.loads(meta.read_text()) if meta.exists() else {})
+    chosen = choose_lambdas(records, seeds)
     by_name: dict[str, list] = defaultdict(list)
     for r in records:
-        if r.status != "ok" or not is_selected(r, chosen):
+        if r.status != "ok" or not is_selected(r, chosen, seeds):
             continue
         name = {"l2": "identity"}.get(r.config["method"], r.config["estimator"])
         if name is not None:
