@@ -128,9 +128,9 @@ def test_selection_seed_changes_the_choice():
 
 def test_every_figure_exists_and_is_a_png(built):
     fig_dir = built.parent / "figures"
-    specs = report_figures.planned_figures(outcomes.summarise(read_records(SAMPLE)))
+    specs = report_figures.planned_figures(outcomes.summarise(read_records(SAMPLE), [0]))
     names = [s.name for s in specs]
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 15
     text = built.read_text()
     linked = re.findall(r"\]\(figures/([^)]+)\)", text)
     assert linked == names
@@ -143,7 +143,7 @@ def test_every_figure_exists_and_is_a_png(built):
     assert not (fig_dir / "heatmap_gone_freeze.png").exists()  # stale figure removed
     assert (fig_dir / "keep-me.png").exists()  # not the report's: left alone
     kinds = {s.kind for s in specs}
-    assert kinds == {"heatmap", "tasks", "lambda", "cost"}
+    assert kinds == {"forest", "seeds", "lambda", "tasks", "heatmap", "cost"}
 
 
 def test_report_sections(built):

@@ -4,11 +4,8 @@
   lambdas, plain numbers, ratios; bytes (the one byte formatter of the benchmark), seconds,
   milliseconds, durations.
 - Tables: Markdown tables and cells, CSV cells.
-- Figures: a new matplotlib figure on the Agg canvas, saving it, and one palette: each
-  method or estimator label gets a fixed colour, its structure (diag, kfac, full) choosing the
-  hue family and its label mode (exact, mc, empirical, batched, argmax) the shade, so that a
-  label has the same colour in every figure of every report. matplotlib is imported only by
-  the figure helpers.
+- Figures: a new matplotlib figure on the Agg canvas, and saving it (matplotlib is imported
+  only by these two helpers). Every colour of every figure comes from ``palette``.
 """
 
 from __future__ import annotations
@@ -195,61 +192,3 @@ def new_figure(width: float, height: float, layout: str = "constrained") -> Any:
 def save_figure(fig: Any, path: Path) -> None:
     """Write ``fig`` as a PNG at 110 dpi, without the matplotlib version in its metadata."""
     fig.savefig(path, dpi=110, metadata={"Software": None})
-
-
-SHADES = {
-    "diag": ("#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"),
-    "kfac": ("#00441b", "#238b45", "#41ab5d", "#74c476", "#a1d99b"),
-    "ekfac": ("#004529", "#41ab5d", "#78c679", "#addd8e", "#d9f0a3"),
-    "lowrank": ("#7f2704", "#d94801", "#f16913", "#fd8d3c", "#fdae6b"),
-    "full": ("#3f007d", "#6a51a3", "#807dba", "#9e9ac8", "#bcbddc"),
-}
-"""Per structure, a hue family (blues, greens, yellow-greens, oranges, purples), dark to light."""
-LABEL_MODES = ("exact", "mc", "empirical", "batched", "argmax")
-"""The shade of a label mode within its structure's family (``SHADES`` order)."""
-FIXED_COLOURS = {
-    "floor": "#000000",
-    "baseline": "#636363",
-    "joint": "#d94801",
-    "identity": "#8c510a",
-    "l2": "#8c510a",
-}
-"""Labels outside the structure x label-mode grid (l2 is the identity curvature's penalty)."""
-OTHER_COLOUR = "#969696"
-ONLINE_PREFIX = "ewc-online "
-
-
-def estimator_of(label: str) -> str:
-    """The estimator (or method) of a label: ``ewc-online kfac-mc (gamma=0.9)`` -> ``kfac-mc``."""
-    base = label.partition(" (")[0]
-    for prefix in (ONLINE_PREFIX, "ewc "):
-        if base.startswith(prefix):
-            return base[len(prefix) :]
-    return base
-
-
-def colour(label: str) -> str:
-    """The fixed colour of a method or estimator label, the same in every figure of every report.
-
-    ``ewc <name>``, ``ewc-online <name>``, ``<name> (setting=...)`` and ``<name>`` share the
-    colour of ``<name>``; ``line_style`` and ``marker`` tell the online mode apart.
-    """
-    name = estimator_of(label)
-    if name in FIXED_COLOURS:
-        return FIXED_COLOURS[name]
-    structure, _, mode = name.partition("-")
-    shades = SHADES.get(structure)
-    if shades is None:
-        return OTHER_COLOUR
-    index = LABEL_MODES.index(mode) if mode in LABEL_MODES else len(shades) - 1
-    return shades[min(index, len(shades) - 1)]
-
-
-def line_style(label: str) -> str:
-    """``--`` for the online mode and the floor (a reference), ``-`` otherwise."""
-    return "--" if label.startswith(ONLINE_PREFIX) or label == "floor" else "-"
-
-
-def marker(label: str) -> str:
-    """``s`` for the online mode, ``o`` otherwise."""
-    return "s" if label.startswith(ONLINE_PREFIX) else "o"

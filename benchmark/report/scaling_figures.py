@@ -1,7 +1,7 @@
 """The scaling figures, and the accessors of a scaling record that they share with the text.
 
 Drawn with matplotlib's Agg canvas, estimators in the shared palette's colours
-(``format.colour``); ``scaling`` renders scaling.md and calls ``write_figures``.
+(``palette.colour``); ``scaling`` renders scaling.md and calls ``write_figures``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .format import colour, fmt_bytes, line_style, new_figure, save_figure
+from .format import fmt_bytes, new_figure, save_figure
+from .palette import ALERT, GRID_ALPHA, GUIDE, PART_COLOURS, REFERENCE, colour, line_style
 
 FIGURES = {
     "n": "scaling_n.png",
@@ -62,7 +63,7 @@ def _plot_sweep(ax: Any, points: Sequence[dict[str, Any]], x_key: str, what: str
             ax.plot(xs, ys, marker="o", label=name, ls=line_style(name), c=colour(name))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="both", alpha=GRID_ALPHA)
 
 
 def n_figure(record: dict[str, Any]) -> Any:
@@ -123,7 +124,7 @@ def penalty_figure(record: dict[str, Any]) -> Any:
         ylabel="extra ms per training step",
         title="Penalty cost: separate grows, online stays flat",
     )
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, alpha=GRID_ALPHA)
     ax.legend(fontsize=8)
     return fig
 
@@ -135,11 +136,11 @@ def dense_figure(record: dict[str, Any]) -> Any:
     ps = np.logspace(3, 7, 200)
     fig = new_figure(7, 4.5, layout="tight")
     ax = fig.subplots()
-    ax.plot(ps, 4 * ps**2, color="black", label="dense 4·P²")
-    for rows in (200, 1000, 10000):
-        ax.plot(ps, 4 * rows * ps, ls="--", label=f"factor, {rows:,} rows (4·R·P)")
-    ax.axhline(budget, color="red", lw=1, label=f"budget {fmt_bytes(budget)}")
-    ax.axvline(s["dense_limit_parameters"], color="red", lw=0.8, ls=":")
+    ax.plot(ps, 4 * ps**2, color=REFERENCE, label="dense 4·P²")
+    for rows, dashes in zip((200, 1000, 10000), ("--", "-.", ":"), strict=True):
+        ax.plot(ps, 4 * rows * ps, ls=dashes, color=GUIDE, label=f"factor, {rows:,} rows (4·R·P)")
+    ax.axhline(budget, color=ALERT, lw=1, label=f"budget {fmt_bytes(budget)}")
+    ax.axvline(s["dense_limit_parameters"], color=ALERT, lw=0.8, ls=":")
     full = colour("full-mc")
     for point in record["width"] + record["depth"]:
         row = next((r for r in point["rows"] if r["estimator"].startswith("full-")), None)
@@ -147,7 +148,7 @@ def dense_figure(record: dict[str, Any]) -> Any:
             shape = "s" if row.get("structure") == "full-dense" else "o"
             ax.scatter(point["parameters"], row["nbytes"], marker=shape, color=full)
         elif row and row.get("needed_bytes"):
-            ax.scatter(point["parameters"], row["needed_bytes"], marker="x", color="tab:red")
+            ax.scatter(point["parameters"], row["needed_bytes"], marker="x", color=ALERT)
     ax.set(
         xscale="log",
         yscale="log",
@@ -155,7 +156,7 @@ def dense_figure(record: dict[str, Any]) -> Any:
         ylabel="bytes",
         title="Dense vs factor: measured fits (squares dense, circles factor, x refused)",
     )
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="both", alpha=GRID_ALPHA)
     ax.legend(fontsize=8)
     return fig
 
@@ -166,9 +167,9 @@ def split_figure(rows: Sequence[dict[str, Any]]) -> Any:
     ax = fig.subplots()
     labels = [f"{r['sequence']} {r['bn']} {r['method']}" for r in rows]
     left = [0.0] * len(rows)
-    for part in SPLIT_PARTS:
+    for part, shade in zip(SPLIT_PARTS, PART_COLOURS, strict=True):
         values = [r[part] for r in rows]
-        ax.barh(labels, values, left=left, label=part)
+        ax.barh(labels, values, left=left, label=part, color=shade, edgecolor=REFERENCE, lw=0.3)
         left = [a + b for a, b in zip(left, values, strict=True)]
     ax.invert_yaxis()
     ax.set(xlabel="seconds per run (mean)", title="Where a whole run's time goes")

@@ -1,7 +1,7 @@
 """The study's figures: Fisher blocks, spectra, convergence, the batched bias, and outcomes.
 
 Drawn from the study's output (``benchmark.study.run_study``) with matplotlib's Agg canvas;
-estimators take their colours from the shared palette (``format.colour``).
+estimators take their colours from the shared palette (``palette.colour``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .format import colour, new_figure, save_figure
+from .format import new_figure, save_figure
+from .palette import DIVERGING_CMAP, GRID_ALPHA, GUIDE, REFERENCE, colour
 
 
 def part_rows(rows: Sequence[dict[str, Any]], part: str) -> list[dict[str, Any]]:
@@ -32,7 +33,7 @@ def plot_blocks(study: dict[str, Any], model: str, path: Path) -> None:
     fig = new_figure(4 * len(arrays) + 1, 4.2)
     axes = fig.subplots(1, len(arrays))
     for ax, name, a in zip(np.atleast_1d(axes), order, arrays, strict=True):
-        im = ax.imshow(a, cmap="RdBu_r", norm=norm, interpolation="nearest")
+        im = ax.imshow(a, cmap=DIVERGING_CMAP, norm=norm, interpolation="nearest")
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -51,7 +52,7 @@ def plot_spectra(study: dict[str, Any], model: str, path: Path) -> None:
         v = np.asarray(vals, dtype=float)
         reference = "reference" in name
         style = {
-            "color": "black" if reference else colour(name),
+            "color": REFERENCE if reference else colour(name),
             "linewidth": 2.5 if reference else 1.2,
         }
         ax.plot(np.arange(1, len(v) + 1), np.maximum(v, 1e-12), marker=".", label=name, **style)
@@ -60,7 +61,7 @@ def plot_spectra(study: dict[str, Any], model: str, path: Path) -> None:
     ax.set_ylabel("eigenvalue")
     ax.set_title(f"Top eigenvalues of F and its approximations ({model})")
     ax.legend(fontsize=7, ncols=2)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=GRID_ALPHA)
     save_figure(fig, path)
 
 
@@ -92,7 +93,7 @@ def plot_convergence(study: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("relative Frobenius error")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=GRID_ALPHA, which="both")
         ax.legend(fontsize=7)
     left.set_title("against the reference F")
     right.set_title("mc against its exact counterpart")
@@ -106,15 +107,21 @@ def plot_batched(study: dict[str, Any], path: Path) -> None:
     ratio = np.array([r["ratio_to_empirical"] for r in rows])
     fig = new_figure(6, 4.5)
     ax = fig.subplots()
-    ax.plot(b, ratio, marker="o", label="diag-batched / diag-empirical (trace)")
-    ax.plot(b, 1 / b, linestyle="--", color="grey", label="1 / batch size")
+    ax.plot(
+        b,
+        ratio,
+        marker="o",
+        color=colour("diag-batched"),
+        label="diag-batched / diag-empirical (trace)",
+    )
+    ax.plot(b, 1 / b, linestyle="--", color=GUIDE, label="1 / batch size")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("ratio")
     ax.set_title("Bias of the batched estimator (tutorial network)")
     ax.legend()
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=GRID_ALPHA, which="both")
     save_figure(fig, path)
 
 
@@ -138,7 +145,7 @@ def plot_outcomes(study: dict[str, Any], outcome: dict[str, dict[str, float]], p
     ax.set_xlabel("scale-free approximation error of F (tutorial network)")
     ax.set_ylabel("forgetting at the chosen lambda (mnist-fmnist, bn = freeze)")
     ax.set_title("Does better curvature buy less forgetting?")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=GRID_ALPHA)
     save_figure(fig, path)
     return True
 
