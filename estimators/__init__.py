@@ -24,7 +24,7 @@ from .errors import FisherMemoryError
 from .estimator import Estimator
 from .full import DenseCurvature, LowRankCurvature
 from .identity import IdentityCurvature
-from .kfac import KFACCurvature
+from .kfac import KFACCurvature, KFACDiagCurvature
 from .layout import ParamLayout
 from .lowrank import LowRankDiagCurvature
 from .penalty import EWC
@@ -100,6 +100,7 @@ __all__ = [
     "FisherMemoryError",
     "IdentityCurvature",
     "KFACCurvature",
+    "KFACDiagCurvature",
     "LowRankCurvature",
     "LowRankDiagCurvature",
     "ParamLayout",

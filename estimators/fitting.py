@@ -54,6 +54,8 @@ class Plan:
     layers: list[PlannedLayer]
     generic: tuple[str, ...]
     n_classes: int
+    called: tuple[nn.Module, ...] = ()
+    """Closed-form candidate modules in the order the probe's forward first ran them."""
 
 
 @dataclass
@@ -163,7 +165,7 @@ def make_plan(model: nn.Module, forward: Forward, probe: torch.Tensor, layout: P
         layers.append(PlannedLayer(m, rule, params))
         claimed.update(params.values())
     generic = tuple(n for n in layout.names if n not in claimed)
-    return Plan(layers=layers, generic=generic, n_classes=int(logits.shape[1]))
+    return Plan(layers, generic, int(logits.shape[1]), called=tuple(calls))
 
 
 class FisherPass:

@@ -10,6 +10,11 @@ chunk, never holding U); ``factor`` stores U (R x P), so that :math:`d^\top F d 
 one matrix-vector product and never P x P memory; ``auto`` takes dense when P^2 entries fit the
 memory budget, else the factor. When neither fits, ``fit`` refuses before computing anything and
 says how many bytes each would need.
+
+Option ``output_curvature`` (``full-exact`` only): ``'per-input'`` (default) is the Fisher above;
+``'mean'`` replaces each input's softmax curvature :math:`\operatorname{diag}(p_n) - p_n p_n^\top`
+by its mean over the inputs, the averaged-output-curvature control of ``fullavg`` (same
+representations, memory checks and online rule).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.sparse.linalg import eigsh
+from torch import nn
 
 from .curvature import CHUNK, DEFAULT_MEMORY_BUDGET, Curvature
 from .errors import FisherMemoryError, format_bytes
-from .estimator import Accumulator
+from .estimator import Accumulator, GridEstimator
 from .fitting import Capture, Plan
+from .fullavg import fit_mean_output
+from .labels import Exact, LabelMode
 from .layout import ParamLayout
 from .registry import GridStructure
 
@@ -325,11 +333,42 @@ def online_rule(options: Mapping[str, Any]) -> str | None:
     )
 
 
+class FullEstimator(GridEstimator):
+    """One pass (``GridEstimator``), or ``fullavg`` for ``output_curvature = 'mean'``."""
+
+    def __init__(
+        self,
+        name: str,
+        accumulator: type[Accumulator],
+        labels: LabelMode,
+        options: dict[str, Any],
+    ) -> None:
+        super().__init__(name, accumulator, labels, options)
+        if options["output_curvature"] == "mean" and not isinstance(labels, Exact):
+            raise ValueError(
+                f"option 'output_curvature' = 'mean' is defined for full-exact only (the mean of "
+                f"diag(p) - p p^T over the inputs), not for {name!r}"
+            )
+
+    def _fit(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        layout: ParamLayout,
+    ) -> Curvature:
+        if self.options["output_curvature"] == "mean":
+            return fit_mean_output(self, model, inputs, targets, layout)
+        return super()._fit(model, inputs, targets, layout)
+
+
 DECLARATION = GridStructure(
     "full",
     FullAccumulator,
     ("exact", "mc", "empirical"),
-    options=("representation",),
+    options=("representation", "output_curvature"),
     online=online_rule,
+    estimator=FullEstimator,
 )
-"""``full-*``: dense matrix or exact low-rank factor; online only when dense."""
+"""``full-*``: dense matrix or exact low-rank factor; online only when dense. ``full-exact`` with
+``output_curvature = 'mean'`` is the averaged-output-curvature control (``fullavg``)."""

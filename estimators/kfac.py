@@ -15,11 +15,26 @@ layout. Blocks between layers are zero. Every other parameter (BatchNorm affine,
 closed forms) gets its exact diagonal. Quadratic forms use
 :math:`\operatorname{vec}(\Delta)^\top (G \otimes A) \operatorname{vec}(\Delta) =
 \langle G \Delta, \Delta A \rangle` with :math:`\Delta = [\Delta W \mid \Delta b]`.
+
+Variants for ablations (options; every one keeps the exact diagonal outside its blocks):
+
+- ``factors``: which parts of the Kronecker structure are kept. ``full`` (default):
+  :math:`G \otimes A`; ``a-diag``: :math:`G \otimes \operatorname{diag}(A)`; ``g-diag``:
+  :math:`\operatorname{diag}(G) \otimes A`; ``diag``: :math:`\operatorname{diag}(G) \otimes
+  \operatorname{diag}(A)`, a diagonal curvature with entries :math:`G_{ii} A_{jj}`
+  (``KFACDiagCurvature``, which adds online like any diagonal); ``a-only``: :math:`I \otimes A`,
+  the feature penalty :math:`\sum_l \operatorname{tr}(\Delta_l A_l \Delta_l^\top)` without any
+  output-gradient factor. Diagonal or identity factors are stored as dense matrices, so every
+  closed form of ``KFACCurvature`` holds unchanged.
+- ``layers``: the layers that get Kronecker blocks, by module name (``model.named_modules()``,
+  e.g. ``'1'`` or ``'trunk.0'``) or by group: ``all`` (default: every Linear/Conv2d that runs once
+  per forward), ``output`` (the one the forward runs last: the layer that outputs the logits),
+  ``hidden`` (the others that run). Every other parameter gets its exact diagonal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import NotImplementedType
 from typing import Any
@@ -27,13 +42,14 @@ from typing import Any
 import torch
 
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
-from .diag import add_diagonal
+from .diag import DiagCurvature, add_diagonal
 from .estimator import Accumulator
 from .fitting import Capture, Plan, PlannedLayer
 from .full import DenseCurvature
 from .layers.base import KroneckerSums
 from .layout import ParamLayout
-from .registry import GridStructure, never_online
+from .options import LAYER_GROUPS
+from .registry import GridStructure
 
 KFAC_REFUSAL = "a sum of Kronecker products is not a Kronecker product"
 """Why KFAC curvatures are not accumulated online."""
@@ -94,11 +110,19 @@ class KFACCurvature(Curvature):
         rest_index: torch.Tensor,
         rest_diag: torch.Tensor,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        variant: str = "",
     ) -> None:
         super().__init__(layout, memory_budget)
         self.blocks = blocks
         self.rest_index = rest_index
         self.rest_diag = rest_diag
+        self.variant = variant
+        """The options that made it, when not the defaults (``a-diag blocks 1,4``)."""
+
+    @property
+    def summary(self) -> str:
+        """``kfac``, or ``kfac <variant>`` for the ablation options."""
+        return f"kfac {self.variant}" if self.variant else "kfac"
 
     def _matmat(self, m: torch.Tensor) -> torch.Tensor:
         rows = m.T.contiguous()  # [k, P]: each block's entries are contiguous within a row
@@ -212,8 +236,63 @@ class KFACCurvature(Curvature):
         return total + float((self.rest_diag.double() * m[rest, rest].double()).sum())
 
 
+class KFACDiagCurvature(DiagCurvature):
+    r""":math:`\operatorname{diag}(G) \otimes \operatorname{diag}(A)` per block, exact elsewhere."""
+
+    structure = "kfac-diag"
+
+
+def layer_name(layer: PlannedLayer) -> str:
+    """A Kronecker layer's module name, read off its weight's parameter name (``trunk.0``)."""
+    return layer.params["weight"].rpartition(".")[0]
+
+
+def select_layers(
+    plan: Plan, candidates: list[PlannedLayer], wanted: tuple[str, ...]
+) -> list[PlannedLayer]:
+    """The ``candidates`` the ``layers`` option names (module names or groups), in plan order.
+
+    Groups: ``all`` is every candidate; ``output`` the one the probe's forward ran last;
+    ``hidden`` the others it ran (``Plan.called``).
+
+    Raises:
+        ValueError: a name that is neither a group nor a candidate, listing both.
+    """
+    position = {m: i for i, m in enumerate(plan.called)}
+    ran = sorted((c for c in candidates if c.module in position), key=lambda c: position[c.module])
+    groups = {"all": candidates, "hidden": ran[:-1], "output": ran[-1:]}
+    by_name = {layer_name(c): c for c in candidates}
+    unknown = [w for w in wanted if w not in groups and w not in by_name]
+    if unknown:
+        raise ValueError(
+            f"option 'layers': {', '.join(map(repr, unknown))} is not a Kronecker layer of this "
+            "model (a Linear or Conv2d with a trainable weight that runs once per forward); its "
+            f"Kronecker layers: {', '.join(map(repr, by_name)) or 'none'}; groups: "
+            f"{', '.join(map(repr, LAYER_GROUPS))}"
+        )
+    chosen = {id(c) for w in wanted for c in groups.get(w, [by_name.get(w)])}
+    return [c for c in candidates if id(c) in chosen]
+
+
+def variant_factors(
+    A: torch.Tensor, G: torch.Tensor, factors: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's ``(A, G)`` for the ``factors`` option (see the module docstring)."""
+    if factors in ("a-diag", "diag"):
+        A = torch.diag(A.diagonal())
+    if factors in ("g-diag", "diag"):
+        G = torch.diag(G.diagonal())
+    if factors == "a-only":
+        G = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    return A, G
+
+
 class KFACAccumulator(Accumulator):
-    """Running sums of the Kronecker factors, and of the exact diagonal for the rest."""
+    """Running sums of the Kronecker factors, and of the exact diagonal for the rest.
+
+    Options ``factors`` and ``layers`` (absent for subclasses that do not declare them: the
+    defaults) choose the variant.
+    """
 
     def __init__(
         self, layout: ParamLayout, plan: Plan, columns: int, n_total: int, options: dict[str, Any]
@@ -221,11 +300,39 @@ class KFACAccumulator(Accumulator):
         super().__init__(layout, plan, columns, n_total, options)
         self.flat = torch.zeros(layout.numel, dtype=layout.dtype, device=layout.device)
         self.sums: dict[int, tuple[PlannedLayer, KroneckerSums]] = {}
-        for layer in plan.layers:
+        self.factors = options.get("factors", "full")
+        self.layers = options.get("layers", ("all",))
+        candidates = [
+            layer
+            for layer in plan.layers
+            if layer.rule.kfac_shape(layer.module) is not None and "weight" in layer.params
+        ]
+        for layer in select_layers(plan, candidates, self.layers):
             shape = layer.rule.kfac_shape(layer.module)
-            if shape is not None and "weight" in layer.params:
-                self.sums[id(layer)] = (layer, KroneckerSums.zeros(*shape, like=self.flat))
+            self.sums[id(layer)] = (layer, KroneckerSums.zeros(*shape, like=self.flat))
         self.kron_names = {n for lay, _ in self.sums.values() for n in lay.params.values()}
+
+    @classmethod
+    def check_memory(
+        cls, layout: ParamLayout, columns: int, n_inputs: int, options: dict[str, Any]
+    ) -> None:
+        """Never short of memory (nothing grows with N); refuses unknown ``layers`` names early.
+
+        A module name must own a weight parameter of the layout (whether it is a Kronecker layer
+        is known only at ``fit``), so that a sweep's preflight catches a typo before training.
+
+        Raises:
+            ValueError: naming the modules with weights.
+        """
+        owners = [n.rpartition(".")[0] for n in layout.names if n.rpartition(".")[2] == "weight"]
+        wanted = options.get("layers", ("all",))
+        unknown = [w for w in wanted if w not in LAYER_GROUPS and w not in owners]
+        if unknown:
+            raise ValueError(
+                f"option 'layers': no module {', '.join(map(repr, unknown))} with a weight in "
+                f"this model; modules with weights: {', '.join(map(repr, owners)) or 'none'}; "
+                f"groups: {', '.join(map(repr, LAYER_GROUPS))}"
+            )
 
     def update(self, cap: Capture) -> None:
         """Add the chunk's factor sums; exact diagonal for parameters outside the blocks."""
@@ -235,25 +342,52 @@ class KFACAccumulator(Accumulator):
                 entry[0].rule.kfac_update(entry[0].module, lc.a, lc.g, entry[1])
         add_diagonal(self.flat, cap, self.layout, skip=self.kron_names)
 
-    def result(self) -> KFACCurvature:
-        """Blocks in layer order and the diagonal of the remaining parameters."""
+    def result(self) -> KFACCurvature | KFACDiagCurvature:
+        """Blocks in layer order and the diagonal of the remaining parameters.
+
+        ``factors = 'diag'``: the blocks' diagonals :math:`G_{ii} A_{jj}` and the rest's, as one
+        ``KFACDiagCurvature``.
+        """
         blocks = []
         for layer, sums in self.sums.values():
             with_bias = "bias" in layer.params
-            A, G = sums.factors(self.n_total, with_bias)
+            A, G = variant_factors(*sums.factors(self.n_total, with_bias), self.factors)
             bias = self.layout.slice(layer.params["bias"]) if with_bias else None
             blocks.append(KroneckerBlock(self.layout.slice(layer.params["weight"]), bias, A, G))
+        budget = self.options["memory_budget"]
+        if self.factors == "diag":
+            flat = self.flat.clone()
+            for blk in blocks:
+                blk.scatter(torch.outer(blk.G.diagonal(), blk.A.diagonal())[None], flat[None])
+            return KFACDiagCurvature(self.layout, flat, budget)
         rest = [self.layout.slice(n) for n in self.layout.names if n not in self.kron_names]
         index = torch.cat(
             [torch.arange(s.start, s.stop) for s in rest] or [torch.zeros(0, dtype=torch.long)]
         )
         index = index.to(self.layout.device)
         return KFACCurvature(
-            self.layout, blocks, index, self.flat[index].clone(), self.options["memory_budget"]
+            self.layout, blocks, index, self.flat[index].clone(), budget, self._variant()
         )
+
+    def _variant(self) -> str:
+        """``a-diag blocks 1,4``: the options that differ from the defaults, for the summary."""
+        parts = [] if self.factors == "full" else [self.factors]
+        if tuple(self.layers) != ("all",):
+            names = [layer_name(layer) for layer, _ in self.sums.values()]
+            parts.append("blocks " + (",".join(names) or "none"))
+        return " ".join(parts)
+
+
+def online_rule(options: Mapping[str, Any]) -> str | None:
+    """Only ``factors = 'diag'`` adds online: its curvature is diagonal."""
+    return None if options["factors"] == "diag" else KFAC_REFUSAL
 
 
 DECLARATION = GridStructure(
-    "kfac", KFACAccumulator, ("exact", "mc", "empirical"), online=never_online(KFAC_REFUSAL)
+    "kfac",
+    KFACAccumulator,
+    ("exact", "mc", "empirical"),
+    options=("factors", "layers"),
+    online=online_rule,
 )
-"""``kfac-*``: never online."""
+"""``kfac-*``: never online, but for the diagonal variant (``factors = 'diag'``)."""

@@ -56,6 +56,45 @@ def _representation(name: str, value: Any) -> str:
     return value
 
 
+KFAC_FACTORS = ("full", "a-diag", "g-diag", "diag", "a-only")
+"""``factors`` of ``kfac-*``: G (x) A, G (x) diag A, diag G (x) A, diag G (x) diag A, I (x) A."""
+
+LAYER_GROUPS = ("all", "hidden", "output")
+"""Words ``layers`` takes besides module names: every Kronecker layer, all but the last run, the
+last run (see ``kfac``)."""
+
+
+OUTPUT_CURVATURES = ("per-input", "mean")
+"""``output_curvature`` of ``full-exact``: each input's own softmax curvature, or their mean."""
+
+
+def _output_curvature(name: str, value: Any) -> str:
+    if value not in OUTPUT_CURVATURES:
+        raise ValueError(
+            f"option {name!r} must be one of {', '.join(OUTPUT_CURVATURES)}; got {value!r}"
+        )
+    return value
+
+
+def _factors(name: str, value: Any) -> str:
+    if value not in KFAC_FACTORS:
+        raise ValueError(f"option {name!r} must be one of {', '.join(KFAC_FACTORS)}; got {value!r}")
+    return value
+
+
+def _layers(name: str, value: Any) -> tuple[str, ...]:
+    """A layer name or a list of them (module names or ``LAYER_GROUPS``), as a tuple."""
+    names = (value,) if isinstance(value, str) else value
+    ok = isinstance(names, (list, tuple)) and len(names) > 0
+    if not ok or not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+        raise ValueError(
+            f"option {name!r} must be a layer name or a non-empty list of distinct ones (module "
+            f"names as in model.named_modules(), or {', '.join(map(repr, LAYER_GROUPS))}); "
+            f"got {value!r}"
+        )
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class Option:
     """An option's default, validator and one-line meaning."""
@@ -79,6 +118,22 @@ OPTIONS: dict[str, Option] = {
     "oversample": Option(10, _non_negative_int, "lowrank: sketch columns beyond rank"),
     "power_iterations": Option(
         3, _non_negative_int, "lowrank: extra passes over the inputs that sharpen the sketch"
+    ),
+    "output_curvature": Option(
+        "per-input",
+        _output_curvature,
+        "full: softmax curvature of each input ('per-input': the Fisher) or their 'mean' (exact)",
+    ),
+    "factors": Option(
+        "full",
+        _factors,
+        "kfac: 'full' (G (x) A), 'a-diag', 'g-diag', 'diag' (both diagonal) or 'a-only' (G = I)",
+    ),
+    "layers": Option(
+        ("all",),
+        _layers,
+        "kfac: layers with Kronecker blocks (module names, 'all', 'hidden', 'output'); "
+        "exact diagonal elsewhere",
     ),
 }
 

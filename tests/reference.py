@@ -262,3 +262,113 @@ def ekfac_brute_force(model, x, mode, targets=None, labels=None, forward=default
 def ekfac_dense(model, inputs, mode, targets=None, labels=None, forward=default_forward):
     """The dense EKFAC matrix (``ekfac_brute_force``'s third element)."""
     return ekfac_brute_force(model, inputs, mode, targets, labels, forward)[2]
+
+
+# -- KFAC variants (issue 13): factors modified, blocks on chosen layers; averaged output curvature
+
+
+def call_order(model, forward, x) -> list[nn.Module]:
+    """Modules in the order one forward of ``x[:1]`` first runs them."""
+    order = []
+
+    def hook(module, inp, out):
+        if module not in order:
+            order.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        forward(model, x[:1])
+    for h in handles:
+        h.remove()
+    return order
+
+
+def module_names(model) -> dict[nn.Module, str]:
+    return {m: name for name, m in model.named_modules()}
+
+
+def chosen_layers(model, forward, x, layers) -> list[nn.Module]:
+    """The Kronecker layers ``layers`` names: module names, 'all', 'hidden' or 'output'."""
+    kron = kronecker_layers(model, forward, x)
+    ran = [m for m in call_order(model, forward, x) if m in kron]
+    names = module_names(model)
+    chosen = []
+    for word in layers:
+        if word == "all":
+            chosen += kron
+        elif word == "hidden":
+            chosen += ran[:-1]
+        elif word == "output":
+            chosen += ran[-1:]
+        else:
+            chosen += [m for m in kron if names[m] == word]
+    return [m for m in kron if m in chosen]
+
+
+def modified_factors(A, G, factors):
+    """The KFAC factors of one layer as the variant ``factors`` keeps them, written out."""
+    if factors == "full":
+        return A, G
+    if factors == "a-diag":
+        return torch.diag(torch.diag(A)), G
+    if factors == "g-diag":
+        return A, torch.diag(torch.diag(G))
+    if factors == "diag":
+        return torch.diag(torch.diag(A)), torch.diag(torch.diag(G))
+    if factors == "a-only":
+        return A, torch.eye(G.shape[0], dtype=G.dtype)
+    raise ValueError(factors)
+
+
+def kfac_variant_dense(
+    model, x, mode, factors="full", layers=("all",), targets=None, labels=None,
+    forward=default_forward,
+):  # fmt: skip
+    """Dense KFAC variant: kron(G', A') on the chosen layers, the exact diagonal elsewhere."""
+    fisher = dense_fisher(model, x, mode, targets, labels, forward)
+    p = fisher.shape[0]
+    out = torch.zeros(p, p, dtype=fisher.dtype)
+    covered = torch.zeros(p, dtype=torch.bool)
+    for layer in chosen_layers(model, forward, x, layers):
+        A, G = kfac_factors(model, layer, x, mode, targets, labels, forward)
+        A, G = modified_factors(A, G, factors)
+        idx = block_index(model, layer)
+        out[idx[:, None], idx[None, :]] = torch.kron(G, A)
+        covered[idx] = True
+    rest = (~covered).nonzero().squeeze(1)
+    out[rest, rest] = fisher[rest, rest]
+    return out
+
+
+def logit_jacobian(model, forward, x) -> torch.Tensor:
+    """J [C, P] of one input's logits, one autograd call per class."""
+    logits = forward(model, x.unsqueeze(0))[0]
+    params = [p for _, p in trainable(model)]
+    rows = []
+    for c in range(len(logits)):
+        grads = torch.autograd.grad(logits[c], params, allow_unused=True, retain_graph=True)
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).reshape(-1)
+                    for p, g in zip(params, grads)
+                ]
+            )
+        )
+    return torch.stack(rows)
+
+
+def averaged_output_fisher(model, x, forward=default_forward) -> torch.Tensor:
+    """mean_n J_n^T Hbar J_n with Hbar = mean_n (diag(p_n) - p_n p_n^T), all written out."""
+    model.eval()
+    probs = probabilities(model, forward, x)
+    n, c = probs.shape
+    h_bar = torch.zeros(c, c, dtype=x.dtype)
+    for i in range(n):
+        h_bar += torch.diag(probs[i]) - torch.outer(probs[i], probs[i])
+    h_bar /= n
+    total = 0
+    for i in range(n):
+        jac = logit_jacobian(model, forward, x[i])
+        total = total + jac.T @ h_bar @ jac
+    return total / n

@@ -61,7 +61,8 @@ def test_bad_option_values(name, opts, message):
 
 def test_options_are_documented():
     assert set(estimators.options("full-mc")) == {
-        "forward", "chunk_size", "memory_budget", "mc_samples", "generator", "representation"
+        "forward", "chunk_size", "memory_budget", "mc_samples", "generator", "representation",
+        "output_curvature",
     }  # fmt: skip
     assert set(estimators.options("identity")) == {"forward", "memory_budget"}
 

@@ -17,13 +17,15 @@ from tests import cases
 B = ["forward", "chunk_size", "memory_budget"]
 MC = ["mc_samples", "generator"]
 LR = ["rank", "oversample", "power_iterations"]
+KV = ["factors", "layers"]
+FO = ["representation", "output_curvature"]
 OPTION_LISTS = {
     "diag-argmax": B, "diag-batched": ["forward", "batch_size", "memory_budget"],
     "diag-empirical": B, "diag-exact": B, "diag-mc": B + MC,
     "ekfac-empirical": B, "ekfac-exact": B, "ekfac-mc": B + MC,
-    "full-empirical": [*B, "representation"], "full-exact": [*B, "representation"],
-    "full-mc": B + MC + ["representation"], "identity": ["forward", "memory_budget"],
-    "kfac-empirical": B, "kfac-exact": B, "kfac-mc": B + MC,
+    "full-empirical": B + FO, "full-exact": B + FO,
+    "full-mc": B + MC + FO, "identity": ["forward", "memory_budget"],
+    "kfac-empirical": B + KV, "kfac-exact": B + KV, "kfac-mc": B + MC + KV,
     "lowrank-empirical": B + LR, "lowrank-exact": B + LR, "lowrank-mc": B + MC + LR,
 }  # fmt: skip
 ONLINE_BY_DEFAULT = {

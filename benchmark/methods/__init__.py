@@ -20,7 +20,7 @@ from typing import Any
 
 import estimators
 
-from .base import LABEL_OPTIONS, Method, Regulariser
+from .base import LABEL_OPTIONS, Method, Regulariser, label_value
 from .ewc import CurvatureRegulariser, fit_curvature
 from .mas import mas_regulariser
 
@@ -77,9 +77,12 @@ def label_of(config: Mapping[str, Any]) -> str:
 def parse_label(label: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``'ewc kfac-mc'`` -> ``{method: ewc, estimator: kfac-mc, mode: separate}``; ``mas-online``.
 
-    After the estimator, ``key=value`` tokens set the ``LABEL_OPTIONS`` (integers):
-    ``'ewc lowrank-exact rank=50'`` adds ``estimator_options = {rank: 50}``, on top of
-    ``options`` (the estimator options set elsewhere, e.g. a study's memory budget).
+    After the estimator, ``key=value`` tokens set the ``LABEL_OPTIONS``: ``rank`` (an integer),
+    ``factors`` and ``output_curvature`` (words), ``layers`` (names separated by commas, a list):
+    ``'ewc lowrank-exact rank=50'`` adds ``estimator_options = {rank: 50}``,
+    ``'ewc kfac-exact factors=a-diag layers=hidden'`` adds ``{factors: 'a-diag', layers:
+    ['hidden']}``, on top of ``options`` (the estimator options set elsewhere, e.g. a study's
+    memory budget). The estimator validates the values (``estimators.make``).
 
     Raises:
         ValueError: an unknown method or a malformed label, listing the forms allowed.
@@ -99,20 +102,31 @@ def parse_label(label: str, options: Mapping[str, Any] | None = None) -> dict[st
     return fields
 
 
-def _label_options(label: str, tokens: list[str]) -> tuple[list[str], dict[str, int]]:
-    """Split ``key=value`` tokens (``LABEL_OPTIONS``, integer values) from the others."""
+LABEL_VALUES = {
+    "rank": (lambda v: int(v) if v.isdigit() else None, "an integer"),
+    "factors": (lambda v: v or None, "a word"),
+    "layers": (lambda v: v.split(",") if v and "" not in v.split(",") else None, "names a,b"),
+    "output_curvature": (lambda v: v or None, "a word"),
+}
+"""``LABEL_OPTIONS`` -> (parse the text after ``=``, None when malformed; what it takes)."""
+
+
+def _label_options(label: str, tokens: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split ``key=value`` tokens (``LABEL_OPTIONS``, see ``LABEL_VALUES``) from the others."""
     words, options = [], {}
     for token in tokens:
         if "=" not in token:
             words.append(token)
             continue
-        key, _, value = token.partition("=")
-        if key not in LABEL_OPTIONS or not value.isdigit():
+        key, _, text = token.partition("=")
+        value = LABEL_VALUES[key][0](text) if key in LABEL_OPTIONS else None
+        if value is None:
+            takes = ", ".join(f"{k} ({LABEL_VALUES[k][1]})" for k in LABEL_OPTIONS)
             raise ValueError(
-                f"bad option {token!r} in method {label!r}: a label may set "
-                f"{', '.join(LABEL_OPTIONS)} to an integer (e.g. 'ewc lowrank-exact rank=50')"
+                f"bad option {token!r} in method {label!r}: a label may set {takes} (e.g. "
+                "'ewc lowrank-exact rank=50', 'ewc kfac-exact factors=a-diag layers=hidden')"
             )
-        options[key] = int(value)
+        options[key] = value
     return words, options
 
 
@@ -137,7 +151,10 @@ def sort_key(label: str) -> tuple[int, int, int, str]:
     names = estimators.names()
     est = fields["estimator"]
     rank = names.index(est) if est in names else len(names)
-    options = "".join(f" {k}={v:09d}" for k, v in fields.get("estimator_options", {}).items())
+    options = "".join(
+        f" {k}={v:09d}" if isinstance(v, int) else f" {k}={label_value(v)}"
+        for k, v in fields.get("estimator_options", {}).items()
+    )
     return (
         METHODS[fields["method"]].order,
         fields["mode"] == "online",

@@ -45,8 +45,17 @@ class Regulariser(Protocol):
         """Per-step hook, after the optimizer's step (path-integral methods accumulate here)."""
 
 
-LABEL_OPTIONS = ("rank",)
-"""Estimator options that are part of a method's label (they change the structure itself)."""
+LABEL_OPTIONS = ("rank", "factors", "layers", "output_curvature")
+"""Estimator options that are part of a method's label (they change the structure itself):
+``rank`` of ``lowrank-*``, ``factors`` and ``layers`` of ``kfac-*`` (the ablation variants),
+``output_curvature`` of ``full-exact`` (the averaged-output-curvature control)."""
+
+
+def label_value(value: Any) -> str:
+    """An option's value as a label writes it: a list of layers as ``1,4``, others as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -77,11 +86,13 @@ class Method:
         """``baseline``, ``l2``, ``ewc diag-exact``, ``ewc-online diag-exact``, ``mas-online``.
 
         Estimator options that make another structure (``LABEL_OPTIONS``: the rank of
-        ``lowrank-*``) follow as ``key=value``: ``ewc lowrank-exact rank=50``.
+        ``lowrank-*``, the variants of ``kfac-*`` and ``full-exact``) follow as ``key=value``, in
+        that order: ``ewc lowrank-exact rank=50``, ``ewc kfac-exact factors=a-diag layers=hidden``,
+        ``ewc full-exact output_curvature=mean``.
         """
         text = self.name + ("-online" if config.get("mode") == "online" else "")
         if not self.takes_estimator:
             return text
         options = config.get("estimator_options") or {}
-        shown = [f"{k}={options[k]}" for k in LABEL_OPTIONS if k in options]
+        shown = [f"{k}={label_value(options[k])}" for k in LABEL_OPTIONS if k in options]
         return " ".join([text, str(config.get("estimator")), *shown])
