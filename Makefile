@@ -24,7 +24,7 @@ BENCH_STORAGE ?= reports/bench/baseline
 # 2-core reference machine medians of unchanged code moved by up to 45% between runs.
 COMPARE_FAIL ?= min:50%
 
-.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report study lint format clean
+.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report full-fisher study lint format clean
 
 help:  ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -86,8 +86,10 @@ EXECUTOR_FLAGS := --executor $(EXECUTOR) $(if $(SCHEDULER),--scheduler $(SCHEDUL
 
 reproduce: data-check install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
 	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
-		--results $(RESULTS)/default --out reports --jobs $(JOBS) \
+		--results $(RESULTS)/default --out reports --readme README.md --jobs $(JOBS) \
 		--group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
+	$(PY) -m benchmark threads --results $(RESULTS)/default --data-root $(DATA_ROOT)
+	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md
 	$(MAKE) study
 
 costs: install  ## What each estimator costs: `make timing` then `make scaling` (run on an idle machine).
@@ -105,8 +107,13 @@ reproduce-quick: data-check install  ## The same pipeline scaled down (< 5 min) 
 		--results $(RESULTS)/quick --out reports/quick --jobs $(JOBS) \
 		--group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 
-report: install  ## Rebuild reports/ from the stored records alone (no training).
-	$(PY) -m benchmark report --results $(RESULTS)/default --out reports
+report: install  ## Rebuild reports/ (and README's verdict) from the stored records alone.
+	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md
+
+full-fisher: data-check install  ## EWC with the true dense full Fisher (~1 h) -> reports/full-fisher/.
+	$(PY) -m benchmark reproduce --experiment full-fisher --data-root $(DATA_ROOT) \
+		$(DOWNLOAD_FLAG) --results $(RESULTS)/full-fisher --out reports/full-fisher \
+		--jobs $(JOBS) --group-size 1 $(EXECUTOR_FLAGS)
 
 lint: install  ## ruff check and format check.
 	$(PY) -m ruff check .

@@ -256,24 +256,45 @@ def _none_if_nan(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+PAIRED_KEYS = (
+    "n", "mean_diff", "sd_diff", "ci_low", "ci_high", "effect_size", "t_statistic", "t_pvalue",
+    "wilcoxon_pvalue",
+)  # fmt: skip
+"""What ``paired_test`` returns."""
+
+
+def _difference_interval(diff: np.ndarray, confidence: float) -> dict[str, float | None]:
+    """``sd_diff``, ``ci_low``/``ci_high`` (Student t), ``effect_size`` (d_z); n >= 2."""
+    mean, half, _ = mean_ci(diff.tolist(), confidence)
+    sd = float(np.std(diff, ddof=1))
+    return {
+        "sd_diff": sd,
+        "ci_low": mean - half,  # type: ignore[operator]
+        "ci_high": mean + half,  # type: ignore[operator]
+        "effect_size": mean / sd if sd > 0 else None,  # type: ignore[operator]
+    }
+
+
 def paired_test(
-    a: Sequence[float | None], b: Sequence[float | None]
+    a: Sequence[float | None], b: Sequence[float | None], confidence: float = 0.95
 ) -> dict[str, float | int | None]:
     r"""Paired comparison of two methods over the same seeds (``a[k]`` and ``b[k]``: seed k).
 
     Differences :math:`d_k = a_k - b_k`; the paired t-test (``scipy.stats.ttest_rel``) tests
     :math:`E[d] = 0` with :math:`t = \bar d / (s_d / \sqrt n)`, ``n - 1`` degrees of freedom; the
     Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, zero differences dropped) is reported
-    from ``WILCOXON_MIN_N`` pairs on.
+    from ``WILCOXON_MIN_N`` pairs on. Also the mean difference's Student-t interval
+    :math:`\bar d \pm t_{(1+c)/2, n-1} s_d/\sqrt n` (``ci_low``, ``ci_high``) and the paired
+    effect size :math:`d_z = \bar d / s_d` (``effect_size``).
 
     Args:
         a: one value per seed for the first method; None (missing) drops the pair.
         b: the same seeds, in the same order, for the second method.
+        confidence: the interval's coverage ``c``, in (0, 1).
 
     Returns:
-        ``{"n", "mean_diff", "t_statistic", "t_pvalue", "wilcoxon_pvalue"}``: ``n`` complete
-        pairs, the mean of ``a - b`` (None for n = 0), and None wherever a test is undefined
-        (n < 2, all differences equal, or all zero for Wilcoxon).
+        ``PAIRED_KEYS``: ``n`` complete pairs, the mean of ``a - b`` (None for n = 0), and None
+        wherever a quantity is undefined (n < 2, all differences equal, or all zero for Wilcoxon).
 
     Raises:
         ValueError: ``a`` and ``b`` have different lengths.
@@ -286,19 +307,15 @@ def paired_test(
         if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))
     ]
     n = len(pairs)
-    result: dict[str, float | int | None] = {
-        "n": n,
-        "mean_diff": None,
-        "t_statistic": None,
-        "t_pvalue": None,
-        "wilcoxon_pvalue": None,
-    }
+    result: dict[str, float | int | None] = {**dict.fromkeys(PAIRED_KEYS), "n": n}
     if n == 0:
         return result
     xs = np.array([p[0] for p in pairs])
     ys = np.array([p[1] for p in pairs])
     diff = xs - ys
     result["mean_diff"] = float(np.mean(diff))
+    if n >= 2:
+        result.update(_difference_interval(diff, confidence))
     if n < 2 or np.all(diff == diff[0]):
         return result
     with warnings.catch_warnings():
@@ -307,8 +324,32 @@ def paired_test(
     result["t_statistic"] = _none_if_nan(t.statistic)
     result["t_pvalue"] = _none_if_nan(t.pvalue)
     if n >= WILCOXON_MIN_N and np.any(diff != 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            w = stats.wilcoxon(xs, ys)
-        result["wilcoxon_pvalue"] = _none_if_nan(w.pvalue)
+        result["wilcoxon_pvalue"] = _wilcoxon_p(xs, ys)
     return result
+
+
+def _wilcoxon_p(xs: np.ndarray, ys: np.ndarray) -> float | None:
+    """The Wilcoxon signed-rank test's p-value (zero differences dropped)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _none_if_nan(stats.wilcoxon(xs, ys).pvalue)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    r"""Holm's step-down adjustment of ``m`` p-values for a family of comparisons.
+
+    Sorted ascending, :math:`p_{(1)} \le \dots \le p_{(m)}`, the adjusted values are
+
+    .. math:: \tilde p_{(i)} = \max_{j \le i} \min\bigl(1, (m - j + 1)\, p_{(j)}\bigr),
+
+    which controls the family-wise error rate at any level without assuming independence
+    (Holm 1979). None (an undefined test) stays None and does not count in ``m``.
+    """
+    indexed = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(indexed)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

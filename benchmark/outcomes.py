@@ -395,6 +395,15 @@ def task_names(runs: Sequence[Run], sequence: str) -> list[str]:
     return []
 
 
+def task_orders(runs: Sequence[Run], sequence: str) -> dict[int, list[str]]:
+    """``test seed -> task names in training order`` of ``sequence`` (the order is the seed's)."""
+    orders: dict[int, list[str]] = {}
+    for r in runs:
+        if r.sequence == sequence and r.role == TEST and r.record.tasks:
+            orders.setdefault(r.seed, list(r.record.tasks))
+    return dict(sorted(orders.items()))
+
+
 # -- cost --------------------------------------------------------------------------------------
 
 
@@ -444,25 +453,27 @@ def method_cost(runs: Sequence[Run]) -> Cost:
     """Per-run means over tasks, then means over runs (finished runs only).
 
     Estimation time per task counts the tasks whose curvature was fitted (estimate > 0);
-    penalty per step counts the tasks that had a penalty (penalty_ms not None); its percentage
-    is penalty_ms / step_ms per task; curvature bytes are the largest per-task value.
+    penalty per step counts the tasks that had a penalty (penalty_ms not None); curvature bytes
+    are the largest per-task value. The percentage is computed one way only, from the two means
+    it sits between in the cost table: ``100 * penalty_ms / step_ms`` (so that a reader can
+    check it from the table's own columns).
     """
     done = [r.record for r in runs if r.ok]
-    est, pen, pct, step, nbytes = [], [], [], [], []
+    est, pen, step, nbytes = [], [], [], []
     for r in done:
         fitted = [s for s in r.estimate_seconds if s and s > 0]
         est.append(sum(fitted) / len(fitted) if fitted else 0.0)
         pairs = [(p, s) for p, s in zip(r.penalty_ms, r.step_ms, strict=False) if p is not None]
         pen.append(_mean_or_none(p for p, _ in pairs))
-        pct.append(_mean_or_none(100.0 * p / s for p, s in pairs if s))
         step.append(_mean_or_none(r.step_ms))
         nbytes.append(max(r.curvature_bytes) if r.curvature_bytes else None)
+    penalty_ms, step_ms = _mean_or_none(pen), _mean_or_none(step)
     return Cost(
         n=len(done),
         estimate_per_task_s=_mean_or_none(est),
-        penalty_ms=_mean_or_none(pen),
-        penalty_pct=_mean_or_none(pct),
-        step_ms=_mean_or_none(step),
+        penalty_ms=penalty_ms,
+        penalty_pct=None if penalty_ms is None or not step_ms else 100.0 * penalty_ms / step_ms,
+        step_ms=step_ms,
         curvature_bytes=_mean_or_none(nbytes),
         peak_rss_mb=_mean_or_none(r.peak_rss_mb for r in done),
     )

@@ -228,6 +228,10 @@ def test_paired_test_identical_values_are_undefined():
     assert result == {
         "n": 6,
         "mean_diff": 0.0,
+        "sd_diff": 0.0,
+        "ci_low": 0.0,
+        "ci_high": 0.0,
+        "effect_size": None,
         "t_statistic": None,
         "t_pvalue": None,
         "wilcoxon_pvalue": None,

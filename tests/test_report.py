@@ -148,8 +148,9 @@ def test_every_figure_exists_and_is_a_png(built):
 
 def test_report_sections(built):
     text = built.read_text()
-    assert _check_tables(text) == 8  # tutorial 2, results 3, lambdas 1, cost 2
+    assert _check_tables(text) == 9  # verdict 1, tutorial 2, results 3, lambdas 1, cost 2
     for heading in (
+        "## Verdict",
         "## How this report was produced",
         "## The tutorial's experiment (mnist-fmnist)",
         "## Results per sequence",
@@ -391,3 +392,13 @@ def test_a_network_without_batchnorm_is_not_headed_by_a_batchnorm_mode():
     assert f"#### {report_results.NO_BN_TEXT}" in text and "bn = freeze)" not in text
     assert outcomes.network_facts(main[0].record.config) == (6442, False)
     assert outcomes.network_facts(RunConfig().to_dict())[1] is True  # the tutorial network
+
+
+def test_cost_percentage_is_computed_from_the_table_columns():
+    """Issue 14: the penalty's % of a plain step equals the table's own ms columns' ratio."""
+    runs = outcomes.summarise(read_records(SAMPLE), [0])
+    for seq in outcomes.sequences(runs):
+        for label in outcomes.method_labels(runs, seq):
+            cost = outcomes.method_cost(outcomes.selected(runs, seq, None, label))
+            if cost.penalty_ms is not None:
+                assert cost.penalty_pct == pytest.approx(100 * cost.penalty_ms / cost.step_ms)

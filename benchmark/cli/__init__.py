@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from ..errors import USER_ERROR_STATUS, UserError, one_line
 from .common import Parser, command
 from .costs import add_pipeline_parser, add_scaling_parser, add_timing_parser
-from .runs import add_report_parsers, add_run_parser, add_sweep_parsers
+from .runs import add_report_parsers, add_run_parser, add_sweep_parsers, add_threads_parser
 from .study import add_study_parser
 
 INTERRUPTED_STATUS = 130
@@ -65,6 +65,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_sweep_parsers(sub)
     add_report_parsers(sub)
+    add_threads_parser(sub)
     add_pipeline_parser(sub)
     add_study_parser(sub)
     add_timing_parser(sub)

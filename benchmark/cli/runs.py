@@ -174,11 +174,62 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
     """What ``reproduce`` adds to ``sweep``: the report folder and the pipeline timing."""
     p.add_argument("--out", default="reports", help="report folder (default reports)")
     p.add_argument(
+        "--readme",
+        default=None,
+        help="also copy the report's verdict into this README's verdict block "
+        "(what `make report` and `make reproduce` do with README.md)",
+    )
+    p.add_argument(
         "--pipeline",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="measure the DataLoader vs tensor epoch (real data only)",
     )
+
+
+def add_threads_parser(sub: argparse._SubParsersAction) -> None:
+    """``threads``: how far another torch thread count moves one group's numbers."""
+    from ..threads import DEFAULT_METHOD, DEFAULT_SECTION
+
+    text = (
+        "rerun the test runs of one group with another torch thread count (into "
+        "<results>/threads-<k>/) and compare them with the sweep's; the report states the result"
+    )
+    p = sub.add_parser("threads", help=text, description=text)
+    p.add_argument("--results", default="results/default", help="the sweep's results folder")
+    p.add_argument("--data-root", default=None, help="dataset root (see `run --help`)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="thread count of the reruns (default: 2 if the group ran with 1, else 1)",
+    )
+    p.add_argument("--section", default=DEFAULT_SECTION, help="report section of the group")
+    p.add_argument("--method", default=DEFAULT_METHOD, help="method label of the group")
+    p.set_defaults(func=cmd_threads, subparser=p)
+
+
+def cmd_threads(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Rerun one group with ``--threads`` threads; print the comparison."""
+    from ..outcomes import load_meta
+    from ..selection import selection_seeds_of
+    from ..threads import measure
+
+    results = Path(args.results)
+    if not (results / "runs").is_dir():
+        raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
+    seeds = selection_seeds_of(load_meta(results))
+    try:
+        out = measure(results, seeds, args.threads, args.section, args.method, args.data_root)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(
+        f"{out['section']} {out['method']}: {out['identical']} of {out['n']} runs bitwise "
+        f"identical with {out['threads_after']} threads; |Δ avg acc| median "
+        f"{out['median_abs_diff']}, "
+        f"max {out['max_abs_diff']}"
+    )
+    return 0
 
 
 def add_report_parsers(sub: argparse._SubParsersAction) -> None:
@@ -193,6 +244,12 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--results", default=None, help="results folder (default results/<experiment>)")
     p.add_argument("--out", default="reports", help="report folder (default reports)")
+    p.add_argument(
+        "--readme",
+        default=None,
+        help="also copy the report's verdict into this README's verdict block "
+        "(what `make report` and `make reproduce` do with README.md)",
+    )
     p.set_defaults(func=cmd_report, subparser=p)
     p = sub.add_parser("experiments", help="list the built-in experiments")
     p.set_defaults(func=cmd_experiments, subparser=p)
@@ -331,6 +388,7 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     meta = load_meta(results)
     path = build_report(results, Path(args.out), selection_seeds=selection_seeds_of(meta))
     print(f"wrote {path}")
+    _sync_readme(args, path)
     failed = [r for r in load_records(results, meta) if r.status == "failed"]
     if failed:
         print(
@@ -340,6 +398,22 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
         )
         return FAILED_RUNS_STATUS
     return 0
+
+
+def _sync_readme(args: argparse.Namespace, report: Path) -> None:
+    """Copy the report's verdict into ``--readme`` (when given)."""
+    if not getattr(args, "readme", None):
+        return
+    from ..report.verdict import sync_readme
+
+    readme = Path(args.readme)
+    if not readme.is_file():
+        raise UserError(f"--readme {readme} is not a file")
+    try:
+        changed = sync_readme(readme, report)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(f"{'updated' if changed else 'unchanged'}: the verdict in {readme}")
 
 
 def cmd_reproduce(
@@ -371,6 +445,7 @@ def cmd_reproduce(
         )
     path = build_report(results, Path(args.out), selection_seeds=exp.selection_seeds)
     print(f"wrote {path}")
+    _sync_readme(args, path)
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import UserError
 from ..outcomes import load_meta, load_pipeline, load_records, summarise
 from ..selection import selection_seeds_of
+from ..threads import load_checks
 from .figures import FIGURE_PREFIXES, draw_figure, planned_figures
 from .results import render_markdown, runs_csv
 from .scaling import write_reports as write_scaling_reports
@@ -98,6 +99,7 @@ def build_report(
         )
     seeds = tuple(selection_seeds or selection_seeds_of(meta_all))
     runs = summarise(records, seeds)
+    meta_all = {**meta_all, "thread_checks": load_checks(results_dir, runs)}
     pipeline = load_pipeline(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runs.csv").write_text(runs_csv(runs))

@@ -17,7 +17,7 @@ from typing import Any
 from ..config import RESULTS_VERSIONS
 from ..outcomes import Run, sequences, setting_text
 from ..selection import selection_seeds_of
-from .format import CONFIDENCE, fmt_duration, fmt_num
+from .format import CONFIDENCE, fmt_ci, fmt_duration, fmt_fixed, fmt_num
 
 REPORT_LIBRARIES = ("numpy", "scipy", "torchvision")
 """Library versions REPORT.md shows beside Python and torch, where the sweep recorded them."""
@@ -242,6 +242,23 @@ def parallel_text(meta: dict[str, Any], runs: Sequence[Run]) -> str:
     )
 
 
+def thread_check_text(check: dict[str, Any]) -> str:
+    """One measured thread-count sensitivity (``benchmark.threads.compare``) as a list item."""
+    before = "/".join(map(str, check.get("threads_before") or ["?"]))
+    where = f"{check['section']} (bn = {check['bn']})" if check.get("bn") else check["section"]
+    if not check.get("n"):
+        return f"- Thread count: the reruns of {where} {check['method']} hold no finished pair"
+    return (
+        f"- Thread count, measured: the {check['n']} test runs of {where}, {check['method']}, "
+        f"rerun with {check['threads_after']} torch threads instead of {before}: "
+        f"{check['identical']} of {check['n']} bitwise identical; per seed, test average "
+        f"accuracy moved by {fmt_fixed(check['median_abs_diff'])} (median) and at most "
+        f"{fmt_fixed(check['max_abs_diff'])}; the group's mean "
+        f"{fmt_ci(check['mean_before'], check['half_before'])} became "
+        f"{fmt_ci(check['mean_after'], check['half_after'])} (`python -m benchmark threads`)"
+    )
+
+
 def report_provenance(
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
@@ -259,6 +276,7 @@ def report_provenance(
         _records_text(runs),
         peak_memory_text(runs),
         parallel_text(meta, runs),
+        *(thread_check_text(c) for c in meta.get("thread_checks") or []),
         results_version_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "

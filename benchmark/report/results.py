@@ -1,8 +1,9 @@
 """REPORT.md's text and runs.csv: pure functions of the runs (``outcomes.summarise``) and metadata.
 
-Sections, in order: provenance (``provenance.report_provenance``), the tutorial reproduction
-table, per-sequence results with 95% confidence intervals over seeds and paired tests against
-``ewc diag-exact``, the chosen lambdas, the cost table, and the figures (``figures``).
+Sections, in order: the verdict (``verdict``), provenance (``provenance.report_provenance``),
+the tutorial reproduction table, per-sequence results with 95% confidence intervals over seeds
+and paired tests against ``ewc diag-exact`` (Holm-adjusted per table), the chosen lambdas, the
+cost table, and the figures (``figures``).
 
 Conventions: tables show the test split at the chosen lambda (the *selected* runs), mean ± the
 half-width of a 95% Student-t interval over seeds (``metrics.mean_ci``); runs that diverged or
@@ -17,12 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import metrics
-from ..config import PENALISED
 from ..outcomes import (
     Run,
     bn_modes,
@@ -34,17 +33,17 @@ from ..outcomes import (
     run_sort_key,
     selected,
     sequences,
-    setting_text,
     task_names,
+    task_orders,
 )
-from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
+from ..selection import DEFAULT_SELECTION_SEEDS
+from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell
 from .figures import figures_section, planned_figures
 from .format import (
     CONFIDENCE,
     csv_number,
     fmt_bytes,
     fmt_ci,
-    fmt_fixed,
     fmt_lambda,
     fmt_num,
     fmt_p,
@@ -52,7 +51,9 @@ from .format import (
     fmt_signed,
     md_table,
 )
+from .lambdas import lambda_section, strength
 from .provenance import report_provenance
+from .verdict import verdict_section
 
 CSV_COLUMNS = (
     "sequence", "model", "method", "estimator", "mode", "bn", "optimizer", "fisher_samples",
@@ -122,40 +123,6 @@ def runs_csv(runs: Iterable[Run]) -> str:
     return buf.getvalue()
 
 
-# -- cells -------------------------------------------------------------------------------------
-
-
-EDGE_MARK = " (edge)"
-EDGE_NOTE = (
-    "A lambda marked (edge) is the smallest or the largest value its grid tried (after any "
-    "extension): the best value may lie beyond it, so that method's row may understate it."
-)
-
-
-def method_cell(label: str, run: Run) -> str:
-    """The method's label; a full Fisher kept as a factor states its rank bound."""
-    text = representation(run.record)
-    if text.startswith("full-factor "):
-        rows = text.split()[1]
-        return f"{label} [factor of {rows} rows: rank ≤ {rows}]"
-    return label
-
-
-def lambda_text(run: Run) -> str:
-    """The run's lambda, ``—`` for a method without a penalty; `` (edge)`` at a grid edge."""
-    if run.record.config.get("method") not in PENALISED:
-        return "—"
-    return fmt_lambda(run.lam) + (EDGE_MARK if run.at_edge else "")
-
-
-def excluded_note(runs: Sequence[Run]) -> str:
-    """``"1 of 3 diverged"`` (and failed), or ``""`` when every run finished."""
-    n = len(runs)
-    counts = Counter(r.record.status for r in runs)
-    parts = [f"{counts[s]} of {n} {s}" for s in ("diverged", "failed") if counts[s]]
-    return ", ".join(parts)
-
-
 # -- the tutorial reproduction -----------------------------------------------------------------
 
 
@@ -222,18 +189,46 @@ def _by_seed(runs: Sequence[Run], attr: str) -> dict[int, float | None]:
     return {r.seed: getattr(r, attr) for r in runs if r.ok}
 
 
-def paired_cells(runs: Sequence[Run], reference: Sequence[Run]) -> list[str]:
-    """Δ test average accuracy vs the reference (same seeds), paired-t p and Wilcoxon p."""
-    a, b = _by_seed(runs, "test_avg"), _by_seed(reference, "test_avg")
+def paired(runs: Sequence[Run], reference: Sequence[Run], attr: str) -> dict[str, Any]:
+    """``metrics.paired_test`` of ``attr`` (runs minus reference) over the seeds both finished."""
+    a, b = _by_seed(runs, attr), _by_seed(reference, attr)
     seeds = sorted(set(a) & set(b))
-    test = metrics.paired_test([a[s] for s in seeds], [b[s] for s in seeds])
+    return metrics.paired_test([a[s] for s in seeds], [b[s] for s in seeds])
+
+
+def diff_cell(test: dict[str, Any]) -> str:
+    """``+0.0123 [+0.0050, +0.0196] (n=10)``: mean paired difference and its 95% t interval."""
     if test["mean_diff"] is None:
-        return ["—", "—", "—"]
-    return [
-        f"{fmt_signed(test['mean_diff'])} (n={test['n']})",
-        fmt_p(test["t_pvalue"]),
-        fmt_p(test["wilcoxon_pvalue"]),
-    ]
+        return "—"
+    ci = ""
+    if test["ci_low"] is not None:
+        ci = f" [{fmt_signed(test['ci_low'])}, {fmt_signed(test['ci_high'])}]"
+    return f"{fmt_signed(test['mean_diff'])}{ci} (n={test['n']})"
+
+
+def effect_cell(test: dict[str, Any]) -> str:
+    """Cohen's d_z (mean / sd of the paired differences), 2 decimals."""
+    d = test.get("effect_size")
+    return "—" if d is None else f"{d:+.2f}"
+
+
+def paired_columns(
+    labels: Sequence[str], chosen: dict[str, list[Run]], ref: str
+) -> dict[str, list[str]]:
+    """Per label: Δ avg acc [CI], Holm-adjusted paired-t p, d_z (the reference: ``reference``).
+
+    The Holm adjustment runs over the comparisons of one table (every label but the reference).
+    """
+    others = [lab for lab in labels if lab != ref and chosen.get(lab)]
+    tests = {lab: paired(chosen[lab], chosen[ref], "test_avg") for lab in others}
+    adjusted = dict(
+        zip(others, metrics.holm([tests[lab]["t_pvalue"] for lab in others]), strict=True)
+    )
+    out = {lab: ["—", "—", "—"] for lab in labels}
+    out[ref] = ["reference", "—", "—"]
+    for lab in others:
+        out[lab] = [diff_cell(tests[lab]), fmt_p(adjusted[lab]), effect_cell(tests[lab])]
+    return out
 
 
 def _unchosen_row(runs: Sequence[Run], sequence: str, bn: str, label: str) -> list[str]:
@@ -249,8 +244,10 @@ def results_table(runs: Sequence[Run], sequence: str, bn: str) -> str:
     refs = [lab for lab in labels if lab.partition(" (")[0] == REFERENCE_METHOD]
     reference = selected(runs, sequence, bn, refs[0]) if refs else []
     header = ["method", "λ", "seeds", "excluded", "avg accuracy", "forgetting", "BWT"]
+    chosen_runs = {lab: selected(runs, sequence, bn, lab) for lab in labels}
     if reference:
-        header += [f"Δ avg acc vs {refs[0]}", "p (paired t)", "p (Wilcoxon)"]
+        header += [f"Δ avg acc vs {refs[0]} [95% CI]", "p (paired t, Holm)", "d_z"]
+        cells = paired_columns(labels, chosen_runs, refs[0])
     rows = []
     for label in labels:
         chosen = selected(runs, sequence, bn, label)
@@ -268,10 +265,27 @@ def results_table(runs: Sequence[Run], sequence: str, bn: str) -> str:
             mean, half, _ = metrics.mean_ci([getattr(r, attr) for r in ok], CONFIDENCE)
             row.append(fmt_ci(mean, half))
         if reference:
-            is_ref = label == refs[0]
-            row += ["reference", "—", "—"] if is_ref else paired_cells(chosen, reference)
+            row += cells[label]
         rows.append(row)
     return md_table(header, rows, "llrlrrrrrr")
+
+
+def task_order_lines(runs: Sequence[Run], seq: str) -> list[str]:
+    """``Tasks, in order: ...`` when every test seed has one order, else one line per seed."""
+    orders = task_orders(runs, seq)
+    distinct = {tuple(o) for o in orders.values()}
+    if not orders:
+        tasks = task_names(runs, seq)
+        return ["", f"Tasks, in order: {', '.join(tasks)}."] if tasks else []
+    if len(distinct) == 1:
+        return ["", f"Tasks, in order (every test seed): {', '.join(next(iter(distinct)))}."]
+    rows = [[str(seed), ", ".join(order)] for seed, order in orders.items()]
+    return [
+        "",
+        "The task order depends on the seed (each test seed's, in training order):",
+        "",
+        md_table(["seed", "tasks, in order"], rows, "rl"),
+    ]
 
 
 def results_section(runs: Sequence[Run]) -> str:
@@ -284,149 +298,22 @@ def results_section(runs: Sequence[Run]) -> str:
         "earlier tasks of (best accuracy since learnt − final accuracy) (Chaudhry et al. 2018); "
         "BWT = mean of (final − just-learnt accuracy) (Lopez-Paz & Ranzato 2017); both are "
         "undefined (—) for joint. Δ is the mean paired difference in average accuracy against "
-        f"`{REFERENCE_METHOD}` over the seeds both finished (n pairs), with the paired t-test's "
-        "p-value and, from 6 pairs on, the Wilcoxon signed-rank test's. `excluded`: runs that "
-        "diverged or failed, left out of every number.",
+        f"`{REFERENCE_METHOD}` over the test seeds both finished (n pairs), with its 95% "
+        "Student-t interval; p is the paired t-test's, Holm-adjusted over the comparisons of "
+        "its table (Holm 1979); d_z is the paired effect size (mean difference / its standard "
+        "deviation over seeds). `excluded`: runs that diverged or failed, left out of every "
+        "number.",
     ]
     if any(r.selected and r.at_edge for r in runs):
         parts += ["", EDGE_NOTE]
     for seq in sequences(runs):
         parts += ["", f"### {seq}"]
-        tasks = task_names(runs, seq)
-        if tasks:
-            parts += ["", f"Tasks, in order: {', '.join(tasks)}."]
+        parts += task_order_lines(runs, seq)
         for bn in bn_modes(runs, seq):
             heading = BN_TEXT.get(bn, f"bn = {bn}")
             if not any(network_facts(r.record.config)[1] for r in runs if r.sequence == seq):
                 heading = NO_BN_TEXT
             parts += ["", f"#### {heading}", "", results_table(runs, seq, bn)]
-    return "\n".join(parts)
-
-
-# -- chosen lambdas ----------------------------------------------------------------------------
-
-
-def selection_scores(group: Sequence[Run]) -> dict[float, tuple[float | None, str]]:
-    """``lambda -> (mean validation score over its selection runs, note)`` of one group.
-
-    The score is None unless every selection run of that lambda finished; the note then says
-    how many diverged or failed (``2 of 3 diverged``).
-    """
-    by_lam: dict[float, list[Run]] = {}
-    for r in group:
-        if r.role == SELECTION:
-            by_lam.setdefault(r.lam, []).append(r)
-    out: dict[float, tuple[float | None, str]] = {}
-    for lam, rs in sorted(by_lam.items()):
-        bad = Counter(r.record.status for r in rs if not r.ok)
-        if bad or any(r.val_avg is None for r in rs):
-            note = ", ".join(f"{n} of {len(rs)} {status}" for status, n in sorted(bad.items()))
-            out[lam] = (None, note or "incomplete")
-        else:
-            out[lam] = (sum(r.val_avg for r in rs) / len(rs), "")  # type: ignore[misc]
-    return out
-
-
-def lambda_grid_cell(group: Sequence[Run], chosen: float) -> str:
-    """``100: 0.8712, **316.2: 0.8930**, 1000: 1 of 3 diverged``: mean over selection seeds."""
-    items = []
-    for lam, (score, note) in selection_scores(group).items():
-        text = f"{fmt_lambda(lam)}: {fmt_fixed(score) if score is not None else note}"
-        items.append(f"**{text}**" if lam == chosen and score is not None else text)
-    return ", ".join(items) if items else "—"
-
-
-def strength(run: Run) -> float | None:
-    """``lambda * mean_t tr(F_t)`` over the curvatures a run fitted (None: none recorded)."""
-    traces = [t for t in run.record.curvature_trace if t is not None]
-    return run.lam * sum(traces) / len(traces) if traces else None
-
-
-def strength_cell(chosen: Sequence[Run]) -> str:
-    """Mean of ``strength`` over the finished selected runs, 3 significant digits."""
-    values = [v for r in chosen if r.ok and (v := strength(r)) is not None]
-    return f"{sum(values) / len(values):.3g}" if values else "—"
-
-
-def declared_grid(meta: dict[str, Any]) -> str:
-    """The experiment's lambda grids (``lambdas`` in sweep.json or its ``source``), as text."""
-    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
-    grid = meta.get("lambda_grid") or meta.get("lambdas") or source.get("lambdas")
-    if not grid:
-        return ""
-
-    def values(v: Any) -> str:
-        if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
-            return ", ".join(fmt_lambda(float(x)) for x in v)
-        return setting_text(v)
-
-    if isinstance(grid, dict):
-        return "; ".join(f"{k}: {values(v)}" for k, v in grid.items())
-    return values(grid)
-
-
-def lambda_rows(runs: Sequence[Run]) -> list[list[str]]:
-    """One row per sequence, bn and penalised method: chosen lambda, strength, score, grid."""
-    rows = []
-    for seq in sequences(runs):
-        for bn in bn_modes(runs, seq):
-            for label in method_labels(runs, seq, bn):
-                group = [r for r in runs if r.sequence == seq and r.bn == bn and r.label == label]
-                if group[0].record.config.get("method") not in PENALISED:
-                    continue
-                chosen = [r for r in group if r.selected]
-                lam = chosen[0].lam if chosen else None
-                best = selection_scores(group).get(lam, (None, ""))[0] if chosen else None
-                rows.append(
-                    [
-                        seq,
-                        bn,
-                        label,
-                        lambda_text(chosen[0]) if chosen else "none",
-                        strength_cell(chosen),
-                        fmt_fixed(best),
-                        lambda_grid_cell(group, -1.0 if lam is None else lam),
-                    ]
-                )
-    return rows
-
-
-def lambda_section(
-    runs: Sequence[Run], meta: dict[str, Any], selection_seeds: Sequence[int]
-) -> str:
-    """Chosen lambda per sequence, bn and penalised method, with the validation scores."""
-    rows = lambda_rows(runs)
-    seeds = ", ".join(map(str, selection_seeds))
-    parts = [
-        "## Chosen lambdas",
-        "",
-        f"Chosen per sequence, bn and penalised method on the validation split of the selection "
-        f"seeds ({seeds}), which are never test seeds: the highest mean validation average "
-        "accuracy over those seeds, ties to the smaller lambda, a lambda that diverged or "
-        "failed on any of them never chosen (the chosen one in bold). The last column lists "
-        "every lambda the group ran. λ·tr(F) is lambda times the mean trace of the curvatures "
-        "the selected runs fitted: the penalty's strength on one axis for every structure (two "
-        "structures with the same λ·tr(F) penalise a random direction equally on average). "
-        "Baseline and joint have no lambda.",
-    ]
-    grid = declared_grid(meta)
-    if grid:
-        parts += ["", f"Lambda grids declared by the experiment: {grid}."]
-    if any(r.selected and r.at_edge for r in runs):
-        parts += ["", EDGE_NOTE]
-    if rows:
-        header = [
-            "sequence",
-            "bn",
-            "method",
-            "chosen λ",
-            "λ·tr(F)",
-            "val avg acc",
-            "λ grid: mean val avg acc per λ",
-        ]
-        parts += ["", md_table(header, rows, "lllrrrl")]
-    else:
-        parts += ["", "No penalised runs."]
     return "\n".join(parts)
 
 
@@ -499,6 +386,7 @@ def render_markdown(
     if meta.get("description"):
         sections.append(str(meta["description"]))
     sections += [
+        verdict_section(runs),
         report_provenance(meta, pipeline, runs, selection_seeds),
         tutorial_section(runs),
         results_section(runs),

@@ -178,7 +178,8 @@ def penalty_section(record: dict[str, Any]) -> list[str]:
         "round in a fresh seeded order "
         "(share of the plain step in brackets). Separate mode keeps one quadratic per past task "
         "(Kirkpatrick et al. 2017), so its cost grows linearly with T; online mode keeps one "
-        "accumulated curvature (Schwarz et al. 2018), so its cost stays flat.",
+        "accumulated curvature (Schwarz et al. 2018), so its cost does not depend on T: the "
+        "differences between its rows show this measurement's noise, not a trend.",
         "",
         head,
         "| ---: | " + " | ".join("---:" for _ in columns) + " |",

@@ -326,10 +326,11 @@ def structure_findings(study: dict[str, Any]) -> list[str]:
     if not (diag and kfac):
         return []
     return [
-        f"- Structure ({model}): the exact diagonal misses {100 * diag['rel_frobenius']:.0f}% "
-        f"of F's Frobenius norm (relative error {diag['rel_frobenius']:.2f}) although its "
-        f"trace is exact; KFAC misses {100 * kfac['rel_frobenius']:.0f}%, of which the "
-        f"cross-layer blocks it ignores alone account for "
+        f"- Structure ({model}): the exact diagonal D has a relative Frobenius error "
+        f"‖F − D‖/‖F‖ = {diag['rel_frobenius']:.2f} although its trace is exact, i.e. it holds "
+        f"{100 * max(0.0, 1 - diag['rel_frobenius'] ** 2):.0f}% of ‖F‖² (the off-diagonal "
+        f"entries hold the rest); KFAC's relative error is {kfac['rel_frobenius']:.2f}, of which "
+        f"the cross-layer blocks it ignores alone account for "
         f"{np.sqrt(truth['off_block_share']):.2f}. After the best rescaling (what a tuned "
         f"lambda does) the errors are "
         f"{diag['scale_free_error']:.2f} and {kfac['scale_free_error']:.2f}.",

@@ -1,0 +1,143 @@
+"""REPORT.md's "Chosen lambdas": per group, the lambda the selection seeds chose and its grid.
+
+Scores are means over the selection seeds of the validation average accuracy
+(``selection``); a lambda that did not finish on every selection seed shows why. Next to each
+chosen lambda, ``λ·tr(F)`` (lambda times the mean trace of the curvatures the selected runs
+fitted) puts the penalty strengths of different structures on one axis.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import PENALISED
+from ..outcomes import Run, bn_modes, method_labels, sequences, setting_text
+from ..selection import SELECTION
+from .cells import EDGE_NOTE, lambda_text
+from .format import fmt_fixed, fmt_lambda, md_table
+
+
+def selection_scores(group: Sequence[Run]) -> dict[float, tuple[float | None, str]]:
+    """``lambda -> (mean validation score over its selection runs, note)`` of one group.
+
+    The score is None unless every selection run of that lambda finished; the note then says
+    how many diverged or failed (``2 of 3 diverged``).
+    """
+    by_lam: dict[float, list[Run]] = {}
+    for r in group:
+        if r.role == SELECTION:
+            by_lam.setdefault(r.lam, []).append(r)
+    out: dict[float, tuple[float | None, str]] = {}
+    for lam, rs in sorted(by_lam.items()):
+        bad = Counter(r.record.status for r in rs if not r.ok)
+        if bad or any(r.val_avg is None for r in rs):
+            note = ", ".join(f"{n} of {len(rs)} {status}" for status, n in sorted(bad.items()))
+            out[lam] = (None, note or "incomplete")
+        else:
+            out[lam] = (sum(r.val_avg for r in rs) / len(rs), "")  # type: ignore[misc]
+    return out
+
+
+def lambda_grid_cell(group: Sequence[Run], chosen: float) -> str:
+    """``100: 0.8712, **316.2: 0.8930**, 1000: 1 of 3 diverged``: mean over selection seeds."""
+    items = []
+    for lam, (score, note) in selection_scores(group).items():
+        text = f"{fmt_lambda(lam)}: {fmt_fixed(score) if score is not None else note}"
+        items.append(f"**{text}**" if lam == chosen and score is not None else text)
+    return ", ".join(items) if items else "—"
+
+
+def strength(run: Run) -> float | None:
+    """``lambda * mean_t tr(F_t)`` over the curvatures a run fitted (None: none recorded)."""
+    traces = [t for t in run.record.curvature_trace if t is not None]
+    return run.lam * sum(traces) / len(traces) if traces else None
+
+
+def strength_cell(chosen: Sequence[Run]) -> str:
+    """Mean of ``strength`` over the finished selected runs, 3 significant digits."""
+    values = [v for r in chosen if r.ok and (v := strength(r)) is not None]
+    return f"{sum(values) / len(values):.3g}" if values else "—"
+
+
+def declared_grid(meta: dict[str, Any]) -> str:
+    """The experiment's lambda grids (``lambdas`` in sweep.json or its ``source``), as text."""
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    grid = meta.get("lambda_grid") or meta.get("lambdas") or source.get("lambdas")
+    if not grid:
+        return ""
+
+    def values(v: Any) -> str:
+        if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+            return ", ".join(fmt_lambda(float(x)) for x in v)
+        return setting_text(v)
+
+    if isinstance(grid, dict):
+        return "; ".join(f"{k}: {values(v)}" for k, v in grid.items())
+    return values(grid)
+
+
+def lambda_rows(runs: Sequence[Run]) -> list[list[str]]:
+    """One row per sequence, bn and penalised method: chosen lambda, strength, score, grid."""
+    rows = []
+    for seq in sequences(runs):
+        for bn in bn_modes(runs, seq):
+            for label in method_labels(runs, seq, bn):
+                group = [r for r in runs if r.sequence == seq and r.bn == bn and r.label == label]
+                if group[0].record.config.get("method") not in PENALISED:
+                    continue
+                chosen = [r for r in group if r.selected]
+                lam = chosen[0].lam if chosen else None
+                best = selection_scores(group).get(lam, (None, ""))[0] if chosen else None
+                rows.append(
+                    [
+                        seq,
+                        bn,
+                        label,
+                        lambda_text(chosen[0]) if chosen else "none",
+                        strength_cell(chosen),
+                        fmt_fixed(best),
+                        lambda_grid_cell(group, -1.0 if lam is None else lam),
+                    ]
+                )
+    return rows
+
+
+def lambda_section(
+    runs: Sequence[Run], meta: dict[str, Any], selection_seeds: Sequence[int]
+) -> str:
+    """Chosen lambda per sequence, bn and penalised method, with the validation scores."""
+    rows = lambda_rows(runs)
+    seeds = ", ".join(map(str, selection_seeds))
+    parts = [
+        "## Chosen lambdas",
+        "",
+        f"Chosen per sequence, bn and penalised method on the validation split of the selection "
+        f"seeds ({seeds}), which are never test seeds: the highest mean validation average "
+        "accuracy over those seeds, ties to the smaller lambda, a lambda that diverged or "
+        "failed on any of them never chosen (the chosen one in bold). The last column lists "
+        "every lambda the group ran. λ·tr(F) is lambda times the mean trace of the curvatures "
+        "the selected runs fitted: the penalty's strength on one axis for every structure (two "
+        "structures with the same λ·tr(F) penalise a random direction equally on average). "
+        "Baseline and joint have no lambda.",
+    ]
+    grid = declared_grid(meta)
+    if grid:
+        parts += ["", f"Lambda grids declared by the experiment: {grid}."]
+    if any(r.selected and r.at_edge for r in runs):
+        parts += ["", EDGE_NOTE]
+    if rows:
+        header = [
+            "sequence",
+            "bn",
+            "method",
+            "chosen λ",
+            "λ·tr(F)",
+            "val avg acc",
+            "λ grid: mean val avg acc per λ",
+        ]
+        parts += ["", md_table(header, rows, "lllrrrl")]
+    else:
+        parts += ["", "No penalised runs."]
+    return "\n".join(parts)

@@ -1,0 +1,266 @@
+"""REPORT.md's first section: the verdict, generated from the records (no hand-written claims).
+
+For every report section (sequence and network) and BatchNorm mode where ``ewc diag-exact`` ran,
+each other EWC method is compared with it over the test seeds both finished (paired):
+
+- Δ average accuracy and Δ forgetting (method − diagonal), mean with its 95% Student-t
+  interval (``metrics.paired_test``);
+- the paired t-test's p-value, Holm-adjusted over every comparison of the verdict table, one
+  family per metric (``metrics.holm``): the table makes 2 x (rows) claims and controls their
+  family-wise error rate at ``ALPHA``;
+- the whole-run time ratio: mean wall time of the method's test runs over the diagonal's.
+
+A difference is *detected* when its adjusted p is below ``ALPHA``; otherwise the verdict says
+that no difference was detected at the number of seeds it had (which is not a proof of
+equality). The sentences after the table are built from the same numbers (``sentences``).
+The README's top shows this section (``sync_readme``), kept equal to the committed report by a
+test and by ``make report``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import metrics
+from ..outcomes import Run, bn_modes, method_labels, network_facts, selected, sequences
+from .format import fmt_p, fmt_signed, md_table
+
+REFERENCE = "ewc diag-exact"
+"""The verdict's reference: the diagonal Fisher with exact labels, the common EWC default."""
+ALPHA = 0.05
+"""Family-wise error rate of the verdict's claims (Holm-adjusted p below it: detected)."""
+HEADING = "## Verdict"
+README_BEGIN = "<!-- verdict:begin (generated from reports/REPORT.md by `make report`) -->"
+README_END = "<!-- verdict:end -->"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One method against the reference in one section and BatchNorm mode.
+
+    Attributes:
+        section: the report section (sequence, and the network unless it is the tutorial's).
+        bn: BatchNorm mode, '' where the network has no BatchNorm.
+        label: the method's label.
+        acc: ``metrics.paired_test`` of test average accuracy (method − reference).
+        forgetting: the same for forgetting (lower is better).
+        time_ratio: mean whole-run seconds of the method over the reference's (None: unknown).
+        acc_p: Holm-adjusted p of ``acc`` over the verdict's accuracy comparisons.
+        forgetting_p: Holm-adjusted p of ``forgetting`` over its forgetting comparisons.
+    """
+
+    section: str
+    bn: str
+    label: str
+    acc: dict[str, Any]
+    forgetting: dict[str, Any]
+    time_ratio: float | None
+    acc_p: float | None = None
+    forgetting_p: float | None = None
+
+    @property
+    def where(self) -> str:
+        """``section`` with its BatchNorm mode where the network has one."""
+        return f"{self.section} (bn = {self.bn})" if self.bn else self.section
+
+    @property
+    def outcome(self) -> str:
+        """``better``, ``worse`` or ``no difference detected`` (average accuracy, adjusted p)."""
+        diff = self.acc.get("mean_diff")
+        if self.acc_p is None or diff is None or self.acc_p >= ALPHA:
+            return "no difference detected"
+        return "better" if diff > 0 else "worse"
+
+
+def _by_seed(runs: Sequence[Run], attr: str) -> dict[int, float | None]:
+    return {r.seed: getattr(r, attr) for r in runs if r.ok}
+
+
+def _paired(runs: Sequence[Run], ref: Sequence[Run], attr: str) -> dict[str, Any]:
+    a, b = _by_seed(runs, attr), _by_seed(ref, attr)
+    seeds = sorted(set(a) & set(b))
+    return metrics.paired_test([a[s] for s in seeds], [b[s] for s in seeds])
+
+
+def _seconds(runs: Sequence[Run]) -> float | None:
+    values = [r.record.total_seconds for r in runs if r.ok and r.record.total_seconds > 0]
+    return sum(values) / len(values) if values else None
+
+
+def _is_compared(label: str) -> bool:
+    """EWC methods other than the reference (baseline, l2 and joint are not structures)."""
+    base = label.partition(" (")[0]
+    return base.startswith(("ewc ", "ewc-online ")) and base != REFERENCE
+
+
+def comparisons(runs: Sequence[Run]) -> list[Comparison]:
+    """Every method against the reference, in report order, with Holm-adjusted p-values."""
+    found = []
+    for seq in sequences(runs):
+        has_bn = any(network_facts(r.record.config)[1] for r in runs if r.sequence == seq)
+        for bn in bn_modes(runs, seq):
+            ref = selected(runs, seq, bn, REFERENCE)
+            if not any(r.ok for r in ref):
+                continue
+            for label in filter(_is_compared, method_labels(runs, seq, bn)):
+                mine = selected(runs, seq, bn, label)
+                if not any(r.ok for r in mine):
+                    continue
+                mine_s, ref_s = _seconds(mine), _seconds(ref)
+                found.append(
+                    Comparison(
+                        section=seq,
+                        bn=bn if has_bn else "",
+                        label=label,
+                        acc=_paired(mine, ref, "test_avg"),
+                        forgetting=_paired(mine, ref, "forgetting"),
+                        time_ratio=mine_s / ref_s if mine_s and ref_s else None,
+                    )
+                )
+    acc_p = metrics.holm([c.acc["t_pvalue"] for c in found])
+    forg_p = metrics.holm([c.forgetting["t_pvalue"] for c in found])
+    return [
+        Comparison(**{**c.__dict__, "acc_p": a, "forgetting_p": f})
+        for c, a, f in zip(found, acc_p, forg_p, strict=True)
+    ]
+
+
+def interval(test: dict[str, Any], digits: int = 3) -> str:
+    """``+0.043 [+0.031, +0.055]``: a mean paired difference and its 95% interval."""
+    if test.get("mean_diff") is None:
+        return "—"
+    text = fmt_signed(test["mean_diff"], digits)
+    if test.get("ci_low") is not None:
+        text += f" [{fmt_signed(test['ci_low'], digits)}, {fmt_signed(test['ci_high'], digits)}]"
+    return text
+
+
+def table(comps: Sequence[Comparison]) -> str:
+    """The verdict table: one row per comparison."""
+    header = [
+        "sequence",
+        "method",
+        "seeds",
+        "Δ avg accuracy [95% CI]",
+        "p (Holm)",
+        "Δ forgetting [95% CI]",
+        "p (Holm)",
+        "run time ×",
+    ]
+    rows = [
+        [
+            c.where,
+            c.label,
+            str(c.acc["n"]),
+            interval(c.acc),
+            fmt_p(c.acc_p),
+            interval(c.forgetting),
+            fmt_p(c.forgetting_p),
+            "—" if c.time_ratio is None else f"{c.time_ratio:.2f}",
+        ]
+        for c in comps
+    ]
+    return md_table(header, rows, "llrrrrrr")
+
+
+def _listing(comps: Sequence[Comparison]) -> str:
+    return "; ".join(f"{c.label} on {c.where} ({interval(c.acc)})" for c in comps)
+
+
+def sentences(comps: Sequence[Comparison]) -> list[str]:
+    """Two to four sentences, each built from the table's numbers."""
+    if not comps:
+        return []
+    better = [c for c in comps if c.outcome == "better"]
+    worse = [c for c in comps if c.outcome == "worse"]
+    none = [c for c in comps if c.outcome == "no difference detected"]
+    seeds = sorted({c.acc["n"] for c in comps})
+    n_text = "-".join(map(str, (seeds[0], seeds[-1]))) if len(seeds) > 1 else str(seeds[0])
+    out = []
+    if better:
+        out.append(f"Higher average accuracy than {REFERENCE} (detected): {_listing(better)}.")
+    if worse:
+        out.append(f"Lower average accuracy than {REFERENCE} (detected): {_listing(worse)}.")
+    if none:
+        names = "; ".join(f"{c.label} on {c.where}" for c in none)
+        out.append(
+            f"No difference from {REFERENCE} detected in average accuracy at {n_text} paired "
+            f"test seeds (which does not show equality): {names}."
+        )
+    ratios = [c.time_ratio for c in comps if c.time_ratio is not None]
+    if ratios:
+        out.append(
+            f"Whole runs took {min(ratios):.2f}x to {max(ratios):.2f}x the diagonal's wall time "
+            "(the last column; wall times of runs that shared the machine)."
+        )
+    return out
+
+
+def verdict_section(runs: Sequence[Run]) -> str:
+    """The section's Markdown ('' when no section has the reference)."""
+    comps = comparisons(runs)
+    if not comps:
+        return ""
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            f"Each EWC method against `{REFERENCE}` on the same test seeds (paired): the mean "
+            "difference with its 95% Student-t interval; p from the paired t-test, "
+            f"Holm-adjusted over every row of this table (one family per metric); a difference "
+            f"counts as detected when that p is below {ALPHA}. Forgetting: lower is better. Run "
+            "time ×: mean whole-run wall time over the diagonal's. Lambda was chosen for each "
+            "method on its own selection seeds (never test seeds); the per-sequence tables below "
+            "hold the details.",
+            "",
+            table(comps),
+            "",
+            *[f"- {s}" for s in sentences(comps)],
+        ]
+    )
+
+
+def extract(report_text: str) -> str:
+    """The verdict section of a REPORT.md's text ('' when it has none)."""
+    match = re.search(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", report_text, re.S | re.M)
+    return match.group(0).strip() if match else ""
+
+
+def readme_block(report_text: str) -> str:
+    """What the README shows between its verdict markers: the report's verdict, headed."""
+    body = extract(report_text).removeprefix(HEADING).strip()
+    return "\n".join(
+        [
+            README_BEGIN,
+            "",
+            "What the committed default report ([reports/REPORT.md](reports/REPORT.md)) finds:",
+            "",
+            body or "(the committed report has no verdict yet)",
+            "",
+            README_END,
+        ]
+    )
+
+
+def sync_readme(readme: Path, report: Path) -> bool:
+    """Replace the README's verdict block by the report's; True when the README changed.
+
+    Raises:
+        ValueError: the README has no (or a broken) pair of verdict markers.
+    """
+    text = readme.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(
+            f"{readme} has no verdict block: add the lines {README_BEGIN!r} and "
+            f"{README_END!r} where the verdict should go"
+        )
+    new = text[:start] + readme_block(report.read_text()) + text[end + len(README_END) :]
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True
