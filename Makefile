@@ -24,7 +24,7 @@ BENCH_STORAGE ?= reports/bench/baseline
 # 2-core reference machine medians of unchanged code moved by up to 45% between runs.
 COMPARE_FAIL ?= min:50%
 
-.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report full-fisher study lint format clean
+.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report ablation full-fisher study lint format clean
 
 help:  ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -109,6 +109,11 @@ reproduce-quick: data-check install  ## The same pipeline scaled down (< 5 min) 
 
 report: install  ## Rebuild reports/ (and README's verdict) from the stored records alone.
 	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md
+
+ablation: data-check install  ## KFAC ablation on split MNIST, 20 test seeds (~20 min) -> reports/ablation/.
+	$(PY) -m benchmark reproduce --experiment ablation --data-root $(DATA_ROOT) \
+		$(DOWNLOAD_FLAG) --results $(RESULTS)/ablation --out reports/ablation \
+		--jobs $(JOBS) --group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 
 full-fisher: data-check install  ## EWC with the true dense full Fisher (~1 h) -> reports/full-fisher/.
 	$(PY) -m benchmark reproduce --experiment full-fisher --data-root $(DATA_ROOT) \

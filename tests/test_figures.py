@@ -32,7 +32,7 @@ from benchmark.sweep import load_experiment
 
 REPORT_DIR = Path(__file__).resolve().parents[1] / "benchmark" / "report"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXPERIMENTS = ("default", "full", "full-fisher", "quick")
+EXPERIMENTS = ("default", "full", "full-fisher", "quick", "ablation")
 MAX_LIGHTNESS = 85.0
 """No method shade is near white: CIELAB L* at most this (white is 100)."""
 
@@ -118,9 +118,12 @@ def test_structure_is_the_family_and_rank_the_shade():
     assert palette.colour("ewc lowrank-exact rank=20") != palette.colour(
         "ewc lowrank-exact rank=200"
     )
-    variant = "ewc kfac-exact factors=a-diag"  # another label option: another shade
+    variant = "ewc kfac-exact layers=1"  # another label option: another shade of its family
     assert palette.colour(variant) in palette.SHADES["kfac"]
     assert palette.colour(variant) != palette.colour("ewc kfac-exact")
+    # the ablation's named variants, shown side by side, each have a hue of their own
+    ablation = [f"ewc kfac-exact {text}" for text in palette.VARIANT_COLOURS]
+    assert len({palette.colour(label) for label in ablation}) == len(ablation)
 
 
 @pytest.mark.parametrize("structure", sorted(palette.SHADES))

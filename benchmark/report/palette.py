@@ -132,6 +132,20 @@ def rank_step(rank: int) -> int:
     return round(3 * math.log10(max(rank, 1)))
 
 
+VARIANT_COLOURS = {
+    "factors=a-diag": "#e41a1c",
+    "factors=g-diag": "#e6ab02",
+    "factors=diag": "#fb8072",
+    "factors=a-only": "#f781bf",
+    "layers=hidden": "#9a9a00",
+    "layers=output": "#67001f",
+    "output_curvature=mean": "#ff7f00",
+}
+"""The Kronecker ablation's variants (issue 13) appear side by side, more of them than one hue
+family has shades far enough apart: each gets its own hue, outside the families of the
+structures they are shown with (their labels name the structure they vary)."""
+
+
 def colour(label: str) -> str:
     """The fixed colour of a method or estimator label, the same in every figure of every report.
 
@@ -154,6 +168,8 @@ def colour(label: str) -> str:
         index += rank_step(int(rank)) + RANK_LADDER_SHIFT
     if options:  # another variant of the structure (kfac factors=..., layers=...)
         text = " ".join(f"{k}={v}" for k, v in sorted(options.items()))
+        if text in VARIANT_COLOURS:
+            return VARIANT_COLOURS[text]
         index += 1 + zlib.crc32(text.encode()) % (len(shades) - 1)
     return shades[index % len(shades)]
 
