@@ -117,7 +117,7 @@ def test_experiment_errors(patch, message):
 
 
 def test_unknown_experiment_name():
-    with pytest.raises(ValueError, match="unknown experiment .nope.; built-in: ablation, default"):
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; built-in: ablation, default"):
         load_experiment("nope")
 
 
