@@ -1,23 +1,26 @@
 """The approximation study: how good is each Fisher approximation, and does it matter?
 
-Ground truth (part A): a model small enough for the exact dense Fisher (``mlp-16``, 784-16-10,
-12,730 parameters) trained on MNIST through the harness; the reference is ``full-exact`` on
-``n_ref`` MNIST training inputs, and every estimator is fitted on the same inputs and compared
-with it (``approx``). Part B: error against that reference as the number of inputs N grows
-(seeded input subsets). Part C: the sampled (mc) estimators against their exact counterparts as
-``mc_samples`` grows. Part D: the bias of the legacy ``diag-batched`` estimator, as its ratio to
-``diag-empirical`` for several batch sizes, on the tutorial network. Part E: the tutorial network
-itself, through the exact low-rank ``full-exact`` factor on ``tutorial_n`` inputs, with the
-harness's outcomes (forgetting at the validation-chosen lambda) beside each estimator's error.
+Ground truth (part A): small models trained through the harness on MNIST (``mlp-16``, 784-16-10,
+12,730 parameters, and ``cnn``); the reference is ``full-exact`` (its exact factor) on ``n_ref``
+MNIST training inputs, and every estimator is fitted on the same inputs and compared with it
+(``approx``). Part B: error against that reference as the number of inputs N grows (seeded input
+subsets). Part C: the sampled (mc) estimators against their exact counterparts as ``mc_samples``
+grows. Part D: the bias of the legacy ``diag-batched`` estimator, as its ratio to
+``diag-empirical`` for several batch sizes, on the tutorial network. Part E
+(``sweep_network``): every estimator the sweep ran on its main comparison's network (the MLP
+784-16-16-10 of ``experiment``), with the sweep's settings, against the exact dense Fisher on the
+sweep's own inputs, and that reference's own noise from a disjoint draw; STUDY.md joins its
+metrics with the sweep's outcomes (``benchmark.report.study``).
 
 Each part returns plain rows (dicts) that ``benchmark.report.study`` turns into ``study.csv``,
-STUDY.md and figures.
+STUDY.md and figures; ``run_study`` times each part.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,16 +31,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import estimators
-from estimators import Curvature, LowRankCurvature
+from estimators import Curvature
 from estimators.layout import ParamLayout
 
 from .. import provenance
 from ..config import RunConfig
-from ..harness import run
-from ..models import make_model
 from ..seeds import generator
-from ..tasks import build_sequence
 from . import approx
+from .sweep_network import protocol, sweep_network, train_network
 
 BIG_BUDGET = 16 * 1024**3
 ALL = tuple(estimators.names())
@@ -68,12 +69,16 @@ class StudyConfig:
     n_grid: tuple[int, ...] = (100, 300, 1000)
     seeds: tuple[int, ...] = (0, 1, 2)
     mc_grid: tuple[int, ...] = (1, 4, 16, 64)
+    full_mc_max: int = 16
     top_k: int = 20
     directions: int = 20
     batch_sizes: tuple[int, ...] = (1, 10, 30, 100, 300, 1000)
     batched_n: int = 3000
-    tutorial_n: int = 200
     tutorial_epochs: int = 4
+    experiment: str = "default"
+    network: str = "mlp"
+    network_options: dict[str, Any] = field(default_factory=lambda: {"hidden": 16})
+    network_overrides: dict[str, Any] = field(default_factory=dict)
     results: str | None = "results/default"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -92,8 +97,8 @@ QUICK = {
     "directions": 3,
     "batch_sizes": (1, 10, 60),
     "batched_n": 120,
-    "tutorial_n": 8,
     "tutorial_epochs": 1,
+    "network_overrides": {"model_options": {"hidden": 4}, "epochs": 1, "fisher_samples": 20},
 }
 
 
@@ -110,32 +115,14 @@ class Trained:
     seconds: float
 
 
-def _flat(state: dict[str, torch.Tensor], layout: ParamLayout) -> torch.Tensor:
-    return torch.cat([state[n].reshape(-1) for n in layout.names])
-
-
 def train(cfg: StudyConfig, model_name: str, epochs: int) -> Trained:
     """Train ``model_name`` on mnist-fmnist without a penalty (seed 0, the harness's loop)."""
     config = RunConfig(
         data=cfg.data, model=model_name, method="baseline", estimator=None, epochs=epochs, seed=0
     )
-    states: dict[int, dict[str, torch.Tensor]] = {}
-
-    def keep(t: int, model: nn.Module) -> None:
-        states[t] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    start = time.perf_counter()
-    run(config, root=cfg.root, on_task_end=keep)
-    seconds = time.perf_counter() - start
-    seq = build_sequence("mnist-fmnist", seed=0, data=cfg.data, root=cfg.root)
-    torch.manual_seed(0)
-    model = make_model(model_name)
-    model.load_state_dict(states[0])
-    model.eval()
-    layout = ParamLayout.of(model)
-    drift = _flat(states[1], layout) - _flat(states[0], layout)
-    task = seq.tasks[0].train
-    return Trained(model, layout, drift, task.float_inputs(), task.targets, seconds)
+    net = train_network(config, cfg.root)
+    task = net.task.train
+    return Trained(net.model, net.layout, net.drift, task.float_inputs(), task.targets, net.seconds)
 
 
 def subset(trained: Trained, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,17 +160,14 @@ class Reference:
 
 
 def errors(approx_c: Curvature, ref: Curvature, ref_sq: float) -> dict[str, float]:
-    r"""Relative Frobenius error, raw and scale-free.
+    r"""Relative Frobenius error, raw and scale-free (``approx.frobenius_errors``).
 
     Scale-free: :math:`\min_s \|s\hat F - F\|_F / \|F\|_F = \sqrt{1 - \cos^2}`, what is
     left once lambda absorbs the scale.
     """
     a_sq, cross = approx.frobenius_sq(approx_c), approx.inner(approx_c, ref)
-    cos = cross / np.sqrt(a_sq * ref_sq)
-    return {
-        "rel_frobenius": float(np.sqrt(max(a_sq - 2 * cross + ref_sq, 0.0) / ref_sq)),
-        "scale_free_error": float(np.sqrt(max(0.0, 1.0 - cos**2))),
-    }
+    rel, scale_free = approx.frobenius_errors(a_sq, cross, ref_sq)
+    return {"rel_frobenius": rel, "scale_free_error": scale_free}
 
 
 def compare_to_reference(
@@ -316,7 +300,7 @@ def convergence(
             if exact_name == "full-exact"
             else Reference.of(fit(exact_name, trained.model, x, y, 0)[0])
         )
-        for k in cfg.mc_grid:
+        for k in (k for k in cfg.mc_grid if mc_name != "full-mc" or k <= cfg.full_mc_max):
             for seed in cfg.seeds:
                 curv, seconds = fit(mc_name, trained.model, x, y, seed, mc_samples=k)
                 row = {
@@ -357,80 +341,76 @@ def batched_bias(cfg: StudyConfig, trained: Trained) -> list[dict[str, Any]]:
     return rows
 
 
-def tutorial_link(
-    cfg: StudyConfig, trained: Trained, bar: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Part E: every estimator on the tutorial network against the exact low-rank full Fisher."""
-    x, y = subset(trained, cfg.tutorial_n, 0)
-    ref, ref_seconds = fit("full-exact", trained.model, x, y, 0, representation="factor")
-    reference = Reference.of(ref)
-    assert isinstance(ref, LowRankCurvature)
-    dirs = _directions(trained.layout, cfg.directions)
-    rows = []
-    for name in ALL:
-        curv, seconds = (
-            (ref, ref_seconds) if name == "full-exact" else fit(name, trained.model, x, y, 0)
-        )
-        row = {
-            "part": "tutorial",
-            "model": "tutorial-mlp",
-            "estimator": name,
-            "n_inputs": cfg.tutorial_n,
-            "seed": 0,
-        }
-        row.update(
-            compare_to_reference(curv, reference, trained.drift, dirs),
-            fit_seconds=seconds,
-            nbytes=curv.nbytes,
-        )
-        rows.append(row)
-        bar(f"tutorial {name}")
-    return rows
+@contextmanager
+def timed(times: dict[str, dict[str, Any]], part: str) -> Iterator[None]:
+    """Add the block's wall time to ``times[part]`` (started: its first block's start)."""
+    started, t0 = provenance.now(), time.perf_counter()
+    yield
+    entry = times.setdefault(part, {"started": started, "seconds": 0.0})
+    entry["seconds"] += time.perf_counter() - t0
+    entry["finished"] = provenance.now()
+
+
+def _steps(cfg: StudyConfig, fits: int) -> int:
+    """Progress steps: per model A's training, reference and estimators; B, C; D; E's."""
+    models = 1 + len(cfg.extra_models)
+    return models * (2 + len(ALL)) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS) + 4 + fits
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
-    """All parts; returns rows and figure data with provenance."""
+    """All parts; returns rows and figure data with provenance and each part's times."""
     started, t0 = provenance.now(), time.perf_counter()
     provenance.pin_git_sha()
-    models = (cfg.model, *cfg.extra_models)
-    total = len(models) * (2 + len(ALL)) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS)
-    total += len(ALL) + 1
-    progress = tqdm(total=total, desc="study", unit="step")
+    overrides = {"data": cfg.data, **cfg.network_overrides}
+    proto = protocol(cfg.experiment, cfg.network, cfg.network_options, overrides)
+    progress = tqdm(total=_steps(cfg, len(proto.fits)), desc="study", unit="step")
 
     def bar(label: str) -> None:
         progress.set_postfix_str(label, refresh=False)
         progress.update(1)
 
-    small = train(cfg, cfg.model, cfg.epochs)
-    bar(f"trained {cfg.model}")
-    truth = {cfg.model: ground_truth(cfg, small, cfg.model, cfg.n_ref, bar)}
-    rows = truth[cfg.model]["rows"] + convergence(
-        cfg, small, truth[cfg.model].pop("reference"), bar
-    )
-    for extra in cfg.extra_models:
-        trained = train(cfg, extra, cfg.epochs)
-        bar(f"trained {extra}")
-        truth[extra] = ground_truth(cfg, trained, extra, cfg.extra_n_ref, bar)
-        truth[extra].pop("reference")
-        rows += truth[extra]["rows"]
-    tutorial = train(cfg, "tutorial-mlp", cfg.tutorial_epochs)
-    bar("trained tutorial-mlp")
-    rows += batched_bias(cfg, tutorial)
-    rows += tutorial_link(cfg, tutorial, bar)
+    times: dict[str, dict[str, Any]] = {}
+    with timed(times, "A"):
+        small = train(cfg, cfg.model, cfg.epochs)
+        bar(f"trained {cfg.model}")
+        truth = {cfg.model: ground_truth(cfg, small, cfg.model, cfg.n_ref, bar)}
+    with timed(times, "B-C"):
+        reference = truth[cfg.model].pop("reference")
+        rows = truth[cfg.model]["rows"] + convergence(cfg, small, reference, bar)
+        del small, reference
+    with timed(times, "A"):
+        for extra in cfg.extra_models:
+            trained = train(cfg, extra, cfg.epochs)
+            bar(f"trained {extra}")
+            truth[extra] = ground_truth(cfg, trained, extra, cfg.extra_n_ref, bar)
+            truth[extra].pop("reference")
+            rows += truth[extra]["rows"]
+    with timed(times, "D"):
+        tutorial = train(cfg, "tutorial-mlp", cfg.tutorial_epochs)
+        bar("trained tutorial-mlp")
+        rows += batched_bias(cfg, tutorial)
+        tutorial_parameters = tutorial.layout.numel
+        del tutorial
+    with timed(times, "E"):
+        network = sweep_network(proto, cfg.root, bar)
+        rows += network["rows"]
     progress.close()
     return {
         "config": cfg.to_dict(),
         "rows": rows,
         "ground_truth": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in truth.items()},
+        "sweep_network": network["facts"],
         "parameters": {
             **{m: t["parameters"] for m, t in truth.items()},
-            "tutorial-mlp": tutorial.layout.numel,
+            "tutorial-mlp": tutorial_parameters,
+            network["facts"]["network"]: network["facts"]["parameters"],
         },
         "provenance": {
             **provenance.machine(),
             "git_sha": provenance.git_sha(),
             "command": provenance.command_line(),
         },
+        "parts": times,
         "started": started,
         "finished": provenance.now(),
         "duration_seconds": time.perf_counter() - t0,
