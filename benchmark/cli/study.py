@@ -13,10 +13,11 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
         help="how good is each Fisher approximation (full vs KFAC vs diagonal) -> OUT/STUDY.md",
-        description="The approximation study: every estimator against the exact Fisher (a "
-        "small MLP, dense) and against the exact low-rank Fisher of the tutorial network, with "
-        "convergence in N and mc samples, the batched estimator's bias, cost, and the harness's "
-        "forgetting beside each estimator's error.",
+        description="The approximation study: every estimator against the exact dense Fisher "
+        "(a small MLP, and the default sweep's main network, the MLP 784-16-16-10, with the "
+        "reference's own sampling noise measured on a disjoint draw), with convergence in N and "
+        "mc samples, the batched estimator's bias on the tutorial network, and the sweep's "
+        "forgetting beside the errors of the estimators it ran (same network, inputs and N).",
     )
     p.add_argument("--out", default="reports", help="output folder (default reports)")
     p.add_argument(
