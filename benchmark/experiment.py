@@ -106,8 +106,9 @@ class Experiment:
         """Grow each grid whose best lambda (mean validation over selection seeds) is an edge.
 
         One lattice point (``selection.lattice``) per winning edge; returns the new selection
-        configs (none: every optimum is interior, or no grid can grow). A pure function of the
-        records, so a resumed sweep makes the same decisions.
+        configs (none: every optimum is interior, or no grid can grow). It grows the groups'
+        grids in place (call it once per round); its decisions depend on the records alone, so a
+        resumed sweep makes the same ones.
         """
         chosen = choose_lambdas(records, self.selection_seeds)
         added = []

@@ -32,7 +32,7 @@ from .config import BN_MODES, PENALISED, SEQUENCES
 from .methods import label_of, sort_key
 from .models import make_model, n_parameters
 from .records import RunRecord, quarantine, read_records
-from .selection import DEFAULT_SELECTION_SEEDS, TEST, choose_lambdas, group_key, is_selected, role
+from .selection import TEST, choose_lambdas, group_key, is_selected, role
 from .tasks import heads_of
 
 FLOAT32_BYTES = 4
@@ -254,13 +254,13 @@ def _metric(fn: Callable[[Any], float | None], matrix: list, record: RunRecord) 
         raise ValueError(f"run {record.run_id}: {err}") from err
 
 
-def summarise(
-    records: Iterable[RunRecord], selection_seeds: Collection[int] = DEFAULT_SELECTION_SEEDS
-) -> list[Run]:
+def summarise(records: Iterable[RunRecord], selection_seeds: Collection[int]) -> list[Run]:
     """The reports' view of every record, sorted (sequence, bn, method, lambda, seed, id).
 
     Lambda is chosen per group with ``selection.choose_lambdas`` on the validation split of the
-    ``selection_seeds``; ``Run.selected`` follows ``selection.is_selected`` (test runs only).
+    ``selection_seeds`` (required: a sweep's are in its ``sweep.json``,
+    ``selection.selection_seeds_of``); ``Run.selected`` follows ``selection.is_selected`` (test
+    runs only).
     """
     records = list(records)
     chosen = choose_lambdas(records, selection_seeds)

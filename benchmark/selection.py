@@ -9,9 +9,12 @@ validation average accuracy (mean of the last row of ``acc_val``):
     score(lambda) = (1 / |S|) * sum_{s in S} mean_j acc_val[s, lambda][T-1, j]
 
 The chosen lambda has the highest score; ties go to the smaller lambda. A lambda that diverged
-on any selection seed is never chosen. Methods without a penalty have the one lambda 0 and need
-no selection runs. The runs of a group at the chosen lambda on the *test* seeds are the
-*selected* runs that tables report; selection runs never are (``role``).
+on any selection seed is never chosen. A group with a selection run that *failed* (a cause
+outside the run, or a bug: its outcome is unknown, unlike a divergence) chooses nothing until
+a rerun completes it, so that a resumed sweep never decides differently from a finished one.
+Methods without a penalty have the one lambda 0 and need no selection runs. The runs of a
+group at the chosen lambda on the *test* seeds are the *selected* runs that tables report;
+selection runs never are (``role``).
 """
 
 from __future__ import annotations
@@ -98,11 +101,19 @@ def choose_lambdas(
     records = list(records)
     seeds = sorted(set(selection_seeds))
     scores = validation_scores(records, seeds)
+    incomplete = {
+        group_key(r.config)
+        for r in records
+        if r.status == "failed" and r.config["seed"] in selection_seeds
+    }
     unpenalised = {group_key(r.config) for r in records if r.config["method"] not in PENALISED}
     chosen: dict[str, float | None] = {}
     for key, lams in scores.items():
         if key in unpenalised:
             chosen[key] = 0.0
+            continue
+        if key in incomplete:
+            chosen[key] = None
             continue
         scored = [
             (s, lam) for lam, per in lams.items() if (s := lambda_score(per, seeds)) is not None

@@ -83,10 +83,13 @@ def rerun(
 def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -> dict[str, Any]:
     """Run-by-run comparison of a group with its reruns (matched by run id)."""
     by_id = {r.run_id: r for r in again}
-    rows = []
+    rows, unfinished = [], []
     for run in original:
         other = by_id.get(run.record.run_id)
         if other is None or not run.ok or other.status != "ok":
+            before, after = run.record.status, "missing" if other is None else other.status
+            if (before, after) != ("ok", "ok"):
+                unfinished.append({"seed": run.seed, "before": before, "after": after})
             continue
         new = metrics.average_accuracy(other.acc_test)
         rows.append((run.seed, run.test_avg, new, run.record.acc_test == other.acc_test))
@@ -113,6 +116,7 @@ def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -
         "per_seed": [
             {"seed": s, "before": a, "after": b, "identical": same} for s, a, b, same in rows
         ],
+        "unfinished": unfinished,
     }
 
 
@@ -131,9 +135,15 @@ def load_checks(results: Path, runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def other_thread_count(group: Sequence[Run]) -> int:
-    """2 when the group ran with 1 torch thread (what ``JOBS=auto`` gives), else 1."""
-    before = {r.record.provenance.get("torch_threads") for r in group}
-    return 2 if before == {1} else 1
+    """A thread count none of the group's runs used.
+
+    2 after 1 (what ``JOBS=auto`` gives), 1 after anything else, else one more than the most.
+    """
+    before = {r.record.provenance.get("torch_threads") for r in group} - {None}
+    for candidate in (2, 1):
+        if candidate not in before:
+            return candidate
+    return max(before) + 1
 
 
 def measure(
@@ -143,12 +153,18 @@ def measure(
     section: str = DEFAULT_SECTION,
     method: str = DEFAULT_METHOD,
     root: str | None = None,
+    bn: str | None = None,
 ) -> dict[str, Any]:
     """Rerun one group of the sweep in ``results`` with ``threads`` threads and compare.
 
     ``threads`` None: ``other_thread_count`` of the group.
     """
     runs = summarise(load_records(Path(results), load_meta(Path(results))), selection_seeds)
-    group = group_runs(runs, section, method)
+    group = group_runs(runs, section, method, bn)
+    modes = sorted({r.bn for r in group})
+    if len(modes) > 1:
+        raise ValueError(
+            f"{section} / {method} ran with BatchNorm modes {modes}: choose one with --bn"
+        )
     threads = threads or other_thread_count(group)
     return compare(group, rerun(group, Path(results), threads, root), threads)

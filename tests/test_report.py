@@ -24,7 +24,7 @@ from benchmark.records import RunRecord, read_records, write_record
 from benchmark.report import figures as report_figures
 from benchmark.report import format as report_format
 from benchmark.report import results as report_results
-from benchmark.selection import choose_lambdas, is_selected
+from benchmark.selection import DEFAULT_SELECTION_SEEDS, choose_lambdas, is_selected
 
 SAMPLE = Path(__file__).parent / "data" / "records_sample"
 GOLDEN = Path(__file__).parent / "golden" / "report"
@@ -227,8 +227,8 @@ def test_all_diverged_group_and_no_metadata(tmp_path):
     assert "git SHA not recorded" in text
     assert "Data pipeline" not in text
     assert (
-        "| ewc diag-exact | none chosen | 0 | no lambda finished on every selection seed (3 runs)"
-        in (text)
+        "| ewc diag-exact | none chosen | 0 | no lambda finished on every selection seed "
+        "(2 selection runs)" in text
     )
     assert "1: 1 of 1 diverged, 10: 1 of 1 diverged" in text
     rows = _csv_rows((tmp_path / "out" / "runs.csv").read_text())
@@ -245,7 +245,7 @@ def test_meta_argument_overrides_sweep_json(tmp_path):
     assert meta["name"] == "renamed"
     assert meta["command"] == "make reproduce"
     assert meta["started"] == "2026-01-02T03:10:00+00:00"  # from sweep.json
-    runs = outcomes.summarise(read_records(results))
+    runs = outcomes.summarise(read_records(results), [0])
     text = report_results.render_markdown(runs, meta, None)
     assert text.startswith("# EWC benchmark report: renamed\n")
     assert "- Command: `make reproduce`" in text
@@ -314,7 +314,7 @@ def test_fmt_duration(seconds, text):
 def test_mean_matrix_places_joint_in_last_row():
     base = RunConfig(data="synthetic", method="joint", estimator=None)
     records = [_record(base.replace(seed=s), [[0.8 + 0.1 * s, 0.6]]) for s in range(2)]
-    runs = outcomes.summarise(records)
+    runs = outcomes.summarise(records, DEFAULT_SELECTION_SEEDS)
     mat = report_figures.mean_matrix(runs)
     assert mat.shape == (2, 2)
     assert mat[1].tolist() == pytest.approx([0.85, 0.6])
@@ -362,10 +362,10 @@ def test_representation_is_recorded_or_derived_from_the_bytes():
 
 def test_full_fisher_rows_state_their_rank():
     record = _full_record(200)
-    run = outcomes.summarise([record])[0]
+    run = outcomes.summarise([record], DEFAULT_SELECTION_SEEDS)[0]
     cell = report_results.method_cell("ewc full-exact", run)
     assert cell == "ewc full-exact [factor of 200 rows: rank ≤ 200]"
-    dense = outcomes.summarise([_full_record(6442)])[0]
+    dense = outcomes.summarise([_full_record(6442)], DEFAULT_SELECTION_SEEDS)[0]
     assert report_results.method_cell("ewc full-exact", dense) == "ewc full-exact"
     row = report_results.csv_row(run)
     assert row["model"] == "mlp hidden=8" and row["representation"] == "full-factor 200 rows"
@@ -377,7 +377,9 @@ def test_runs_on_another_network_are_their_own_section():
     main = _full_record(200)
     tutorial_config = RunConfig(estimator="full-exact", fisher_samples=20).to_dict()
     tutorial = RunRecord(run_id="t", config=tutorial_config, curvature_bytes=[4])
-    runs = {r.record.run_id: r for r in outcomes.summarise([main, tutorial])}
+    runs = {
+        r.record.run_id: r for r in outcomes.summarise([main, tutorial], DEFAULT_SELECTION_SEEDS)
+    }
     assert runs["t"].sequence == "mnist-fmnist"
     assert runs[main.run_id].sequence == "mnist-fmnist on mlp hidden=8"
     assert runs[main.run_id].label == runs["t"].label == "ewc full-exact"
@@ -387,7 +389,7 @@ def test_runs_on_another_network_are_their_own_section():
 
 
 def test_a_network_without_batchnorm_is_not_headed_by_a_batchnorm_mode():
-    main = outcomes.summarise([_full_record(200)])
+    main = outcomes.summarise([_full_record(200)], DEFAULT_SELECTION_SEEDS)
     text = report_results.results_section(main)
     assert f"#### {report_results.NO_BN_TEXT}" in text and "bn = freeze)" not in text
     assert outcomes.network_facts(main[0].record.config) == (6442, False)

@@ -92,3 +92,15 @@ def test_selection_seeds_of_metadata():
     assert selection_seeds_of({"selection_seeds": [5, 6]}) == (5, 6)
     assert selection_seeds_of({"selection_seed": 0}) == (0,)  # sweeps before nested selection
     assert len(selection_seeds_of({})) == 3
+
+
+def test_a_failed_selection_run_leaves_its_group_undecided():
+    """Unlike a divergence, a failure says nothing about the lambda: nothing is chosen (and so
+    nothing tested) until a rerun completes the selection, whatever the other lambdas scored."""
+    records = [
+        rec(1.0, 100, 0.80), rec(1.0, 101, 0.80),
+        rec(10.0, 100, 0.95), rec(10.0, 101, None, status="failed"),
+    ]  # fmt: skip
+    assert choose_lambdas(records, [100, 101]) == {KEY: None}
+    healed = [*records[:3], rec(10.0, 101, 0.93)]
+    assert choose_lambdas(healed, [100, 101]) == {KEY: 10.0}

@@ -21,13 +21,14 @@ def swept(tmp_path_factory):
 
 
 def test_a_rerun_with_the_same_thread_count_is_bitwise_identical(swept):
+    before = torch.get_num_threads()
     out = threads.measure(swept, [7], 1, "mnist-fmnist", "ewc diag-exact")
     assert out["n"] == 2 and out["identical"] == 2
     assert out["max_abs_diff"] == 0.0 and out["mean_before"] == out["mean_after"]
     assert out["threads_before"] == [1] and out["threads_after"] == 1
     # the sweep's own records are untouched: the reruns live in their own folder
     assert len(list(read_records(threads.folder(swept, 1)))) == 2
-    assert torch.get_num_threads() >= 1
+    assert torch.get_num_threads() == before  # restored after the reruns
 
 
 def test_the_report_states_the_measurement(swept, tmp_path):

@@ -30,20 +30,22 @@ ewc-bench: a benchmark of Fisher/curvature estimators for Elastic Weight Consoli
 
 Commands:
   run          train one configuration (every setting is a flag) and print its accuracy matrix
-  sweep        run an experiment (TOML): lambda chosen on validation, then all seeds; resumable
+  sweep        run an experiment (TOML): lambda chosen on the selection seeds' validation split,
+               then the test seeds; resumable
   report       rebuild reports/ (REPORT.md, runs.csv, figures) from stored records alone
+  threads      rerun one group's test runs with another torch thread count and compare
   pipeline     time one epoch: the tutorial's DataLoader + ToTensor vs in-memory tensors
   reproduce    sweep + pipeline + report (what `make reproduce` runs)
   experiments  list the built-in experiments
   study        how close each Fisher approximation is to the exact Fisher -> OUT/STUDY.md
-  timing   time every estimator's fit on the tutorial network (784-100-100-10 MLP with
-           BatchNorm) on the first N MNIST training inputs, against two references measured in
-           the same run (the floor: one batched forward + backward; the naive per-input loop),
-           with each fit's extra peak memory (fresh subprocess) and the EWC penalty's cost per
-           training step; writes OUT/timing.json and OUT/timing.md.
-  scaling  fit time and memory vs N, width, depth and classes; penalty cost per step vs past
-           tasks (separate vs online); where the dense Fisher stops fitting; the time split of
-           a sweep's runs; writes OUT/scaling.json, OUT/scaling.md and figures.
+  timing       time every estimator's fit on the tutorial network (784-100-100-10 MLP with
+               BatchNorm) on the first N MNIST training inputs, against two references measured
+               in the same run (the floor: one batched forward + backward; the naive per-input
+               loop), with each fit's extra peak memory (fresh subprocess) and the EWC penalty's
+               cost per training step; writes OUT/timing.json and OUT/timing.md.
+  scaling      fit time and memory vs N, width, depth and classes; penalty cost per step vs past
+               tasks (separate vs online); where the dense Fisher stops fitting; the time split
+               of a sweep's runs; writes OUT/scaling.json, OUT/scaling.md and figures.
 
 Run `python -m benchmark COMMAND --help` for a command's options."""
 

@@ -206,6 +206,7 @@ def add_threads_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--section", default=DEFAULT_SECTION, help="report section of the group")
     p.add_argument("--method", default=DEFAULT_METHOD, help="method label of the group")
+    p.add_argument("--bn", default=None, help="BatchNorm mode of the group (when it ran both)")
     p.set_defaults(func=cmd_threads, subparser=p)
 
 
@@ -220,7 +221,9 @@ def cmd_threads(args: argparse.Namespace, parser: argparse.ArgumentParser, argv:
         raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
     seeds = selection_seeds_of(load_meta(results))
     try:
-        out = measure(results, seeds, args.threads, args.section, args.method, args.data_root)
+        out = measure(
+            results, seeds, args.threads, args.section, args.method, args.data_root, args.bn
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     print(

@@ -181,7 +181,8 @@ def full_experiment(name: str, results: str | None, fallback_run_s: float) -> di
         "groups": len(exp.groups),
         "seeds": len(exp.seeds),
         "selection_runs": selection,
-        "final_runs": len(exp.groups) * (len(exp.seeds) - 1),  # seed 0 reuses its selection run
+        "final_runs": sum(len(g.seeds or exp.seeds) for g in exp.groups),  # test seeds, disjoint
+        "selection_seeds": len(exp.selection_seeds),
         "extension_rounds": exp.extend,
     }
     seconds = []

@@ -9,8 +9,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..outcomes import load_records, penalty_seconds, summarise
+from ..outcomes import load_meta, load_records, penalty_seconds, summarise
 from ..records import RunRecord
+from ..selection import selection_seeds_of
 
 
 def run_time_split(record: RunRecord) -> dict[str, float]:
@@ -34,7 +35,9 @@ def time_split(results: str | None) -> dict[str, Any] | None:
     path = Path(results)
     if not path.is_dir():
         return {"source": str(path), "rows": [], "reason": f"{path} is not a folder"}
-    runs = [r for r in summarise(load_records(path)) if r.selected and r.record.status == "ok"]
+    meta = load_meta(path)
+    chosen = summarise(load_records(path, meta), selection_seeds_of(meta))
+    runs = [r for r in chosen if r.selected and r.record.status == "ok"]
     groups: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for run in runs:
         groups.setdefault((run.sequence, run.bn, run.label), []).append(run_time_split(run.record))

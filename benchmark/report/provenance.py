@@ -255,7 +255,12 @@ def thread_check_text(check: dict[str, Any]) -> str:
         f"accuracy moved by {fmt_fixed(check['median_abs_diff'])} (median) and at most "
         f"{fmt_fixed(check['max_abs_diff'])}; the group's mean "
         f"{fmt_ci(check['mean_before'], check['half_before'])} became "
-        f"{fmt_ci(check['mean_after'], check['half_after'])} (`python -m benchmark threads`)"
+        f"{fmt_ci(check['mean_after'], check['half_after'])}"
+        + "".join(
+            f"; seed {u['seed']} {u['before']} before, {u['after']} after"
+            for u in check.get("unfinished") or []
+        )
+        + " (`python -m benchmark threads`)"
     )
 
 

@@ -36,7 +36,7 @@ from ..outcomes import (
     task_names,
     task_orders,
 )
-from ..selection import DEFAULT_SELECTION_SEEDS
+from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
 from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell
 from .figures import figures_section, planned_figures
 from .format import (
@@ -231,11 +231,21 @@ def paired_columns(
     return out
 
 
+def unchosen_reason(group: Sequence[Run]) -> str:
+    """Why a group has no chosen lambda, from its selection runs."""
+    sel = [r for r in group if r.role == SELECTION]
+    failed = sum(1 for r in sel if r.record.status == "failed")
+    if not sel:
+        return f"no selection runs among its {len(group)} runs (no lambda to choose from)"
+    if failed:
+        return f"selection incomplete: {failed} of {len(sel)} selection runs failed (rerun)"
+    return f"no lambda finished on every selection seed ({len(sel)} selection runs)"
+
+
 def _unchosen_row(runs: Sequence[Run], sequence: str, bn: str, label: str) -> list[str]:
-    """The row of a method that had no finished run on the selection seed."""
-    n_all = sum(1 for r in runs if r.sequence == sequence and r.bn == bn and r.label == label)
-    reason = f"no lambda finished on every selection seed ({n_all} runs)"
-    return [label, "none chosen", "0", reason, "—", "—", "—"]
+    """The row of a method without a chosen lambda, saying why."""
+    group = [r for r in runs if r.sequence == sequence and r.bn == bn and r.label == label]
+    return [label, "none chosen", "0", unchosen_reason(group), "—", "—", "—"]
 
 
 def results_table(runs: Sequence[Run], sequence: str, bn: str) -> str:

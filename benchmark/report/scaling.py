@@ -414,10 +414,11 @@ def full_on_paper(ex: dict[str, Any]) -> list[str]:
         f"### On paper: the `{f['experiment']}` experiment on W workers",
         "",
         f"`{f['experiment']}` has {f['groups']} (study, BatchNorm, method) groups: lambda "
-        f"selection is {sel} runs (seed 0), then up to {f['extension_rounds']} grid-extension "
-        "rounds (one run per grid edge that won), then the test phase, "
-        f"{final} runs ({f['groups']} groups x {f['seeds'] - 1} more seeds; seed 0 reuses its "
-        "selection run). Runs within a phase are independent, but a phase starts only when the "
+        f"selection is {sel} runs (every penalised group's grid on each of its "
+        f"{f.get('selection_seeds', 1)} selection seeds), then up to {f['extension_rounds']} "
+        "grid-extension rounds (one run per selection seed for each grid edge that won), then the "
+        f"test phase, {final} runs (each group on its test seeds, disjoint from the selection "
+        "seeds). Runs within a phase are independent, but a phase starts only when the "
         "one before it has ended (the chosen lambdas decide the test runs), so on W workers the "
         f"wall time is about t x (ceil({sel}/W) + ceil({final}/W)), plus ceil(n/W) x t per "
         "extension round (not in the table), and no phase is shorter than its longest run: the "

@@ -33,6 +33,9 @@ REFERENCE = "ewc diag-exact"
 """The verdict's reference: the diagonal Fisher with exact labels, the common EWC default."""
 ALPHA = 0.05
 """Family-wise error rate of the verdict's claims (Holm-adjusted p below it: detected)."""
+MIN_PAIRS = 3
+"""Fewest paired seeds on which a difference may count as detected (a t-test on 2 pairs has one
+degree of freedom: its p says little)."""
 HEADING = "## Verdict"
 README_BEGIN = "<!-- verdict:begin (generated from reports/REPORT.md by `make report`) -->"
 README_END = "<!-- verdict:end -->"
@@ -49,6 +52,8 @@ class Comparison:
         acc: ``metrics.paired_test`` of test average accuracy (method − reference).
         forgetting: the same for forgetting (lower is better).
         time_ratio: mean whole-run seconds of the method over the reference's (None: unknown).
+        seeds: test seeds either side ran (the pairs are those both finished).
+        at_edge: the method's or the reference's chosen lambda is an edge of its grid.
         acc_p: Holm-adjusted p of ``acc`` over the verdict's accuracy comparisons.
         forgetting_p: Holm-adjusted p of ``forgetting`` over its forgetting comparisons.
     """
@@ -59,6 +64,8 @@ class Comparison:
     acc: dict[str, Any]
     forgetting: dict[str, Any]
     time_ratio: float | None
+    seeds: int = 0
+    at_edge: bool = False
     acc_p: float | None = None
     forgetting_p: float | None = None
 
@@ -70,10 +77,20 @@ class Comparison:
     @property
     def outcome(self) -> str:
         """``better``, ``worse`` or ``no difference detected`` (average accuracy, adjusted p)."""
-        diff = self.acc.get("mean_diff")
-        if self.acc_p is None or diff is None or self.acc_p >= ALPHA:
-            return "no difference detected"
-        return "better" if diff > 0 else "worse"
+        return _outcome(self.acc, self.acc_p, higher_is_better=True)
+
+    @property
+    def forgetting_outcome(self) -> str:
+        """The same for forgetting (lower is better)."""
+        return _outcome(self.forgetting, self.forgetting_p, higher_is_better=False)
+
+
+def _outcome(test: dict[str, Any], p: float | None, higher_is_better: bool) -> str:
+    """``better``/``worse`` when detected (adjusted p < ALPHA on >= MIN_PAIRS pairs)."""
+    diff = test.get("mean_diff")
+    if p is None or diff is None or p >= ALPHA or test.get("n", 0) < MIN_PAIRS:
+        return "no difference detected"
+    return "better" if (diff > 0) == higher_is_better else "worse"
 
 
 def _by_seed(runs: Sequence[Run], attr: str) -> dict[int, float | None]:
@@ -97,30 +114,41 @@ def _is_compared(label: str) -> bool:
     return base.startswith(("ewc ", "ewc-online ")) and base != REFERENCE
 
 
+def _compare(seq: str, bn: str, label: str, mine: list[Run], ref: list[Run]) -> Comparison:
+    """One comparison (p-values not yet adjusted)."""
+    mine_s, ref_s = _seconds(mine), _seconds(ref)
+    return Comparison(
+        section=seq,
+        bn=bn,
+        label=label,
+        acc=_paired(mine, ref, "test_avg"),
+        forgetting=_paired(mine, ref, "forgetting"),
+        time_ratio=mine_s / ref_s if mine_s and ref_s else None,
+        seeds=len({r.seed for r in mine} | {r.seed for r in ref}),
+        at_edge=any(r.at_edge for r in mine[:1] + ref[:1]),
+    )
+
+
+def _sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
+    """``(section, bn, shown bn)`` of every section and mode (shown: '' without BatchNorm)."""
+    out = []
+    for seq in sequences(runs):
+        has_bn = any(network_facts(r.record.config)[1] for r in runs if r.sequence == seq)
+        out += [(seq, bn, bn if has_bn else "") for bn in bn_modes(runs, seq)]
+    return out
+
+
 def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     """Every method against the reference, in report order, with Holm-adjusted p-values."""
     found = []
-    for seq in sequences(runs):
-        has_bn = any(network_facts(r.record.config)[1] for r in runs if r.sequence == seq)
-        for bn in bn_modes(runs, seq):
-            ref = selected(runs, seq, bn, REFERENCE)
-            if not any(r.ok for r in ref):
-                continue
-            for label in filter(_is_compared, method_labels(runs, seq, bn)):
-                mine = selected(runs, seq, bn, label)
-                if not any(r.ok for r in mine):
-                    continue
-                mine_s, ref_s = _seconds(mine), _seconds(ref)
-                found.append(
-                    Comparison(
-                        section=seq,
-                        bn=bn if has_bn else "",
-                        label=label,
-                        acc=_paired(mine, ref, "test_avg"),
-                        forgetting=_paired(mine, ref, "forgetting"),
-                        time_ratio=mine_s / ref_s if mine_s and ref_s else None,
-                    )
-                )
+    for seq, bn, shown in _sections(runs):
+        ref = selected(runs, seq, bn, REFERENCE)
+        if not any(r.ok for r in ref):
+            continue
+        for label in filter(_is_compared, method_labels(runs, seq, bn)):
+            mine = selected(runs, seq, bn, label)
+            if any(r.ok for r in mine):
+                found.append(_compare(seq, shown, label, mine, ref))
     acc_p = metrics.holm([c.acc["t_pvalue"] for c in found])
     forg_p = metrics.holm([c.forgetting["t_pvalue"] for c in found])
     return [
@@ -139,23 +167,41 @@ def interval(test: dict[str, Any], digits: int = 3) -> str:
     return text
 
 
+def not_compared(runs: Sequence[Run]) -> list[str]:
+    """``method on section (why)`` for every EWC method the verdict could not compare."""
+    out = []
+    for seq, bn, shown in _sections(runs):
+        where = f"{seq} (bn = {shown})" if shown else seq
+        ref_ok = any(r.ok for r in selected(runs, seq, bn, REFERENCE))
+        for label in filter(_is_compared, method_labels(runs, seq, bn)):
+            mine = selected(runs, seq, bn, label)
+            if not ref_ok:
+                out.append(f"{label} on {where} (no finished {REFERENCE} test run)")
+            elif not mine:
+                out.append(f"{label} on {where} (no chosen lambda)")
+            elif not any(r.ok for r in mine):
+                out.append(f"{label} on {where} (every test run diverged or failed)")
+    return out
+
+
 def table(comps: Sequence[Comparison]) -> str:
     """The verdict table: one row per comparison."""
+    m = len([c for c in comps if c.acc.get("t_pvalue") is not None])
     header = [
         "sequence",
         "method",
-        "seeds",
+        "pairs",
         "Δ avg accuracy [95% CI]",
-        "p (Holm)",
+        f"p (Holm, m = {m})",
         "Δ forgetting [95% CI]",
-        "p (Holm)",
+        f"p (Holm, m = {m})",
         "run time ×",
     ]
     rows = [
         [
             c.where,
-            c.label,
-            str(c.acc["n"]),
+            c.label + (" (λ at edge)" if c.at_edge else ""),
+            f"{c.acc['n']} of {c.seeds}",
             interval(c.acc),
             fmt_p(c.acc_p),
             interval(c.forgetting),
@@ -167,29 +213,36 @@ def table(comps: Sequence[Comparison]) -> str:
     return md_table(header, rows, "llrrrrrr")
 
 
-def _listing(comps: Sequence[Comparison]) -> str:
-    return "; ".join(f"{c.label} on {c.where} ({interval(c.acc)})" for c in comps)
+def _listing(comps: Sequence[Comparison], attr: str = "acc") -> str:
+    edge = " (λ at a grid edge: the difference may be the grid's)"
+    return "; ".join(
+        f"{c.label} on {c.where} ({interval(getattr(c, attr))}){edge if c.at_edge else ''}"
+        for c in comps
+    )
 
 
 def sentences(comps: Sequence[Comparison]) -> list[str]:
-    """Two to four sentences, each built from the table's numbers."""
+    """Sentences built from the table's numbers: accuracy, forgetting, nothing detected, time."""
     if not comps:
         return []
-    better = [c for c in comps if c.outcome == "better"]
-    worse = [c for c in comps if c.outcome == "worse"]
-    none = [c for c in comps if c.outcome == "no difference detected"]
-    seeds = sorted({c.acc["n"] for c in comps})
-    n_text = "-".join(map(str, (seeds[0], seeds[-1]))) if len(seeds) > 1 else str(seeds[0])
     out = []
-    if better:
-        out.append(f"Higher average accuracy than {REFERENCE} (detected): {_listing(better)}.")
-    if worse:
-        out.append(f"Lower average accuracy than {REFERENCE} (detected): {_listing(worse)}.")
+    for kind, attr, outcome, what in (
+        ("Higher average accuracy", "acc", "better", "outcome"),
+        ("Lower average accuracy", "acc", "worse", "outcome"),
+        ("Less forgetting", "forgetting", "better", "forgetting_outcome"),
+        ("More forgetting", "forgetting", "worse", "forgetting_outcome"),
+    ):
+        hits = [c for c in comps if getattr(c, what) == outcome]
+        if hits:
+            out.append(f"{kind} than {REFERENCE} (detected): {_listing(hits, attr)}.")
+    none = [c for c in comps if c.outcome == c.forgetting_outcome == "no difference detected"]
     if none:
+        seeds = sorted({c.acc["n"] for c in none})
+        n_text = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
         names = "; ".join(f"{c.label} on {c.where}" for c in none)
         out.append(
-            f"No difference from {REFERENCE} detected in average accuracy at {n_text} paired "
-            f"test seeds (which does not show equality): {names}."
+            f"No difference from {REFERENCE} detected in either average accuracy or forgetting "
+            f"at {n_text} paired test seeds (which does not show equality): {names}."
         )
     ratios = [c.time_ratio for c in comps if c.time_ratio is not None]
     if ratios:
@@ -215,11 +268,16 @@ def verdict_section(runs: Sequence[Run]) -> str:
             f"counts as detected when that p is below {ALPHA}. Forgetting: lower is better. Run "
             "time ×: mean whole-run wall time over the diagonal's. Lambda was chosen for each "
             "method on its own selection seeds (never test seeds); the per-sequence tables below "
-            "hold the details.",
+            f"hold the details. A difference needs at least {MIN_PAIRS} pairs to count.",
             "",
             table(comps),
             "",
             *[f"- {s}" for s in sentences(comps)],
+            *(
+                [f"- Not compared: {'; '.join(skipped)}."]
+                if (skipped := not_compared(runs))
+                else []
+            ),
         ]
     )
 
@@ -237,7 +295,7 @@ def readme_block(report_text: str) -> str:
         [
             README_BEGIN,
             "",
-            "What the committed default report ([reports/REPORT.md](reports/REPORT.md)) finds:",
+            "What the default report in [reports/REPORT.md](reports/REPORT.md) finds:",
             "",
             body or "(the committed report has no verdict yet)",
             "",
