@@ -58,6 +58,7 @@ from .labels import MonteCarlo
 from .layers.conv2d import Conv2dRule
 from .layers.linear import LinearRule
 from .layout import ParamLayout
+from .linalg import eigh
 from .registry import GridStructure, never_online
 
 EKFAC_REFUSAL = "fits in different eigenbases do not sum to one eigen-corrected Kronecker product"
@@ -376,7 +377,7 @@ class EKFACAccumulator(KFACAccumulator):
         for key, (layer, sums) in self.sums.items():
             with_bias = "bias" in layer.params
             A, G = sums.factors(self.n_total, with_bias)
-            QA, QG = torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors
+            QA, QG = eigh(A)[1], eigh(G)[1]
             bias = self.layout.slice(layer.params["bias"]) if with_bias else None
             S = torch.zeros(QG.shape[0], QA.shape[0], dtype=QA.dtype, device=QA.device)
             self.eigen[key] = (

@@ -49,6 +49,7 @@ from .full import WORK_BYTES, fill_rows
 from .labels import LabelMode
 from .layers.linear import LinearRule
 from .layout import ParamLayout
+from .linalg import eigh
 from .registry import GridStructure, never_online
 
 LOWRANK_REFUSAL = (
@@ -392,7 +393,7 @@ def nystrom(q: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     else:
         raise RuntimeError("the Nyström core Q^T F Q is not positive semi-definite")
     e = torch.linalg.solve_triangular(chol.T, shifted, upper=True, left=False)
-    sq, z = torch.linalg.eigh(e.T @ e)  # E^T E = Z S^2 Z^T: W = E Z / S (no tall SVD)
+    sq, z = eigh(e.T @ e)  # E^T E = Z S^2 Z^T: W = E Z / S (no tall SVD)
     sq, z = sq.flip(0)[:k], z.flip(1)[:, :k]
     vals = (sq - nu).clamp_min(0)
     keep = vals > 0

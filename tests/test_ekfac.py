@@ -293,3 +293,27 @@ def test_nbytes_and_memory_budget():
     assert list(estimators.options("ekfac-mc")) == [
         "forward", "chunk_size", "memory_budget", "mc_samples", "generator",
     ]  # fmt: skip
+
+
+def test_an_eigensolver_failure_in_float32_is_retried_in_float64(monkeypatch):
+    """LAPACK's float32 eigh can fail on an ill-conditioned factor (seen on a sweep: the MLP's
+    first-layer A, MNIST's blank borders): EKFAC retries in float64 and gives the same fit."""
+    import estimators.linalg as linalg
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    want = estimators.make("ekfac-exact").fit(model, x, y).dense()
+    real = torch.linalg.eigh
+    calls = []
+
+    def flaky(matrix):
+        calls.append(matrix.dtype)
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real(matrix)
+
+    monkeypatch.setattr(linalg.torch.linalg, "eigh", flaky)
+    got = estimators.make("ekfac-exact").fit(model, x, y).dense()
+    assert torch.float64 in calls and got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
