@@ -26,7 +26,7 @@ import torch
 
 from . import harness, metrics
 from .config import RunConfig
-from .outcomes import Run, load_meta, load_records, summarise
+from .outcomes import Run, load_meta, load_records, network_facts, summarise
 from .records import RunRecord, read_records, write_record
 
 DEFAULT_SECTION = "split-mnist-class on mlp hidden=16"
@@ -101,7 +101,7 @@ def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -
     )
     return {
         "section": original[0].sequence if original else "",
-        "bn": original[0].bn if original else "",
+        "bn": original[0].bn if original and network_facts(original[0].record.config)[1] else "",
         "method": original[0].label if original else "",
         "threads_before": threads_before,
         "threads_after": threads,

@@ -33,7 +33,7 @@ def test_a_rerun_with_the_same_thread_count_is_bitwise_identical(swept):
 
 def test_the_report_states_the_measurement(swept, tmp_path):
     text = build_report(swept, tmp_path / "out").read_text()
-    where = "the 2 test runs of mnist-fmnist (bn = freeze), ewc diag-exact"
+    where = "the 2 test runs of mnist-fmnist (bn = freeze), ewc diag-exact"  # it has BatchNorm
     assert f"Thread count, measured: {where}" in text
     assert "2 of 2 bitwise identical" in text
 
@@ -42,3 +42,19 @@ def test_an_unknown_group_names_the_known_ones(swept):
     runs = summarise(read_records(swept), [7])
     with pytest.raises(ValueError, match="selected groups: mnist-fmnist / baseline"):
         threads.group_runs(runs, "permuted-mnist", "ewc diag-exact")
+
+
+def test_a_network_without_batchnorm_names_no_bn_mode():
+    from benchmark.config import RunConfig
+    from benchmark.records import RunRecord
+    from benchmark.report.provenance import thread_check_text
+
+    cfg = RunConfig(data="synthetic", model="mlp", method="ewc", estimator="kfac-exact", lam=1.0)
+    recs = [
+        RunRecord(run_id=c.run_id, config=c.to_dict(), acc_val=[[0.5, 0.5]], acc_test=[[v, v]])
+        for c, v in ((cfg.replace(seed=7), 0.5), (cfg.replace(seed=0), 0.6))
+    ]
+    group = threads.group_runs(summarise(recs, [7]), "mnist-fmnist on mlp", "ewc kfac-exact")
+    out = threads.compare(group, [recs[1]], 2)
+    assert out["bn"] == "" and out["n"] == 1 and out["identical"] == 1
+    assert "mnist-fmnist on mlp, ewc kfac-exact" in thread_check_text(out)
