@@ -1,10 +1,16 @@
-"""Table cells every REPORT.md table shares: method, lambda (with its edge mark), exclusions."""
+"""What REPORT.md's tables share: cells (method, lambda, exclusions) and paired comparisons.
+
+``paired`` compares two methods over the seeds both finished; the results tables and the
+verdict use it alike.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
+from .. import metrics
 from ..config import PENALISED
 from ..outcomes import Run, representation
 from .format import fmt_lambda
@@ -38,3 +44,14 @@ def excluded_note(runs: Sequence[Run]) -> str:
     counts = Counter(r.record.status for r in runs)
     parts = [f"{counts[s]} of {n} {s}" for s in ("diverged", "failed") if counts[s]]
     return ", ".join(parts)
+
+
+def _by_seed(runs: Sequence[Run], attr: str) -> dict[int, float | None]:
+    return {r.seed: getattr(r, attr) for r in runs if r.ok}
+
+
+def paired(runs: Sequence[Run], reference: Sequence[Run], attr: str) -> dict[str, Any]:
+    """``metrics.paired_test`` of ``attr`` (runs minus reference) over the seeds both finished."""
+    a, b = _by_seed(runs, attr), _by_seed(reference, attr)
+    seeds = sorted(set(a) & set(b))
+    return metrics.paired_test([a[s] for s in seeds], [b[s] for s in seeds])

@@ -37,7 +37,7 @@ from ..outcomes import (
     task_orders,
 )
 from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
-from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell
+from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell, paired
 from .figures import figures_section, planned_figures
 from .format import (
     CONFIDENCE,
@@ -183,17 +183,6 @@ def tutorial_section(runs: Sequence[Run]) -> str:
 
 
 # -- results per sequence ----------------------------------------------------------------------
-
-
-def _by_seed(runs: Sequence[Run], attr: str) -> dict[int, float | None]:
-    return {r.seed: getattr(r, attr) for r in runs if r.ok}
-
-
-def paired(runs: Sequence[Run], reference: Sequence[Run], attr: str) -> dict[str, Any]:
-    """``metrics.paired_test`` of ``attr`` (runs minus reference) over the seeds both finished."""
-    a, b = _by_seed(runs, attr), _by_seed(reference, attr)
-    seeds = sorted(set(a) & set(b))
-    return metrics.paired_test([a[s] for s in seeds], [b[s] for s in seeds])
 
 
 def diff_cell(test: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import metrics
 from ..outcomes import Run, bn_modes, method_labels, network_facts, selected, sequences
+from .cells import paired
 from .format import fmt_p, fmt_signed, md_table
 
 REFERENCE = "ewc diag-exact"
@@ -93,16 +94,6 @@ def _outcome(test: dict[str, Any], p: float | None, higher_is_better: bool) -> s
     return "better" if (diff > 0) == higher_is_better else "worse"
 
 
-def _by_seed(runs: Sequence[Run], attr: str) -> dict[int, float | None]:
-    return {r.seed: getattr(r, attr) for r in runs if r.ok}
-
-
-def _paired(runs: Sequence[Run], ref: Sequence[Run], attr: str) -> dict[str, Any]:
-    a, b = _by_seed(runs, attr), _by_seed(ref, attr)
-    seeds = sorted(set(a) & set(b))
-    return metrics.paired_test([a[s] for s in seeds], [b[s] for s in seeds])
-
-
 def _seconds(runs: Sequence[Run]) -> float | None:
     values = [r.record.total_seconds for r in runs if r.ok and r.record.total_seconds > 0]
     return sum(values) / len(values) if values else None
@@ -121,8 +112,8 @@ def _compare(seq: str, bn: str, label: str, mine: list[Run], ref: list[Run]) -> 
         section=seq,
         bn=bn,
         label=label,
-        acc=_paired(mine, ref, "test_avg"),
-        forgetting=_paired(mine, ref, "forgetting"),
+        acc=paired(mine, ref, "test_avg"),
+        forgetting=paired(mine, ref, "forgetting"),
         time_ratio=mine_s / ref_s if mine_s and ref_s else None,
         seeds=len({r.seed for r in mine} | {r.seed for r in ref}),
         at_edge=any(r.at_edge for r in mine[:1] + ref[:1]),
