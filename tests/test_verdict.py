@@ -174,3 +174,20 @@ def test_sync_readme_replaces_only_the_block(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no verdict block"):
         verdict.sync_readme(readme, report)
+
+
+@pytest.mark.parametrize("command", ["report", "reproduce"])
+def test_a_missing_readme_is_refused_before_any_work(tmp_path, command):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "benchmark", command, "--out", str(tmp_path / "out")]
+    args += ["--readme", str(tmp_path / "nope.md")]
+    if command == "report":
+        args += ["--results", str(SAMPLE)]
+    else:
+        args += ["--experiment", "quick", "--results", str(tmp_path / "res")]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: --readme {tmp_path / 'nope.md'} is not a file"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "res").exists()

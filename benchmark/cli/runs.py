@@ -388,6 +388,8 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     if not (results / "runs").is_dir():
         raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
     require_folders({"--out": args.out})
+    if args.readme:
+        _readme(args)
     meta = load_meta(results)
     path = build_report(results, Path(args.out), selection_seeds=selection_seeds_of(meta))
     print(f"wrote {path}")
@@ -403,15 +405,21 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     return 0
 
 
+def _readme(args: argparse.Namespace) -> Path:
+    """``--readme``'s path, checked before any work (a sweep must not end in this error)."""
+    readme = Path(args.readme)
+    if not readme.is_file():
+        raise UserError(f"--readme {readme} is not a file")
+    return readme
+
+
 def _sync_readme(args: argparse.Namespace, report: Path) -> None:
     """Copy the report's verdict into ``--readme`` (when given)."""
     if not getattr(args, "readme", None):
         return
     from ..report.verdict import sync_readme
 
-    readme = Path(args.readme)
-    if not readme.is_file():
-        raise UserError(f"--readme {readme} is not a file")
+    readme = _readme(args)
     try:
         changed = sync_readme(readme, report)
     except ValueError as err:
@@ -428,6 +436,8 @@ def cmd_reproduce(
     from ..sweep import failed_runs
 
     exp = _experiment(args)
+    if args.readme:
+        _readme(args)
     if args.dry_run:
         return cmd_sweep(args, parser, argv)
     _print_plan(exp)
