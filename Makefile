@@ -89,6 +89,7 @@ reproduce: data-check install  ## Default protocol: sweep (resumable) + pipeline
 		--results $(RESULTS)/default --out reports --readme README.md --jobs $(JOBS) \
 		--group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 	$(PY) -m benchmark threads --results $(RESULTS)/default --data-root $(DATA_ROOT)
+	$(PY) -m benchmark grouped --results $(RESULTS)/default --data-root $(DATA_ROOT)
 	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md
 	$(MAKE) study
 

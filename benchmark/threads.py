@@ -80,8 +80,14 @@ def rerun(
     return records
 
 
-def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -> dict[str, Any]:
-    """Run-by-run comparison of a group with its reruns (matched by run id)."""
+def compare_runs(original: Sequence[Run], again: Sequence[RunRecord]) -> dict[str, Any]:
+    """Run-by-run comparison of a group with its reruns (matched by run id), whatever changed.
+
+    Per seed, the test average accuracy before and after and whether the accuracy matrices are
+    bitwise equal; their median and largest absolute change; both means with their 95%
+    intervals; and the paired difference after - before (``metrics.paired_test``: mean, CI, p),
+    which says whether the change moved the group's outcomes in distribution.
+    """
     by_id = {r.run_id: r for r in again}
     rows, unfinished = [], []
     for run in original:
@@ -96,15 +102,10 @@ def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -
     diffs = [abs(b - a) for _, a, b, _ in rows if a is not None and b is not None]
     old_mean, old_half, _ = metrics.mean_ci([a for _, a, _, _ in rows])
     new_mean, new_half, _ = metrics.mean_ci([b for _, _, b, _ in rows])
-    threads_before = sorted(
-        {run.record.provenance.get("torch_threads") for run in original} - {None}
-    )
     return {
         "section": original[0].sequence if original else "",
         "bn": original[0].bn if original and network_facts(original[0].record.config)[1] else "",
         "method": original[0].label if original else "",
-        "threads_before": threads_before,
-        "threads_after": threads,
         "n": len(rows),
         "identical": sum(1 for *_, same in rows if same),
         "median_abs_diff": statistics.median(diffs) if diffs else None,
@@ -113,10 +114,23 @@ def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -
         "half_before": old_half,
         "mean_after": new_mean,
         "half_after": new_half,
+        "paired": metrics.paired_test([b for *_, b, _ in rows], [a for _, a, *_ in rows]),
         "per_seed": [
             {"seed": s, "before": a, "after": b, "identical": same} for s, a, b, same in rows
         ],
         "unfinished": unfinished,
+    }
+
+
+def compare(original: Sequence[Run], again: Sequence[RunRecord], threads: int) -> dict[str, Any]:
+    """``compare_runs``, with the thread counts before (from the records) and after."""
+    threads_before = sorted(
+        {run.record.provenance.get("torch_threads") for run in original} - {None}
+    )
+    return {
+        **compare_runs(original, again),
+        "threads_before": threads_before,
+        "threads_after": threads,
     }
 
 

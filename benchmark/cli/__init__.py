@@ -17,9 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import USER_ERROR_STATUS, UserError, one_line
+from .checks import add_grouped_parser, add_threads_parser
 from .common import Parser, command
 from .costs import add_pipeline_parser, add_scaling_parser, add_timing_parser
-from .runs import add_report_parsers, add_run_parser, add_sweep_parsers, add_threads_parser
+from .runs import add_report_parsers, add_run_parser, add_sweep_parsers
 from .study import add_study_parser
 
 INTERRUPTED_STATUS = 130
@@ -34,6 +35,7 @@ Commands:
                then the test seeds; resumable
   report       rebuild reports/ (REPORT.md, runs.csv, figures) from stored records alone
   threads      rerun one group's test runs with another torch thread count and compare
+  grouped      rerun one group's test runs alone and stacked (--group-size) and compare
   pipeline     time one epoch: the tutorial's DataLoader + ToTensor vs in-memory tensors
   reproduce    sweep + pipeline + report (what `make reproduce` runs)
   experiments  list the built-in experiments
@@ -68,6 +70,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_sweep_parsers(sub)
     add_report_parsers(sub)
     add_threads_parser(sub)
+    add_grouped_parser(sub)
     add_pipeline_parser(sub)
     add_study_parser(sub)
     add_timing_parser(sub)

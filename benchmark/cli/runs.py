@@ -187,54 +187,6 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_threads_parser(sub: argparse._SubParsersAction) -> None:
-    """``threads``: how far another torch thread count moves one group's numbers."""
-    from ..threads import DEFAULT_METHOD, DEFAULT_SECTION
-
-    text = (
-        "rerun the test runs of one group with another torch thread count (into "
-        "<results>/threads-<k>/) and compare them with the sweep's; the report states the result"
-    )
-    p = sub.add_parser("threads", help=text, description=text)
-    p.add_argument("--results", default="results/default", help="the sweep's results folder")
-    p.add_argument("--data-root", default=None, help="dataset root (see `run --help`)")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="thread count of the reruns (default: 2 if the group ran with 1, else 1)",
-    )
-    p.add_argument("--section", default=DEFAULT_SECTION, help="report section of the group")
-    p.add_argument("--method", default=DEFAULT_METHOD, help="method label of the group")
-    p.add_argument("--bn", default=None, help="BatchNorm mode of the group (when it ran both)")
-    p.set_defaults(func=cmd_threads, subparser=p)
-
-
-def cmd_threads(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Rerun one group with ``--threads`` threads; print the comparison."""
-    from ..outcomes import load_meta
-    from ..selection import selection_seeds_of
-    from ..threads import measure
-
-    results = Path(args.results)
-    if not (results / "runs").is_dir():
-        raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
-    seeds = selection_seeds_of(load_meta(results))
-    try:
-        out = measure(
-            results, seeds, args.threads, args.section, args.method, args.data_root, args.bn
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    print(
-        f"{out['section']} {out['method']}: {out['identical']} of {out['n']} runs bitwise "
-        f"identical with {out['threads_after']} threads; |Δ avg acc| median "
-        f"{out['median_abs_diff']}, "
-        f"max {out['max_abs_diff']}"
-    )
-    return 0
-
-
 def add_report_parsers(sub: argparse._SubParsersAction) -> None:
     """``report`` and ``experiments``."""
     p = sub.add_parser(

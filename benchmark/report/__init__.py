@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..grouped_check import load_checks as load_grouped_checks
 from ..outcomes import load_meta, load_pipeline, load_records, summarise
 from ..selection import selection_seeds_of
 from ..threads import load_checks
@@ -99,7 +100,11 @@ def build_report(
         )
     seeds = tuple(selection_seeds or selection_seeds_of(meta_all))
     runs = summarise(records, seeds)
-    meta_all = {**meta_all, "thread_checks": load_checks(results_dir, runs)}
+    meta_all = {
+        **meta_all,
+        "thread_checks": load_checks(results_dir, runs),
+        "grouped_checks": load_grouped_checks(results_dir, runs),
+    }
     pipeline = load_pipeline(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runs.csv").write_text(runs_csv(runs))

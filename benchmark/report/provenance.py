@@ -17,7 +17,16 @@ from typing import Any
 from ..config import RESULTS_VERSIONS
 from ..outcomes import Run, sequences, setting_text
 from ..selection import selection_seeds_of
-from .format import CONFIDENCE, fmt_ci, fmt_duration, fmt_fixed, fmt_num
+from .format import (
+    CONFIDENCE,
+    fmt_ci,
+    fmt_duration,
+    fmt_fixed,
+    fmt_num,
+    fmt_p,
+    fmt_seconds,
+    fmt_signed,
+)
 
 REPORT_LIBRARIES = ("numpy", "scipy", "torchvision")
 """Library versions REPORT.md shows beside Python and torch, where the sweep recorded them."""
@@ -264,6 +273,41 @@ def thread_check_text(check: dict[str, Any]) -> str:
     )
 
 
+def grouped_check_text(check: dict[str, Any]) -> str:
+    """One measured effect of grouped training (``benchmark.grouped_check``) as a list item."""
+    alone, grouped, size = check["alone"], check["grouped"], check["size"]
+    where = (
+        f"{grouped['section']} (bn = {grouped['bn']})" if grouped.get("bn") else grouped["section"]
+    )
+    if not grouped.get("n"):
+        return (
+            f"- Grouped training: the reruns of {where} {grouped['method']} hold no finished pair"
+        )
+    paired = grouped.get("paired") or {}
+    timing = check.get("timing")
+    speed = (
+        f"; timed in one process, one pass after the other at {timing['threads']} torch "
+        f"thread(s): alone {fmt_seconds(timing['alone_seconds'])}, stacked "
+        f"{fmt_seconds(timing['grouped_seconds'])}, "
+        f"{timing['alone_seconds'] / timing['grouped_seconds']:.2f}x the runs per minute"
+        if timing
+        else ""
+    )
+    return (
+        f"- Grouped training, measured: the {grouped['n']} test runs of {where}, "
+        f"{grouped['method']}, rerun alone: {alone['identical']} of {alone['n']} bitwise identical "
+        f"to the sweep's records; trained in stacks of {size} (`--group-size {size}`): "
+        f"{grouped['identical']} of {grouped['n']} bitwise identical, per seed test average "
+        f"accuracy moved by {fmt_fixed(grouped['median_abs_diff'])} (median) and at most "
+        f"{fmt_fixed(grouped['max_abs_diff'])}, paired difference stacked - sweep "
+        f"{fmt_signed(paired.get('mean_diff'))} [{fmt_signed(paired.get('ci_low'))}, "
+        f"{fmt_signed(paired.get('ci_high'))}] (p {fmt_p(paired.get('t_pvalue'))}); the group's "
+        f"mean {fmt_ci(grouped['mean_before'], grouped['half_before'])} became "
+        f"{fmt_ci(grouped['mean_after'], grouped['half_after'])}{speed} "
+        "(`python -m benchmark grouped`)"
+    )
+
+
 def report_provenance(
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
@@ -282,6 +326,7 @@ def report_provenance(
         peak_memory_text(runs),
         parallel_text(meta, runs),
         *(thread_check_text(c) for c in meta.get("thread_checks") or []),
+        *(grouped_check_text(c) for c in meta.get("grouped_checks") or []),
         results_version_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
