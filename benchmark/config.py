@@ -77,6 +77,7 @@ class RunConfig:
     train_limit: int | None = None
     eval_limit: int | None = None
     device: str = "cpu"
+    diagnostics: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
@@ -151,6 +152,9 @@ FIELD_HELP: dict[str, str] = {
     "train_limit": "use at most this many training inputs per task (quick runs); default all",
     "eval_limit": "evaluate on at most this many validation/test inputs per task; default all",
     "device": "cpu, cuda or auto (its kind, cpu or cuda, is part of the run id)",
+    "diagnostics": "after the last task, record why old tasks were kept or forgotten "
+    "(benchmark.diagnostics: the drift's exact and fitted Fisher quadratics per layer, hidden "
+    "feature drift, accuracy with the old output layer put back); sequential runs only",
 }
 
 
@@ -199,8 +203,9 @@ def validate(c: RunConfig) -> None:
         _fail("gamma", c.gamma, "a number in [0, 1]")
     if not _is_num(c.val_fraction) or not 0 < c.val_fraction < 1:
         _fail("val_fraction", c.val_fraction, "a number strictly between 0 and 1")
-    if not isinstance(c.reset_optimizer, bool):
-        _fail("reset_optimizer", c.reset_optimizer, "true or false")
+    for name in ("reset_optimizer", "diagnostics"):
+        if not isinstance(getattr(c, name), bool):
+            _fail(name, getattr(c, name), "true or false")
     for name in ("model_options", "estimator_options"):
         if not isinstance(getattr(c, name), dict):
             _fail(name, getattr(c, name), "a table of options")

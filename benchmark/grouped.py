@@ -60,6 +60,8 @@ def can_group(configs: Sequence[RunConfig]) -> str | None:
         return "they differ in more than lambda and seed"
     if METHODS[configs[0].method].joint:
         return "joint training has nothing to stack"
+    if configs[0].diagnostics:
+        return "diagnostics are measured by harness.run only (each run alone)"
     return None
 
 
@@ -174,7 +176,7 @@ def run_group(
 
     Raises:
         GroupError: the configs cannot be one group (differ in more than lambda and seed, joint
-            training, tasks of different sizes across seeds).
+            training, diagnostics on, tasks of different sizes across seeds).
     """
     why = can_group(configs)
     if why:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import provenance
+from . import diagnostics, provenance
 from .config import RESULTS_VERSION, RunConfig
 from .device import resolve_device, sync
 from .methods import METHODS, Regulariser
@@ -180,7 +180,9 @@ def run(
     ``on_task_end(t, model)`` is called after task t is trained and evaluated, before its
     curvature is fitted (e.g. to keep the weights for an offline study); it must not change
     the model. ``probe = False`` skips the per-step cost probe (``step_ms`` and ``penalty_ms``
-    are then None); the accuracies and losses are the same either way.
+    are then None); the accuracies and losses are the same either way. With
+    ``config.diagnostics`` a sequential run that finished gets ``record.diagnostics``
+    (``benchmark.diagnostics``), measured after its clock and peak memory were read.
     """
     started, t0 = provenance.now(), time.perf_counter()
     provenance.reset_peak_memory()
@@ -192,12 +194,16 @@ def run(
     )
     record = RunRecord(run_id=config.run_id, config=config.to_dict())
     record.tasks = [t.name for t in sequence.tasks]
-    if METHODS[config.method].joint:
+    joint = METHODS[config.method].joint
+    kept = diagnostics.Kept() if config.diagnostics and not joint else None
+    if joint:
         _run_joint(config, model, sequence, device, record)
     else:
-        _run_sequential(config, model, sequence, device, record, progress, on_task_end, probe)
+        _run_sequential(config, model, sequence, device, record, progress, on_task_end, probe, kept)
     record.total_seconds = time.perf_counter() - t0
     record.peak_rss_mb = provenance.peak_rss_mb()
+    if kept is not None and record.status == "ok":  # after the clock: not part of the run's cost
+        record.diagnostics = diagnostics.measure(model, sequence, kept, record, config.seed)
     record.provenance = {
         **provenance.machine(str(device)),
         "git_sha": provenance.git_sha(),
@@ -218,10 +224,17 @@ def _run_sequential(
     progress: bool,
     on_task_end: OnTaskEnd | None = None,
     probe: bool = True,
+    kept: diagnostics.Kept | None = None,
 ) -> None:
-    """Task after task: train, check, probe the step cost, evaluate, consolidate."""
+    """Task after task: train, check, probe the step cost, evaluate, consolidate.
+
+    ``kept`` (diagnostics on) receives the state after each task but the last, and the
+    curvatures fitted (``diagnostics.Kept``).
+    """
     build = METHODS[config.method].regulariser
     regulariser = build(config) if build is not None else None
+    if kept is not None:
+        kept.watch(config, regulariser)
     optimizer = make_optimizer(config.optimizer, config.lr, model)
     for t, task in enumerate(sequence.tasks):
         if t > 0 and config.reset_optimizer:
@@ -245,6 +258,8 @@ def _run_sequential(
         if on_task_end is not None:
             on_task_end(t, model)
         last = t == len(sequence.tasks) - 1
+        if kept is not None and not last:
+            kept.keep(model)
         consolidate(regulariser if not last else None, model, task, t, device, record)
 
 

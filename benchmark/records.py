@@ -39,7 +39,7 @@ READABLE_SCHEMAS = ("ewc-bench/run/1", SCHEMA)
 STATUSES = ("ok", "diverged", "failed")
 FAILURES = ("environment", "run")
 """Why a run failed: outside the run (retried on resume) or caused by its own configuration."""
-SETTINGS_ADDED_LATER: dict[str, Any] = {"model_options": {}}
+SETTINGS_ADDED_LATER: dict[str, Any] = {"model_options": {}, "diagnostics": False}
 """Run settings added after records were first written, with the default older records had.
 
 A record's config is completed with them when it is read (so old and new records of one run
@@ -83,6 +83,14 @@ class RunRecord:
         peak_rss_mb: peak resident memory of the process during the run (MiB), None if unknown.
         total_seconds: wall time of the whole run.
         provenance: git SHA, versions, hardware, device, command, start and end time.
+        diagnostics: with the run setting ``diagnostics`` on, what explains stability and
+            plasticity after the last task (``benchmark.diagnostics.measure``): ``plasticity``
+            and ``stability`` (last row of ``acc_test``), and per old task (keys ``"0"``,
+            ``"1"``, ...) the drift's exact and fitted Fisher quadratics per layer and in total,
+            the hidden features' relative drift, and the accuracy and margin with the task's
+            output layer put back; JSON numbers keyed by task index and layer (module) name.
+            None otherwise: setting off, a run that diverged, a joint run, and records made
+            before the field existed (they read with None).
     """
 
     run_id: str
@@ -105,6 +113,7 @@ class RunRecord:
     peak_rss_mb: float | None = None
     total_seconds: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] | None = None
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +140,8 @@ class RunRecord:
             matrix = data.get(name, [])
             if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
                 raise ValueError(f"{name} must be a list of rows")
+        if not isinstance(data.get("diagnostics"), (dict, type(None))):
+            raise ValueError("diagnostics must be an object (or null)")
         known = {f for f in cls.__dataclass_fields__}
         config = {**copy.deepcopy(SETTINGS_ADDED_LATER), **data["config"]}
         fields = {k: v for k, v in data.items() if k in known}

@@ -9,6 +9,7 @@ any method whose importance is a curvature object (``mas`` supplies another fit 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,9 @@ class CurvatureRegulariser:
         """``Curvature.summary`` of the curvature fitted last (for the record)."""
         self.last_trace: float | None = None
         """tr(F) of the curvature fitted last (for the record)."""
+        self.fitted: list[estimators.Curvature] | None = None
+        """When a list (``benchmark.diagnostics``), each fitted curvature is appended to it, as
+        fitted: a dense one as a copy, since the penalty merges later dense terms into it."""
 
     @property
     def active(self) -> bool:
@@ -73,6 +77,9 @@ class CurvatureRegulariser:
         self.last_structure = curvature.summary
         self.last_trace = float(curvature.trace())
         nbytes = curvature.nbytes  # before consolidate, which may merge it into another term
+        if self.fitted is not None:
+            dense = isinstance(curvature, estimators.DenseCurvature)
+            self.fitted.append(copy.deepcopy(curvature) if dense else curvature)
         self.penalty.consolidate(model, curvature)
         return nbytes
 

@@ -38,6 +38,7 @@ from ..outcomes import (
 )
 from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
 from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell, paired
+from .diagnostics import diagnostics_parts
 from .figures import figures_section, planned_figures
 from .format import (
     CONFIDENCE,
@@ -313,6 +314,7 @@ def results_section(runs: Sequence[Run]) -> str:
             if not any(network_facts(r.record.config)[1] for r in runs if r.sequence == seq):
                 heading = NO_BN_TEXT
             parts += ["", f"#### {heading}", "", results_table(runs, seq, bn)]
+            parts += diagnostics_parts(runs, seq, bn)
     return "\n".join(parts)
 
 
