@@ -84,14 +84,18 @@ EXECUTOR ?= process
 SCHEDULER ?=
 EXECUTOR_FLAGS := --executor $(EXECUTOR) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
-reproduce: data-check install  ## Default protocol: sweep (resumable) + pipeline + report + study -> reports/.
+# When make read this Makefile: `make reproduce`'s last step states the time from here to its end.
+REPRODUCE_START := $(shell date +%s)
+
+reproduce: data-check install  ## Default protocol: sweep (resumable) + checks + study + report -> reports/.
 	$(PY) -m benchmark reproduce --experiment default --data-root $(DATA_ROOT) $(DOWNLOAD_FLAG) \
 		--results $(RESULTS)/default --out reports --readme README.md --jobs $(JOBS) \
 		--group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 	$(PY) -m benchmark threads --results $(RESULTS)/default --data-root $(DATA_ROOT)
 	$(PY) -m benchmark grouped --results $(RESULTS)/default --data-root $(DATA_ROOT)
-	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md
 	$(MAKE) study
+	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md \
+		--started $(REPRODUCE_START)
 
 costs: install  ## What each estimator costs: `make timing` then `make scaling` (run on an idle machine).
 	$(MAKE) timing

@@ -103,3 +103,40 @@ def test_the_thread_count_is_restored(checked):
     before = torch.get_num_threads()
     grouped_check.measure(results, [7], 2, SECTION, METHOD)
     assert torch.get_num_threads() == before
+
+
+def test_the_end_to_end_time_is_stored_and_stated(checked, tmp_path, capsys):
+    from benchmark import clock
+
+    results, _ = checked
+    started = 1_700_000_000.0
+    data = clock.record(results, started, now=started + 3725.0)
+    assert data["seconds"] == 3725.0 and data["started"] == "2023-11-14T22:13:20+00:00"
+    assert clock.load(results) == data
+    text = build_report(results, tmp_path / "out").read_text()
+    assert "- End to end: `make reproduce` took 1 h 02 min 05 s" in text
+    assert "started 2023-11-14T22:13:20+00:00" in text
+    # through the command line: a bad --started is refused before anything is written
+    (results / clock.FILE).unlink()
+    out = str(tmp_path / "out2")
+    assert main(["report", "--results", str(results), "--out", out, "--started", "nan"]) == 2
+    assert "seconds since the epoch" in capsys.readouterr().err
+    assert main(["report", "--results", str(results), "--out", out, "--started", "9e12"]) == 2
+    assert "lies in the future" in capsys.readouterr().err
+    assert clock.load(results) is None
+    import time
+
+    assert (
+        main(["report", "--results", str(results), "--out", out, "--started", str(time.time() - 5)])
+        == 0
+    )
+    assert 0 < clock.load(results)["seconds"] < 600
+
+
+def test_an_unreadable_measurement_is_ignored(tmp_path):
+    from benchmark import clock
+
+    (tmp_path / clock.FILE).write_text("{not json")
+    assert clock.load(tmp_path) is None
+    (tmp_path / clock.FILE).write_text('{"seconds": "soon"}')
+    assert clock.load(tmp_path) is None

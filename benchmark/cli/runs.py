@@ -205,6 +205,14 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
         help="also copy the report's verdict into this README's verdict block "
         "(what `make report` and `make reproduce` do with README.md)",
     )
+    p.add_argument(
+        "--started",
+        type=float,
+        default=None,
+        help="when `make reproduce` started (seconds since the epoch, `date +%%s`): the report "
+        "states the time from then to now as its end-to-end time and stores it in "
+        "<results>/reproduce.json (what `make reproduce`'s last step does)",
+    )
     p.set_defaults(func=cmd_report, subparser=p)
     p = sub.add_parser("experiments", help="list the built-in experiments")
     p.set_defaults(func=cmd_experiments, subparser=p)
@@ -342,6 +350,13 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     require_folders({"--out": args.out})
     if args.readme:
         _readme(args)
+    if args.started is not None:
+        from .. import clock
+
+        try:
+            clock.record(results, args.started)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     meta = load_meta(results)
     path = build_report(results, Path(args.out), selection_seeds=selection_seeds_of(meta))
     print(f"wrote {path}")

@@ -30,6 +30,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from .. import clock
 from ..errors import UserError
 from ..grouped_check import load_checks as load_grouped_checks
 from ..outcomes import load_meta, load_pipeline, load_records, summarise
@@ -104,6 +105,7 @@ def build_report(
         **meta_all,
         "thread_checks": load_checks(results_dir, runs),
         "grouped_checks": load_grouped_checks(results_dir, runs),
+        "end_to_end": clock.load(results_dir),
     }
     pipeline = load_pipeline(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

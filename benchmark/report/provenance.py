@@ -273,6 +273,19 @@ def thread_check_text(check: dict[str, Any]) -> str:
     )
 
 
+def end_to_end_text(measured: dict[str, Any]) -> str:
+    """``make reproduce``'s measured end-to-end time (``benchmark.clock``) as a list item."""
+    sha = (measured.get("git_sha") or "unknown")[:7]
+    cpu = f" on {measured['cpu']}, {measured['cores']} cores" if measured.get("cpu") else ""
+    return (
+        f"- End to end: `make reproduce` took {fmt_duration(measured['seconds'])}{cpu} "
+        f"(started {measured.get('started')}, finished {measured.get('finished')}, commit {sha}): "
+        "from make's start (install and data check included) through the sweep, the thread and "
+        "grouped checks and the study to this report's last build; an invocation that reuses "
+        "records measures only its own work (see the invocations above)"
+    )
+
+
 def grouped_check_text(check: dict[str, Any]) -> str:
     """One measured effect of grouped training (``benchmark.grouped_check``) as a list item."""
     alone, grouped, size = check["alone"], check["grouped"], check["size"]
@@ -327,6 +340,7 @@ def report_provenance(
         parallel_text(meta, runs),
         *(thread_check_text(c) for c in meta.get("thread_checks") or []),
         *(grouped_check_text(c) for c in meta.get("grouped_checks") or []),
+        *([end_to_end_text(meta["end_to_end"])] if meta.get("end_to_end") else []),
         results_version_text(runs),
         *_protocol_lines(meta.get("protocol") or meta.get("notes") or meta.get("protocol_notes")),
         f"- Lambda: chosen per group (sequence, method, bn and every other setting) on the "
