@@ -227,9 +227,12 @@ def _validate_method(c: RunConfig) -> None:
             _fail(
                 "mode",
                 c.mode,
-                f"online accumulation needs identity, diag or dense full curvature; "
-                f"{c.estimator} is not (use mode = 'separate')",
+                f"online accumulation is not defined for {c.estimator}: "
+                f"{estimators.online_refusal(c.estimator, **c.estimator_options)} (or use "
+                "mode = 'separate')",
             )
+        if c.mode != "online" and c.estimator_options.get("online_rule") is not None:
+            _fail("estimator_options", c.estimator_options, "online_rule only with mode = 'online'")
     elif c.estimator is not None:
         _fail("estimator", c.estimator, f"method {c.method!r} takes no estimator")
     if c.estimator_options and not method.takes_estimator:

@@ -27,6 +27,7 @@ from .identity import IdentityCurvature
 from .kfac import KFACCurvature, KFACDiagCurvature
 from .layout import ParamLayout
 from .lowrank import LowRankDiagCurvature
+from .online_sum import SumCurvature
 from .penalty import EWC
 from .registry import Declaration, Registry
 from .stacking import StackedPenalty
@@ -105,6 +106,7 @@ __all__ = [
     "LowRankDiagCurvature",
     "ParamLayout",
     "StackedPenalty",
+    "SumCurvature",
     "declare",
     "make",
     "names",

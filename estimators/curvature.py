@@ -55,16 +55,26 @@ class Curvature(ABC):
         inner_cost: rank of the structure's ``_inner`` closed form, cheapest first; ``inner``
             asks the cheaper side first.
         online_refusal: why curvatures of this structure never add (online EWC), or None.
+        online_rule: how this curvature combines with later tasks' in online EWC (the
+            ``online_rule`` option of ``kfac-*``/``ekfac-*``, see ``kfac_online``), or None:
+            structures that add exactly need none, and ``EWC`` refuses one in separate mode.
     """
 
     structure: str = ""
     is_diagonal: ClassVar[bool] = False
     inner_cost: ClassVar[int] = 100
     online_refusal: ClassVar[str | None] = None
+    online_rule: str | None = None
 
     def __init__(self, layout: ParamLayout, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.layout = layout
         self.memory_budget = memory_budget
+
+    def allow_online(self, rule: str | None) -> None:
+        """Record the fit's ``online_rule``; with one, this curvature adds online (no refusal)."""
+        self.online_rule = rule
+        if rule is not None:
+            self.online_refusal = None  # type: ignore[misc] (the structure's default, per object)
 
     # -- what a representation implements ---------------------------------------------------
     @abstractmethod

@@ -36,6 +36,9 @@ Kronecker layers only (no rest diagonal, no ``torch.func`` rows) and accumulates
 use the same label columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records the
 labels it draws in the first pass (``mc_samples`` integers per input) and replays them in the
 second, so the generator (or the global RNG) advances exactly as one ``kfac-mc`` fit does.
+
+Online EWC takes ``online_rule = 'sum'`` only (per-task terms, ``online_sum``): the other rules
+of ``kfac_online`` combine factors, and s belongs to one task's eigenbasis.
 """
 
 from __future__ import annotations
@@ -59,10 +62,11 @@ from .layers.conv2d import Conv2dRule
 from .layers.linear import LinearRule
 from .layout import ParamLayout
 from .linalg import eigh
-from .registry import GridStructure, never_online
+from .online_sum import add_terms, sum_only_check, sum_only_online
+from .registry import GridStructure
 
 EKFAC_REFUSAL = "fits in different eigenbases do not sum to one eigen-corrected Kronecker product"
-"""Why EKFAC curvatures are not accumulated online."""
+"""Why EKFAC curvatures are not accumulated online without ``online_rule = 'sum'``."""
 
 WORK_BYTES = 64 * 1024**2
 """Bytes of projected per-input gradient matrices built at once (Conv2d and generic layers)."""
@@ -119,11 +123,17 @@ class EKFACCurvature(Curvature):
         rest_index: torch.Tensor,
         rest_diag: torch.Tensor,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        online_rule: str | None = None,
     ) -> None:
         super().__init__(layout, memory_budget)
         self.blocks = blocks
         self.rest_index = rest_index
         self.rest_diag = rest_diag
+        self.allow_online(online_rule)
+
+    def _add(self, other: Curvature, decay: float) -> Curvature | NotImplementedType:
+        """With ``online_rule = 'sum'``: both fits as terms of a sum (``online_sum.add_terms``)."""
+        return add_terms(self, other, decay)
 
     def _matmat(self, m: torch.Tensor) -> torch.Tensor:
         rows = m.T.contiguous()  # [k, P]: each block's entries are contiguous within a row
@@ -403,9 +413,9 @@ class EKFACAccumulator(KFACAccumulator):
         index = torch.cat(
             [torch.arange(s.start, s.stop) for s in rest] or [torch.zeros(0, dtype=torch.long)]
         ).to(self.layout.device)
-        return EKFACCurvature(
-            self.layout, blocks, index, self.flat[index].clone(), self.options["memory_budget"]
-        )
+        budget = self.options["memory_budget"]
+        rest, rule = self.flat[index].clone(), self.options.get("online_rule")
+        return EKFACCurvature(self.layout, blocks, index, rest, budget, rule)
 
 
 class ReplayedSamples(MonteCarlo):
@@ -479,7 +489,9 @@ DECLARATION = GridStructure(
     "ekfac",
     EKFACAccumulator,
     ("exact", "mc", "empirical"),
-    online=never_online(EKFAC_REFUSAL),
+    options=("online_rule",),
+    online=sum_only_online(EKFAC_REFUSAL),
     estimator=EKFACEstimator,
+    check=sum_only_check("ekfac", "its diagonal s lives in each task's own eigenbasis Q_G (x) Q_A"),
 )
-"""``ekfac-*``: the label modes of KFAC, never online."""
+"""``ekfac-*``: the label modes of KFAC; online with ``online_rule = 'sum'`` only."""

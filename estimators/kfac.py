@@ -30,6 +30,10 @@ Variants for ablations (options; every one keeps the exact diagonal outside its 
   e.g. ``'1'`` or ``'trunk.0'``) or by group: ``all`` (default: every Linear/Conv2d that runs once
   per forward), ``output`` (the one the forward runs last: the layer that outputs the logits),
   ``hidden`` (the others that run). Every other parameter gets its exact diagonal.
+
+Online EWC (``online_rule``: ``sum``, ``n-weighted``, ``balanced`` or ``nearest``; see
+``kfac_online``) says how the fits of successive tasks combine; without it KFAC curvatures refuse
+to add (``factors = 'diag'`` adds exactly, as any diagonal, and takes no rule).
 """
 
 from __future__ import annotations
@@ -46,13 +50,17 @@ from .diag import DiagCurvature, add_diagonal
 from .estimator import Accumulator
 from .fitting import Capture, Plan, PlannedLayer
 from .full import DenseCurvature
+from .kfac_online import OnlineState, combine
 from .layers.base import KroneckerSums
 from .layout import ParamLayout
 from .options import LAYER_GROUPS
 from .registry import GridStructure
 
-KFAC_REFUSAL = "a sum of Kronecker products is not a Kronecker product"
-"""Why KFAC curvatures are not accumulated online."""
+KFAC_REFUSAL = (
+    "a sum of Kronecker products is not a Kronecker product; pass online_rule (sum, n-weighted, "
+    "balanced or nearest) to choose how tasks combine"
+)
+"""Why KFAC curvatures fitted without ``online_rule`` are not accumulated online."""
 
 
 @dataclass
@@ -97,7 +105,11 @@ class KroneckerBlock:
 
 
 class KFACCurvature(Curvature):
-    """Kronecker blocks plus an exact diagonal over the remaining parameters."""
+    """Kronecker blocks plus an exact diagonal over the remaining parameters.
+
+    ``online_rule`` (a fit's option, see ``kfac_online``) lets it add online; ``n_inputs`` is the
+    number of inputs it was fitted on and ``online_state`` what a combination of tasks keeps.
+    """
 
     structure = "kfac"
     inner_cost = 2
@@ -111,6 +123,9 @@ class KFACCurvature(Curvature):
         rest_diag: torch.Tensor,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         variant: str = "",
+        online_rule: str | None = None,
+        n_inputs: int | None = None,
+        online_state: OnlineState | None = None,
     ) -> None:
         super().__init__(layout, memory_budget)
         self.blocks = blocks
@@ -118,11 +133,15 @@ class KFACCurvature(Curvature):
         self.rest_diag = rest_diag
         self.variant = variant
         """The options that made it, when not the defaults (``a-diag blocks 1,4``)."""
+        self.allow_online(online_rule)
+        self.n_inputs = n_inputs
+        self.online_state = online_state
 
     @property
     def summary(self) -> str:
-        """``kfac``, or ``kfac <variant>`` for the ablation options."""
-        return f"kfac {self.variant}" if self.variant else "kfac"
+        """``kfac``, ``kfac <variant>`` for the ablation options, then ``online <rule>``."""
+        parts = ["kfac", self.variant, f"online {self.online_rule}" if self.online_rule else ""]
+        return " ".join(p for p in parts if p)
 
     def _matmat(self, m: torch.Tensor) -> torch.Tensor:
         rows = m.T.contiguous()  # [k, P]: each block's entries are contiguous within a row
@@ -187,10 +206,17 @@ class KFACCurvature(Curvature):
 
     @property
     def nbytes(self) -> int:
-        """Both factors of every block, the rest's diagonal and its index."""
+        """Both factors of every block, the rest's diagonal and its index (and kept factors)."""
         tensors = [t for blk in self.blocks for t in (blk.A, blk.G)]
         tensors += [self.rest_diag, self.rest_index]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        kept = self.online_state.nbytes if self.online_state is not None else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + kept
+
+    def _add(self, other: Curvature, decay: float) -> Curvature | NotImplementedType:
+        """``decay * self + other`` by the fits' ``online_rule`` (``kfac_online.combine``)."""
+        if self.online_rule is None or not isinstance(other, KFACCurvature):
+            return NotImplemented
+        return combine(self, other, decay)
 
     def frobenius_sq(self) -> float:
         r""":math:`\sum_b \|G_b\|_F^2 \|A_b\|_F^2 + \sum_{rest} f_i^2`."""
@@ -366,7 +392,14 @@ class KFACAccumulator(Accumulator):
         )
         index = index.to(self.layout.device)
         return KFACCurvature(
-            self.layout, blocks, index, self.flat[index].clone(), budget, self._variant()
+            self.layout,
+            blocks,
+            index,
+            self.flat[index].clone(),
+            budget,
+            self._variant(),
+            online_rule=self.options.get("online_rule"),
+            n_inputs=self.n_total,
         )
 
     def _variant(self) -> str:
@@ -379,15 +412,30 @@ class KFACAccumulator(Accumulator):
 
 
 def online_rule(options: Mapping[str, Any]) -> str | None:
-    """Only ``factors = 'diag'`` adds online: its curvature is diagonal."""
-    return None if options["factors"] == "diag" else KFAC_REFUSAL
+    """Online with an ``online_rule``, or with ``factors = 'diag'`` (a diagonal curvature)."""
+    return None if options["factors"] == "diag" or options["online_rule"] else KFAC_REFUSAL
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """``online_rule`` needs Kronecker factors: ``factors = 'diag'`` has none to combine.
+
+    Raises:
+        ValueError: both given, saying why and what to do.
+    """
+    if options["online_rule"] is not None and options["factors"] == "diag":
+        raise ValueError(
+            f"option 'online_rule' ({options['online_rule']!r}) combines Kronecker factors, and "
+            "factors='diag' makes a diagonal curvature, which adds online exactly with no rule: "
+            "leave online_rule unset, or use factors full, a-diag, g-diag or a-only"
+        )
 
 
 DECLARATION = GridStructure(
     "kfac",
     KFACAccumulator,
     ("exact", "mc", "empirical"),
-    options=("factors", "layers"),
+    options=("factors", "layers", "online_rule"),
     online=online_rule,
+    check=check_options,
 )
-"""``kfac-*``: never online, but for the diagonal variant (``factors = 'diag'``)."""
+"""``kfac-*``: online with an ``online_rule`` (``kfac_online``) or ``factors = 'diag'``."""

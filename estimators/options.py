@@ -76,6 +76,20 @@ def _output_curvature(name: str, value: Any) -> str:
     return value
 
 
+ONLINE_RULES = ("sum", "n-weighted", "balanced", "nearest")
+"""``online_rule`` of ``kfac-*`` (all four) and ``ekfac-*`` (``sum``): how online EWC combines
+the tasks' Kronecker factors (see ``kfac_online``); None (the default): no online mode."""
+
+
+def _online_rule(name: str, value: Any) -> str | None:
+    if value is not None and value not in ONLINE_RULES:
+        raise ValueError(
+            f"option {name!r} must be one of {', '.join(ONLINE_RULES)} (or None: no online "
+            f"mode); got {value!r}"
+        )
+    return value
+
+
 def _factors(name: str, value: Any) -> str:
     if value not in KFAC_FACTORS:
         raise ValueError(f"option {name!r} must be one of {', '.join(KFAC_FACTORS)}; got {value!r}")
@@ -134,6 +148,12 @@ OPTIONS: dict[str, Option] = {
         _layers,
         "kfac: layers with Kronecker blocks (module names, 'all', 'hidden', 'output'); "
         "exact diagonal elsewhere",
+    ),
+    "online_rule": Option(
+        None,
+        _online_rule,
+        "kfac/ekfac online EWC: how tasks' factors combine: 'sum', 'n-weighted', 'balanced', "
+        "'nearest' (ekfac: 'sum'); None: separate mode only",
     ),
 }
 

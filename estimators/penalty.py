@@ -97,12 +97,19 @@ class EWC:
         (``old.add(new, gamma)``) and the anchor moves to the current parameters.
 
         Raises:
-            ValueError: the curvature's parameters are not the model's (names or shapes).
-            NotImplementedError: online mode with a structure that cannot be added (KFAC,
-                low-rank factors), saying why.
+            ValueError: the curvature's parameters are not the model's (names or shapes), or
+                separate mode with a curvature fitted with an ``online_rule``.
+            NotImplementedError: online mode with a structure that cannot be added (KFAC or
+                EKFAC without ``online_rule``, low-rank factors), saying why.
         """
         params = _named(model)
         _check(params, curvature)
+        if self.mode == "separate" and curvature.online_rule is not None:
+            raise ValueError(
+                f"the curvature was fitted with online_rule={curvature.online_rule!r}, which says "
+                "how online mode combines tasks; separate mode keeps one term per task: use "
+                "mode='online', or fit without online_rule"
+            )
         anchor = {n: params[n].detach().clone() for n in curvature.layout.names}
         if self.mode == "online" and self.terms:
             curvature = self.terms[0][1].add(curvature, self.gamma)

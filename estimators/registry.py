@@ -29,6 +29,9 @@ from .options import OPTIONS, resolve
 OnlineRule = Callable[[Mapping[str, Any]], "str | None"]
 """Resolved options -> None when online accumulation is defined, else the reason why not."""
 
+OptionCheck = Callable[[Mapping[str, Any]], None]
+"""Resolved options -> None, or a ValueError for a combination of options the structure refuses."""
+
 Factory = Callable[[str, dict[str, Any]], Estimator]
 """``(name, resolved options) -> Estimator``."""
 
@@ -57,6 +60,7 @@ class Entry:
     factory: Factory
     options: tuple[str, ...]
     online: OnlineRule
+    check: OptionCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class GridStructure:
         online: the online rule.
         estimator: the ``GridEstimator`` class that fits it (a subclass for structures that
             need more than one pass over the inputs: EKFAC, low-rank).
+        check: refuses combinations of valid options (``make`` and ``online_refusal`` call it
+            after each option was validated alone), or None.
     """
 
     name: str
@@ -79,6 +85,7 @@ class GridStructure:
     options: tuple[str, ...] = ()
     online: OnlineRule = always_online
     estimator: type[GridEstimator] = GridEstimator
+    check: OptionCheck | None = None
 
     def entries(self) -> dict[str, Entry]:
         """``structure-mode`` for each mode, with options base + mode's + structure's.
@@ -97,7 +104,7 @@ class GridStructure:
     def _entry(self, mode: type[LabelMode]) -> Entry:
         allowed = BASE_OPTIONS + mode.options + self.options
         build = partial(_grid_estimator, self.estimator, self.accumulator, mode)
-        return Entry(build, allowed, self.online)
+        return Entry(build, allowed, self.online, self.check)
 
 
 def _grid_estimator(
@@ -175,12 +182,20 @@ class Registry:
     def make(self, name: str, **opts: Any) -> Estimator:
         """The estimator called ``name``, configured by ``opts``."""
         entry = self._entry(name)
-        return entry.factory(name, resolve(name, entry.options, opts))
+        return entry.factory(name, self._resolve(name, entry, opts))
 
     def online_refusal(self, name: str, **opts: Any) -> str | None:
         """Why ``name`` with ``opts`` cannot be accumulated online, or None when it can."""
         entry = self._entry(name)
-        return entry.online(resolve(name, entry.options, opts))
+        return entry.online(self._resolve(name, entry, opts))
+
+    @staticmethod
+    def _resolve(name: str, entry: Entry, opts: dict[str, Any]) -> dict[str, Any]:
+        """Each option validated (``options.resolve``), then their combination (``check``)."""
+        resolved = resolve(name, entry.options, opts)
+        if entry.check is not None:
+            entry.check(resolved)
+        return resolved
 
     def _entry(self, name: str) -> Entry:
         """The entry of ``name``; an unknown name fails listing the valid ones."""

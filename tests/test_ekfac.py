@@ -291,7 +291,7 @@ def test_nbytes_and_memory_budget():
     with pytest.raises(FisherMemoryError, match="ekfac curvature"):
         curv.dense()
     assert list(estimators.options("ekfac-mc")) == [
-        "forward", "chunk_size", "memory_budget", "mc_samples", "generator",
+        "forward", "chunk_size", "memory_budget", "mc_samples", "generator", "online_rule",
     ]  # fmt: skip
 
 

@@ -78,8 +78,8 @@ def parse_label(label: str, options: Mapping[str, Any] | None = None) -> dict[st
     """``'ewc kfac-mc'`` -> ``{method: ewc, estimator: kfac-mc, mode: separate}``; ``mas-online``.
 
     After the estimator, ``key=value`` tokens set the ``LABEL_OPTIONS``: ``rank`` (an integer),
-    ``factors`` and ``output_curvature`` (words), ``layers`` (names separated by commas, a list):
-    ``'ewc lowrank-exact rank=50'`` adds ``estimator_options = {rank: 50}``,
+    ``factors``, ``output_curvature`` and ``online_rule`` (words), ``layers`` (names separated
+    by commas, a list): ``'ewc lowrank-exact rank=50'`` adds ``estimator_options = {rank: 50}``,
     ``'ewc kfac-exact factors=a-diag layers=hidden'`` adds ``{factors: 'a-diag', layers:
     ['hidden']}``, on top of ``options`` (the estimator options set elsewhere, e.g. a study's
     memory budget). The estimator validates the values (``estimators.make``).
@@ -107,6 +107,7 @@ LABEL_VALUES = {
     "factors": (lambda v: v or None, "a word"),
     "layers": (lambda v: v.split(",") if v and "" not in v.split(",") else None, "names a,b"),
     "output_curvature": (lambda v: v or None, "a word"),
+    "online_rule": (lambda v: v or None, "a word"),
 }
 """``LABEL_OPTIONS`` -> (parse the text after ``=``, None when malformed; what it takes)."""
 

@@ -45,10 +45,12 @@ class Regulariser(Protocol):
         """Per-step hook, after the optimizer's step (path-integral methods accumulate here)."""
 
 
-LABEL_OPTIONS = ("rank", "factors", "layers", "output_curvature")
+LABEL_OPTIONS = ("rank", "factors", "layers", "output_curvature", "online_rule")
 """Estimator options that are part of a method's label (they change the structure itself):
 ``rank`` of ``lowrank-*``, ``factors`` and ``layers`` of ``kfac-*`` (the ablation variants),
-``output_curvature`` of ``full-exact`` (the averaged-output-curvature control)."""
+``output_curvature`` of ``full-exact`` (the averaged-output-curvature control), ``online_rule``
+of ``kfac-*``/``ekfac-*`` (how online EWC combines tasks: ``ewc-online kfac-exact
+online_rule=nearest``)."""
 
 
 def label_value(value: Any) -> str:
