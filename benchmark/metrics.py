@@ -353,3 +353,29 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+UNIFORM_BIMODALITY = 5 / 9
+"""Sarle's bimodality coefficient of the uniform distribution: above it, possibly bimodal."""
+
+
+def bimodality_coefficient(values: Iterable[float | None]) -> float | None:
+    r"""Sarle's bimodality coefficient of a sample (one number per seed).
+
+    .. math:: b = \frac{g^2 + 1}{k + \frac{3 (n-1)^2}{(n-2)(n-3)}}
+
+    with :math:`g` the bias-corrected sample skewness and :math:`k` the bias-corrected sample
+    excess kurtosis (``scipy.stats.skew`` / ``kurtosis`` with ``bias=False``). b lies in (0, 1];
+    the uniform distribution has 5/9 (``UNIFORM_BIMODALITY``), a normal one 1/3, and a sample
+    split between two separated values tends to 1: b above 5/9 flags a possibly bimodal sample.
+
+    Returns:
+        b, or None for fewer than 4 values (None and NaN dropped) or zero variance.
+    """
+    xs = np.array(_finite(values))
+    n = len(xs)
+    if n < 4 or np.all(xs == xs[0]):
+        return None
+    g = float(stats.skew(xs, bias=False))
+    k = float(stats.kurtosis(xs, fisher=True, bias=False))
+    return (g**2 + 1) / (k + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3)))

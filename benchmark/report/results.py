@@ -1,6 +1,7 @@
 """REPORT.md's text and runs.csv: pure functions of the runs (``outcomes.summarise``) and metadata.
 
-Sections, in order: the verdict (``verdict``), provenance (``provenance.report_provenance``),
+Sections, in order: the verdict (``verdict``), the Kronecker-ablation finding where KFAC
+variants ran (``ablation``), provenance (``provenance.report_provenance``),
 the tutorial reproduction table, per-sequence results with 95% confidence intervals over seeds
 and paired tests against ``ewc diag-exact`` (Holm-adjusted per table), the chosen lambdas, the
 cost table, and the figures (``figures``).
@@ -37,6 +38,7 @@ from ..outcomes import (
     task_orders,
 )
 from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
+from .ablation import finding_section
 from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell, paired
 from .diagnostics import diagnostics_parts
 from .figures import figures_section, planned_figures
@@ -388,6 +390,7 @@ def render_markdown(
         sections.append(str(meta["description"]))
     sections += [
         verdict_section(runs),
+        finding_section(runs, meta),
         report_provenance(meta, pipeline, runs, selection_seeds),
         tutorial_section(runs),
         results_section(runs),

@@ -120,7 +120,7 @@ def _compare(seq: str, bn: str, label: str, mine: list[Run], ref: list[Run]) -> 
     )
 
 
-def _sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
+def report_sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
     """``(section, bn, shown bn)`` of every section and mode (shown: '' without BatchNorm)."""
     out = []
     for seq in sequences(runs):
@@ -132,7 +132,7 @@ def _sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
 def comparisons(runs: Sequence[Run]) -> list[Comparison]:
     """Every method against the reference, in report order, with Holm-adjusted p-values."""
     found = []
-    for seq, bn, shown in _sections(runs):
+    for seq, bn, shown in report_sections(runs):
         ref = selected(runs, seq, bn, REFERENCE)
         if not any(r.ok for r in ref):
             continue
@@ -161,7 +161,7 @@ def interval(test: dict[str, Any], digits: int = 3) -> str:
 def not_compared(runs: Sequence[Run]) -> list[str]:
     """``method on section (why)`` for every EWC method the verdict could not compare."""
     out = []
-    for seq, bn, shown in _sections(runs):
+    for seq, bn, shown in report_sections(runs):
         where = f"{seq} (bn = {shown})" if shown else seq
         ref_ok = any(r.ok for r in selected(runs, seq, bn, REFERENCE))
         for label in filter(_is_compared, method_labels(runs, seq, bn)):
