@@ -48,6 +48,7 @@ def test_parts_and_rows(study):
         "convergence-mc",
         "batched-bias",
         "sweep-network",
+        "F",
     }
     truth = {name: r for (name, _), r in _part(study, "ground-truth", "mlp-16").items()}
     assert truth["full-exact"]["rel_frobenius"] == pytest.approx(0.0, abs=1e-3)
@@ -65,7 +66,7 @@ def test_parts_and_rows(study):
     batched = {r["batch_size"]: r["ratio_to_empirical"] for r in _rows(study, "batched-bias")}
     assert batched[1] == pytest.approx(1.0)  # batch size 1 is the empirical Fisher
     assert batched[max(batched)] < batched[1]
-    assert set(study["parts"]) == {"A", "B-C", "D", "E"}
+    assert set(study["parts"]) == {"A", "B-C", "D", "E", "F"}
     assert all(p["seconds"] > 0 and p["started"] <= p["finished"] for p in study["parts"].values())
 
 
@@ -286,3 +287,28 @@ def test_report_builds_with_a_results_folder(study, tmp_path):
     assert (tmp_path / "out" / "figures" / "study_link.png").read_bytes()[:4] == b"\x89PNG"
     empty = write_study(study, tmp_path / "empty", str(tmp_path / "nowhere")).read_text()
     assert "Part E's outcomes: none joined." in empty and "### The link to forgetting" in empty
+
+
+def test_part_f_online_rules(study, tmp_path):
+    """Each rule's error after T tasks equals ``rule_errors`` on the same fits; sum is exact."""
+    from benchmark.study.online_part import DECAY, online_config, task_fits
+    from benchmark.study.online_rules import rule_errors
+
+    rows = _rows(study, "F")
+    facts = study["online_rules"]
+    assert facts["tasks"] == QUICK["online_tasks"] and facts["decays"] == [1.0, DECAY]
+    assert {(r["tasks"], r["decay"]) for r in rows} == {(2, 1.0), (3, 1.0), (2, DECAY), (3, DECAY)}
+    train = protocol("default", "mlp", {"hidden": 16}, QUICK_NETWORK).train
+    fits, _ = task_fits(online_config(train, QUICK["online_tasks"]), None)
+    again = rule_errors(fits, DECAY)  # the same seeded training and inputs: the same numbers
+    for r in rows:
+        if r["tasks"] == 3 and r["decay"] == DECAY:
+            assert r["rel_frobenius"] == pytest.approx(again[r["rule"]], rel=1e-6, abs=1e-9)
+    errors = {r["rule"]: r["rel_frobenius"] for r in rows if (r["tasks"], r["decay"]) == (3, 1.0)}
+    assert errors["sum"] < 1e-5 and 0 < errors["nearest"] <= errors["n-weighted"] + 1e-9
+    text = write_study(study, tmp_path).read_text()
+    assert "## F. Online KFAC: each rule against the exact online sum" in text
+    assert "- Online KFAC (part F): after 3 tasks of permuted-mnist at decay 1" in text
+    with open(tmp_path / "study.csv") as f:
+        csv_rows = [r for r in csv.DictReader(f) if r["part"] == "F"]
+    assert len(csv_rows) == len(rows) and {r["rule"] for r in csv_rows} == set(errors)

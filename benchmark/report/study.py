@@ -1,9 +1,9 @@
-"""STUDY.md, study.csv and study.json (the figures and the link: ``study_figures``).
+"""STUDY.md, study.csv and study.json (figures, link: ``study_figures``; F: ``study_online``).
 
-Built from the study's output (``benchmark.study.run_study``) and, for part E's link to
-forgetting, the sweep's run records (``study_figures.sweep_link``). The header says which run of
-which code produced each part's numbers: the study's own run for parts A-D and part E's metrics,
-the sweep's records (their git SHAs, counted) and ``sweep.json`` for the outcomes joined in E.
+From the study's output (``benchmark.study.run_study``) and, for part E's link to forgetting, the
+sweep's run records (``study_figures.sweep_link``). The header says which run of which code made
+each part's numbers: the study's own run for parts A-D, E's metrics and F, the sweep's records
+(their git SHAs, counted) and ``sweep.json`` for the outcomes joined in E.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from .study_figures import (
     sweep_link,
     write_figures,
 )
+from .study_online import online_findings, online_section
 
 COLUMNS = (
     "part", "model", "estimator", "rank", "n_inputs", "inputs", "seed", "mc_samples", "against",
     "batch_size", "rel_frobenius", "scale_free_error", "rel_trace", "top_eigenvalue_ratio",
     "overlap_topk", "drift_penalty_error", "random_penalty_error", "top20_error", "top200_error",
     "top200_error_rescaled", "flat_share_200", "trace", "ratio_to_empirical", "fit_seconds",
-    "nbytes",
+    "nbytes", "rule", "tasks", "decay",
 )  # fmt: skip
 TRUTH_COLUMNS = (
     ("rel_frobenius", False), ("scale_free_error", False), ("rel_trace", True),
@@ -195,7 +196,7 @@ def header(study: dict[str, Any], link: dict[str, Any]) -> str:
         "",
         command_item(prov.get("command")),
         f"- Machine: {machine_text(prov, STUDY_MACHINE_PARTS)}; {libraries_text(prov)}",
-        f"- Parts A-D and part E's metrics: this run of the study, {git_text(prov.get('git_sha'))}"
+        f"- Parts A-D, E's metrics and F: this run of the study, {git_text(prov.get('git_sha'))}"
         f"; started {study['started']}, finished {study['finished']} "
         f"({study['duration_seconds'] / 60:.1f} min" + (f"; {times})" if times else ")"),
     ]
@@ -244,14 +245,13 @@ def render(study: dict[str, Any], link: dict[str, Any], figures: Sequence[tuple[
     parts += [convergence_section(study), batched_section(study)]
     if study.get("sweep_network"):
         parts += [network_section(study), link_section(study, link)]
+    parts += [online_section(study)] if study.get("online_rules") else []
     return "\n\n".join([*parts, "## Figures", figs]) + "\n"
 
 
 def _row(rows: Sequence[dict[str, Any]], part: str, name: str, model: str | None = None) -> dict:
-    for r in rows:
-        if r["part"] == part and r["estimator"] == name and (model is None or r["model"] == model):
-            return r
-    return {}
+    found = (r for r in rows if (r["part"], r["estimator"]) == (part, name))
+    return next((r for r in found if model in (None, r["model"])), {})
 
 
 def structure_findings(study: dict[str, Any]) -> list[str]:
@@ -316,7 +316,7 @@ def findings(study: dict[str, Any], link: dict[str, Any]) -> str:
     lines += structure_findings(study)
     lines += spectrum_findings(study)
     lines += batched_findings(study)
-    lines += network_findings(study, link)
+    lines += network_findings(study, link) + online_findings(study)
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ grows. Part D: the bias of the legacy ``diag-batched`` estimator, as its ratio t
 (``sweep_network``): every estimator the sweep ran on its main comparison's network (the MLP
 784-16-16-10 of ``experiment``), with the sweep's settings, against the exact dense Fisher on the
 sweep's own inputs, and that reference's own noise from a disjoint draw; STUDY.md joins its
-metrics with the sweep's outcomes (``benchmark.report.study``).
+metrics with the sweep's outcomes (``benchmark.report.study``). Part F (``online_part``): each
+online KFAC rule against the exact online sum of the tasks' Kronecker blocks, on that network.
 
 Each part returns plain rows (dicts) that ``benchmark.report.study`` turns into ``study.csv``,
 STUDY.md and figures; ``run_study`` times each part.
@@ -38,6 +39,7 @@ from .. import provenance
 from ..config import RunConfig
 from ..seeds import generator
 from . import approx
+from .online_part import online_rules_part
 from .sweep_network import protocol, sweep_network, train_network
 
 BIG_BUDGET = 16 * 1024**3
@@ -80,6 +82,7 @@ class StudyConfig:
     network_options: dict[str, Any] = field(default_factory=lambda: {"hidden": 16})
     network_overrides: dict[str, Any] = field(default_factory=dict)
     results: str | None = "results/default"
+    online_tasks: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +102,7 @@ QUICK = {
     "batched_n": 120,
     "tutorial_epochs": 1,
     "network_overrides": {"model_options": {"hidden": 4}, "epochs": 1, "fisher_samples": 20},
+    "online_tasks": 3,
 }
 
 
@@ -354,7 +358,7 @@ def timed(times: dict[str, dict[str, Any]], part: str) -> Iterator[None]:
 def _steps(cfg: StudyConfig, fits: int) -> int:
     """Progress steps: per model A's training, reference and estimators; B, C; D; E's."""
     models = 1 + len(cfg.extra_models)
-    return models * (2 + len(ALL)) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS) + 4 + fits
+    return models * (2 + len(ALL)) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS) + 5 + fits
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
@@ -394,12 +398,16 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     with timed(times, "E"):
         network = sweep_network(proto, cfg.root, bar)
         rows += network["rows"]
+    with timed(times, "F"):
+        online = online_rules_part(proto.train, cfg.root, bar, cfg.online_tasks)
+        rows += online["rows"]
     progress.close()
     return {
         "config": cfg.to_dict(),
         "rows": rows,
         "ground_truth": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in truth.items()},
         "sweep_network": network["facts"],
+        "online_rules": online["facts"],
         "parameters": {
             **{m: t["parameters"] for m, t in truth.items()},
             "tutorial-mlp": tutorial_parameters,
