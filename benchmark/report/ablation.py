@@ -403,9 +403,10 @@ def place_parts(
     for family in families(place):
         lines += factor_sentences(family) + layer_sentences(family)
         lines += exact_sentences(place, family, meta)
-    labels = [REFERENCE, *(s.label for s, _ in place.rows), *place.controls]
-    by_label = {label: place.runs_of(runs, label) for label in labels}
     base = next((s.label for s, _ in place.rows if not s.is_variant), None)
+    ref = next((c.reference for s, c in place.rows if s.label == base), place.rows[0][1].reference)
+    labels = [ref, *(s.label for s, _ in place.rows), *place.controls]
+    by_label = {label: place.runs_of(runs, label) for label in labels}
     return [
         f"### {place.where}",
         "",
@@ -413,7 +414,7 @@ def place_parts(
         "",
         *[f"- {s}" for s in lines],
         *caveat_parts(by_label),
-        *diagnostics_parts(by_label, REFERENCE, base),
+        *diagnostics_parts(by_label, ref, base),
     ]
 
 

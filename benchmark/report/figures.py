@@ -5,7 +5,11 @@ them in REPORT.md, and ``draw_figure`` draws one into ``figures/``. Per section 
 network) and BatchNorm mode, in this order:
 
 - ``forest``: the headline, each method's paired difference in test average accuracy against
-  ``ewc diag-exact`` (mean, 95% Student-t interval, every seed's difference);
+  ``ewc diag-exact`` (mean, 95% Student-t interval, every seed's difference; against the variant
+  at its own settings where the reference ran in variants, ``references``);
+- ``budget``: where the EWC methods ran at more than one ``fisher_samples`` N, each structure's
+  test average accuracy and forgetting against N, with sentences on the paired differences
+  between structures at each N (``figures_budget``);
 - ``seeds``: every test seed's test average accuracy per method, mean ± CI beside;
 - ``lambda``: validation average accuracy against lambda on the selection seeds, one panel per
   curvature family;
@@ -13,8 +17,8 @@ network) and BatchNorm mode, in this order:
 - ``heatmap``: mean accuracy matrices, only for sequences of more than two tasks;
 
 and per section ``cost``, seconds against accuracy. The drawing lives in ``figures_compare``
-(forest, seeds, cost) and ``figures_sequence`` (tasks, heatmaps, lambda); every colour comes
-from ``palette``.
+(forest, seeds, cost), ``figures_budget`` (budget) and ``figures_sequence`` (tasks, heatmaps,
+lambda); every colour comes from ``palette``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from pathlib import Path
 
 from ..config import PENALISED
 from ..outcomes import Run, bn_modes, selected, sequences, task_names
+from .figures_budget import budget_caption, budget_sentences, plot_budget
 from .figures_common import (
     mean_matrix,
     paired_diffs,
+    paired_labels,
     plotted_labels,
-    reference_label,
     subplot_grid,
     values_of,
 )
@@ -43,6 +48,7 @@ from .figures_sequence import (
     plot_two_tasks,
     selection_runs,
 )
+from .references import reference_text
 
 __all__ = [
     "FIGURE_PREFIXES",
@@ -56,9 +62,9 @@ __all__ = [
     "subplot_grid",
 ]
 
-FIGURE_PREFIXES = ("forest_", "seeds_", "lambda_", "tasks_", "heatmap_", "cost_")
+FIGURE_PREFIXES = ("forest_", "budget_", "seeds_", "lambda_", "tasks_", "heatmap_", "cost_")
 """File-name prefixes of the figures this module draws (older ones are removed on a rebuild)."""
-BN_KINDS = ("forest", "seeds", "lambda", "tasks", "heatmap")
+BN_KINDS = ("forest", "budget", "seeds", "lambda", "tasks", "heatmap")
 """The per-BatchNorm-mode figures of a section, in report order."""
 CI_TEXT = "95% Student-t interval"
 
@@ -68,13 +74,17 @@ CI_TEXT = "95% Student-t interval"
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """One figure: its file name, sequence, bn mode (None: both), kind and caption."""
+    """One figure: its file name, sequence, bn mode (None: both), kind, caption and notes.
+
+    ``notes``: sentences shown below the figure, generated from the same runs (the budget's).
+    """
 
     name: str
     sequence: str
     bn: str | None
     kind: str
     caption: str
+    notes: tuple[str, ...] = ()
 
 
 def slug(section: str) -> str:
@@ -93,13 +103,14 @@ def n_text(counts: Sequence[int], what: str) -> str:
 
 def _forest_caption(runs: Sequence[Run], seq: str, bn: str) -> str | None:
     """The forest plot's caption, None without the reference or another method."""
-    labels = plotted_labels(runs, seq, bn)
-    ref = reference_label(labels)
-    others = [lab for lab in labels if lab != ref]
-    if ref is None or not others:
+    pairs = paired_labels(runs, seq, bn)
+    if not pairs:
         return None
-    reference = selected(runs, seq, bn, ref)
-    counts = [paired_diffs(selected(runs, seq, bn, lab), reference)[1]["n"] for lab in others]
+    counts = [
+        paired_diffs(selected(runs, seq, bn, lab), selected(runs, seq, bn, ref))[1]["n"]
+        for lab, ref in pairs.items()
+    ]
+    ref = reference_text(pairs.values())
     return (
         f"Headline: each method against {ref}, {seq}, bn = {bn}. x = test average accuracy "
         f"minus {ref}'s on the same test seed, at each method's chosen λ; marker = the mean "
@@ -174,8 +185,12 @@ def _bn_spec(runs: Sequence[Run], seq: str, bn: str, kind: str) -> FigureSpec | 
     """One per-bn-mode figure of a section, None where the runs do not support it."""
     tasks = task_names(runs, seq)
     caption: str | None
+    notes: tuple[str, ...] = ()
     if kind == "forest":
         caption = _forest_caption(runs, seq, bn)
+    elif kind == "budget":
+        caption = budget_caption(runs, seq, bn)
+        notes = tuple(budget_sentences(runs, seq, bn)) if caption else ()
     elif kind == "seeds":
         caption = _seeds_caption(runs, seq, bn)
     elif kind == "lambda":
@@ -186,7 +201,7 @@ def _bn_spec(runs: Sequence[Run], seq: str, bn: str, kind: str) -> FigureSpec | 
         caption = _heatmap_caption(seq, bn) if len(tasks) > 2 else None
     if caption is None:
         return None
-    return FigureSpec(f"{kind}_{slug(seq)}_{bn}.png", seq, bn, kind, caption)
+    return FigureSpec(f"{kind}_{slug(seq)}_{bn}.png", seq, bn, kind, caption, notes)
 
 
 def _cost_spec(seq: str) -> FigureSpec:
@@ -231,6 +246,7 @@ def figures_section(specs: Sequence[FigureSpec]) -> str:
             parts += ["", f"### {current}"]
         alt = spec.name.removesuffix(".png").replace("_", " ")
         parts += ["", f"![{alt}](figures/{spec.name})", "", f"*{spec.caption}*"]
+        parts += ["", *[f"- {s}" for s in spec.notes]] if spec.notes else []
     return "\n".join(parts)
 
 
@@ -245,6 +261,7 @@ def _draw_tasks(runs: Sequence[Run], seq: str, bn: str, path: Path) -> None:
 
 BN_DRAWERS: dict[str, Callable[[Sequence[Run], str, str, Path], None]] = {
     "forest": plot_forest,
+    "budget": plot_budget,
     "seeds": plot_seeds,
     "lambda": plot_lambda_curves,
     "tasks": _draw_tasks,

@@ -1,8 +1,8 @@
 """What REPORT.md's figures share: the runs' numbers as the figures plot them, and drawing parts.
 
-- Data: the reference method, a run's accuracy matrix on a ``T x T`` grid, cell-wise means,
-  per-seed values, paired differences against the reference, means with their Student-t
-  intervals (``metrics``, at ``format.CONFIDENCE``).
+- Data: each method's reference (``references``), a run's accuracy matrix on a ``T x T`` grid,
+  cell-wise means, per-seed values, paired differences against the reference, means with their
+  Student-t intervals (``metrics``, at ``format.CONFIDENCE``).
 - Drawing parts: deterministic jitter (``spread``), a column of per-seed dots with its mean and
   interval beside (``dots_and_mean``), panel grids, one legend for several panels, short task
   names.
@@ -23,21 +23,14 @@ from ..methods import METHODS
 from ..outcomes import Run, method_labels, method_sort_key, selected
 from .format import CONFIDENCE
 from .palette import marker
+from .references import compared, references
 
-REFERENCE_METHOD = "ewc diag-exact"
-"""The reference of every comparison (``results.REFERENCE_METHOD``; repeated here because the
-results module imports this package's figures)."""
 GOLDEN = (math.sqrt(5) - 1) / 2
 DOT_SIZE = 14
 DOT_ALPHA = 0.6
 
 
 # -- data --------------------------------------------------------------------------------------
-
-
-def reference_label(labels: Sequence[str]) -> str | None:
-    """The first label that is the reference method (a variant suffix allowed), None if absent."""
-    return next((lab for lab in labels if lab.partition(" (")[0] == REFERENCE_METHOD), None)
 
 
 def plotted_labels(runs: Sequence[Run], sequence: str, bn: str) -> list[str]:
@@ -47,6 +40,16 @@ def plotted_labels(runs: Sequence[Run], sequence: str, bn: str) -> list[str]:
         for lab in method_labels(runs, sequence, bn)
         if any(r.ok for r in selected(runs, sequence, bn, lab))
     ]
+
+
+def paired_labels(runs: Sequence[Run], sequence: str, bn: str) -> dict[str, str]:
+    """``label -> its reference`` (``references``) of the plotted labels paired with another.
+
+    Both the label and its reference have a finished selected run; in table order.
+    """
+    labels = plotted_labels(runs, sequence, bn)
+    pairs = compared(references(runs, sequence, bn))
+    return {lab: pairs[lab] for lab in labels if pairs.get(lab) in labels}
 
 
 def is_joint(runs: Sequence[Run]) -> bool:

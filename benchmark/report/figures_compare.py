@@ -1,7 +1,8 @@
 """REPORT.md's figures that compare the methods at their chosen lambda, seed by seed.
 
 - ``plot_forest`` (the headline): each method's paired difference in test average accuracy
-  against ``ewc diag-exact``, mean with its 95% Student-t interval and every seed's difference;
+  against ``ewc diag-exact`` (against the variant at its own settings where the reference ran in
+  variants, ``references``), mean with its 95% Student-t interval and every seed's difference;
 - ``plot_seeds``: every test seed's test average accuracy per method, mean ± CI beside (this is
   where bimodal outcomes show);
 - ``plot_cost``: estimation + penalty seconds against test average accuracy, per seed and mean.
@@ -25,16 +26,19 @@ from .figures_common import (
     mean_ci,
     method_legend,
     paired_diffs,
+    paired_labels,
     plotted_labels,
-    reference_label,
     spread,
     values_of,
 )
 from .format import new_figure, save_figure
 from .palette import GRID_ALPHA, REFERENCE, colour, marker
+from .references import reference_text
 
 ROW_HEIGHT = 0.42
 """Inches per forest-plot row."""
+XLABEL_WIDTH = 75
+"""Characters of the forest plot's x label that fit on one line (longer: two lines)."""
 COST_FLOOR_S = 1e-4
 """Costs below this many seconds are drawn at it (log axis)."""
 
@@ -48,10 +52,9 @@ def _is_penalised(runs: Sequence[Run]) -> bool:
 
 
 def forest_rows(runs: Sequence[Run], sequence: str, bn: str) -> list[tuple[str, bool]]:
-    """``(label, penalised)`` of every method but the reference, in table order."""
-    labels = plotted_labels(runs, sequence, bn)
-    ref = reference_label(labels)
-    return [(lab, _is_penalised(selected(runs, sequence, bn, lab))) for lab in labels if lab != ref]
+    """``(label, penalised)`` of every method paired with a reference, in table order."""
+    pairs = paired_labels(runs, sequence, bn)
+    return [(lab, _is_penalised(selected(runs, sequence, bn, lab))) for lab in pairs]
 
 
 def _forest_row(
@@ -77,12 +80,13 @@ def _forest_row(
 
 
 def _forest_panel(
-    ax: Any, runs: Sequence[Run], sequence: str, bn: str, labels: Sequence[str], ref: str
+    ax: Any, runs: Sequence[Run], sequence: str, bn: str, labels: Sequence[str]
 ) -> None:
-    """One forest panel: a row per label (first at the top), a line at zero."""
-    reference = selected(runs, sequence, bn, ref)
+    """One forest panel: a row per label (first at the top), each against its own reference."""
+    pairs = paired_labels(runs, sequence, bn)
     names = []
     for row, label in enumerate(labels):
+        reference = selected(runs, sequence, bn, pairs[label])
         diffs, test = paired_diffs(selected(runs, sequence, bn, label), reference)
         _forest_row(ax, len(labels) - 1 - row, diffs, test, label)
         names.append(f"{label} (n={test['n']})")
@@ -99,13 +103,14 @@ def plot_forest(runs: Sequence[Run], sequence: str, bn: str, path: Path) -> None
     reference by far more than the curvatures do).
     """
     rows = forest_rows(runs, sequence, bn)
-    ref = str(reference_label(plotted_labels(runs, sequence, bn)))
+    ref = reference_text(paired_labels(runs, sequence, bn).values())
     groups = [g for g in ([lab for lab, p in rows if p], [lab for lab, p in rows if not p]) if g]
     fig = new_figure(7.6, ROW_HEIGHT * len(rows) + 0.9 * len(groups) + 0.9)
     axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=[len(g) + 1 for g in groups])
     for ax, labels in zip(axes[:, 0], groups, strict=True):
-        _forest_panel(ax, runs, sequence, bn, labels, ref)
-    axes[-1, 0].set_xlabel(f"test average accuracy − {ref}'s, same test seed (> 0: better)")
+        _forest_panel(ax, runs, sequence, bn, labels)
+    xlabel = f"test average accuracy − {ref}'s, same test seed (> 0: better)"
+    axes[-1, 0].set_xlabel(xlabel if len(xlabel) <= XLABEL_WIDTH else xlabel.replace(", ", ",\n"))
     fig.suptitle(
         f"Paired differences against {ref}: {sequence}, bn = {bn}\n"
         f"(mean with 95% Student-t CI; dots: the seeds)",

@@ -3,8 +3,9 @@
 Sections, in order: the verdict (``verdict``), the Kronecker-ablation finding where KFAC
 variants ran (``ablation``), provenance (``provenance.report_provenance``),
 the tutorial reproduction table, per-sequence results with 95% confidence intervals over seeds
-and paired tests against ``ewc diag-exact`` (Holm-adjusted per table), the chosen lambdas, the
-cost table, and the figures (``figures``).
+and paired tests against ``ewc diag-exact`` (Holm-adjusted per table; against the variant at a
+row's own settings where it ran in variants, ``references``), the chosen lambdas, the cost
+table, and the figures (``figures``).
 
 Conventions: tables show the test split at the chosen lambda (the *selected* runs), mean ± the
 half-width of a 95% Student-t interval over seeds (``metrics.mean_ci``); runs that diverged or
@@ -56,6 +57,7 @@ from .format import (
 )
 from .lambdas import lambda_section, strength
 from .provenance import report_provenance
+from .references import any_variant_reference, compared, reference_text, references
 from .verdict import verdict_section
 
 CSV_COLUMNS = (
@@ -205,19 +207,22 @@ def effect_cell(test: dict[str, Any]) -> str:
 
 
 def paired_columns(
-    labels: Sequence[str], chosen: dict[str, list[Run]], ref: str
+    labels: Sequence[str], chosen: dict[str, list[Run]], refs: dict[str, str | None]
 ) -> dict[str, list[str]]:
-    """Per label: Δ avg acc [CI], Holm-adjusted paired-t p, d_z (the reference: ``reference``).
+    """Per label: Δ avg acc [CI], Holm-adjusted paired-t p, d_z against its own reference.
 
-    The Holm adjustment runs over the comparisons of one table (every label but the reference).
+    ``refs`` maps each label to its reference (``references.references``); a label that is its
+    own reference shows ``reference``. The Holm adjustment runs over the comparisons of one
+    table (every label with chosen runs whose reference has chosen runs too).
     """
-    others = [lab for lab in labels if lab != ref and chosen.get(lab)]
-    tests = {lab: paired(chosen[lab], chosen[ref], "test_avg") for lab in others}
+    pairs = compared(refs)
+    others = [lab for lab in labels if lab in pairs and chosen.get(lab) and chosen.get(pairs[lab])]
+    tests = {lab: paired(chosen[lab], chosen[pairs[lab]], "test_avg") for lab in others}
     adjusted = dict(
         zip(others, metrics.holm([tests[lab]["t_pvalue"] for lab in others]), strict=True)
     )
     out = {lab: ["—", "—", "—"] for lab in labels}
-    out[ref] = ["reference", "—", "—"]
+    out.update({lab: ["reference", "—", "—"] for lab in labels if refs.get(lab) == lab})
     for lab in others:
         out[lab] = [diff_cell(tests[lab]), fmt_p(adjusted[lab]), effect_cell(tests[lab])]
     return out
@@ -243,18 +248,24 @@ def _unchosen_row(runs: Sequence[Run], sequence: str, bn: str, label: str) -> li
 def results_table(runs: Sequence[Run], sequence: str, bn: str) -> str:
     """Average accuracy, forgetting and BWT per method (test split), with paired tests."""
     labels = method_labels(runs, sequence, bn)
-    refs = [lab for lab in labels if lab.partition(" (")[0] == REFERENCE_METHOD]
-    reference = selected(runs, sequence, bn, refs[0]) if refs else []
+    refs = references(runs, sequence, bn)
     header = ["method", "λ", "seeds", "excluded", "avg accuracy", "forgetting", "BWT"]
     chosen_runs = {lab: selected(runs, sequence, bn, lab) for lab in labels}
+    reference = any(chosen_runs.get(ref) for ref in refs.values() if ref)
+    several = len({ref for ref in refs.values() if ref}) > 1
     if reference:
-        header += [f"Δ avg acc vs {refs[0]} [95% CI]", "p (paired t, Holm)", "d_z"]
-        cells = paired_columns(labels, chosen_runs, refs[0])
+        header += ["reference"] if several else []
+        header += [f"Δ avg acc vs {reference_text(refs.values())} [95% CI]"]
+        header += ["p (paired t, Holm)", "d_z"]
+        cells = paired_columns(labels, chosen_runs, refs)
+        if several:
+            cells = {lab: [refs[lab] or "none at its settings", *cells[lab]] for lab in labels}
+    blank = ["—"] * (4 if several else 3) if reference else []
     rows = []
     for label in labels:
-        chosen = selected(runs, sequence, bn, label)
+        chosen = chosen_runs[label]
         if not chosen:
-            rows.append(_unchosen_row(runs, sequence, bn, label) + (["—"] * 3 if reference else []))
+            rows.append(_unchosen_row(runs, sequence, bn, label) + blank)
             continue
         ok = [r for r in chosen if r.ok]
         row = [
@@ -269,7 +280,7 @@ def results_table(runs: Sequence[Run], sequence: str, bn: str) -> str:
         if reference:
             row += cells[label]
         rows.append(row)
-    return md_table(header, rows, "llrlrrrrrr")
+    return md_table(header, rows, "llrlrrr" + ("l" if reference and several else "") + "rrr")
 
 
 def task_order_lines(runs: Sequence[Run], seq: str) -> list[str]:
@@ -306,6 +317,12 @@ def results_section(runs: Sequence[Run]) -> str:
         "deviation over seeds). `excluded`: runs that diverged or failed, left out of every "
         "number.",
     ]
+    if any_variant_reference(runs):
+        parts[-1] += (
+            f" Where `{REFERENCE_METHOD}` ran in variants (a setting in its label's suffix), each "
+            "row's Δ is against the variant whose settings its own runs share (column "
+            "`reference`), and the Holm adjustment still runs over the whole table."
+        )
     if any(r.selected and r.at_edge for r in runs):
         parts += ["", EDGE_NOTE]
     for seq in sequences(runs):

@@ -1,7 +1,9 @@
 """REPORT.md's first section: the verdict, generated from the records (no hand-written claims).
 
 For every report section (sequence and network) and BatchNorm mode where ``ewc diag-exact`` ran,
-each other EWC method is compared with it over the test seeds both finished (paired):
+each other EWC method is compared with it over the test seeds both finished (paired); where
+``ewc diag-exact`` ran in variants (a setting in its label's suffix, say ``fisher_samples``),
+each method with the variant whose settings its own runs share (``references``):
 
 - Δ average accuracy and Δ forgetting (method − diagonal), mean with its 95% Student-t
   interval (``metrics.paired_test``);
@@ -29,9 +31,8 @@ from .. import metrics
 from ..outcomes import Run, bn_modes, method_labels, network_facts, selected, sequences
 from .cells import paired
 from .format import fmt_p, fmt_signed, md_table
+from .references import REFERENCE, is_reference, references, variant_fields
 
-REFERENCE = "ewc diag-exact"
-"""The verdict's reference: the diagonal Fisher with exact labels, the common EWC default."""
 ALPHA = 0.05
 """Family-wise error rate of the verdict's claims (Holm-adjusted p below it: detected)."""
 MIN_PAIRS = 3
@@ -57,6 +58,7 @@ class Comparison:
         at_edge: the method's or the reference's chosen lambda is an edge of its grid.
         acc_p: Holm-adjusted p of ``acc`` over the verdict's accuracy comparisons.
         forgetting_p: Holm-adjusted p of ``forgetting`` over its forgetting comparisons.
+        reference: the label it is compared with (``references``).
     """
 
     section: str
@@ -69,6 +71,7 @@ class Comparison:
     at_edge: bool = False
     acc_p: float | None = None
     forgetting_p: float | None = None
+    reference: str = REFERENCE
 
     @property
     def where(self) -> str:
@@ -102,11 +105,13 @@ def _seconds(runs: Sequence[Run]) -> float | None:
 def _is_compared(label: str) -> bool:
     """EWC methods other than the reference (baseline, l2 and joint are not structures)."""
     base = label.partition(" (")[0]
-    return base.startswith(("ewc ", "ewc-online ")) and base != REFERENCE
+    return base.startswith(("ewc ", "ewc-online ")) and not is_reference(label)
 
 
-def _compare(seq: str, bn: str, label: str, mine: list[Run], ref: list[Run]) -> Comparison:
-    """One comparison (p-values not yet adjusted)."""
+def _compare(
+    seq: str, bn: str, label: str, mine: list[Run], ref: list[Run], ref_label: str
+) -> Comparison:
+    """One comparison against ``ref_label``'s runs ``ref`` (p-values not yet adjusted)."""
     mine_s, ref_s = _seconds(mine), _seconds(ref)
     return Comparison(
         section=seq,
@@ -117,6 +122,7 @@ def _compare(seq: str, bn: str, label: str, mine: list[Run], ref: list[Run]) -> 
         time_ratio=mine_s / ref_s if mine_s and ref_s else None,
         seeds=len({r.seed for r in mine} | {r.seed for r in ref}),
         at_edge=any(r.at_edge for r in mine[:1] + ref[:1]),
+        reference=ref_label,
     )
 
 
@@ -130,16 +136,16 @@ def report_sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
 
 
 def comparisons(runs: Sequence[Run]) -> list[Comparison]:
-    """Every method against the reference, in report order, with Holm-adjusted p-values."""
+    """Every method against its reference, in report order, with Holm-adjusted p-values."""
     found = []
     for seq, bn, shown in report_sections(runs):
-        ref = selected(runs, seq, bn, REFERENCE)
-        if not any(r.ok for r in ref):
-            continue
+        refs = references(runs, seq, bn)
         for label in filter(_is_compared, method_labels(runs, seq, bn)):
+            ref_label = refs[label]
+            ref = selected(runs, seq, bn, ref_label) if ref_label else []
             mine = selected(runs, seq, bn, label)
-            if any(r.ok for r in mine):
-                found.append(_compare(seq, shown, label, mine, ref))
+            if any(r.ok for r in ref) and any(r.ok for r in mine):
+                found.append(_compare(seq, shown, label, mine, ref, str(ref_label)))
     acc_p = metrics.holm([c.acc["t_pvalue"] for c in found])
     forg_p = metrics.holm([c.forgetting["t_pvalue"] for c in found])
     return [
@@ -163,11 +169,13 @@ def not_compared(runs: Sequence[Run]) -> list[str]:
     out = []
     for seq, bn, shown in report_sections(runs):
         where = f"{seq} (bn = {shown})" if shown else seq
-        ref_ok = any(r.ok for r in selected(runs, seq, bn, REFERENCE))
+        refs = references(runs, seq, bn)
         for label in filter(_is_compared, method_labels(runs, seq, bn)):
-            mine = selected(runs, seq, bn, label)
-            if not ref_ok:
-                out.append(f"{label} on {where} (no finished {REFERENCE} test run)")
+            mine, ref = selected(runs, seq, bn, label), refs[label]
+            if ref is None:
+                out.append(f"{label} on {where} (no {REFERENCE} variant with its settings ran)")
+            elif not any(r.ok for r in selected(runs, seq, bn, ref)):
+                out.append(f"{label} on {where} (no finished {ref} test run)")
             elif not mine:
                 out.append(f"{label} on {where} (no chosen lambda)")
             elif not any(r.ok for r in mine):
@@ -175,12 +183,19 @@ def not_compared(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+def _variants(comps: Sequence[Comparison]) -> list[str]:
+    """The settings the comparisons' references name in their suffixes (``[]``: plain)."""
+    return variant_fields(c.reference for c in comps)
+
+
 def table(comps: Sequence[Comparison]) -> str:
-    """The verdict table: one row per comparison."""
+    """The verdict table: one row per comparison (a ``reference`` column where they differ)."""
     m = len([c for c in comps if c.acc.get("t_pvalue") is not None])
+    shown = bool(_variants(comps))
     header = [
         "sequence",
         "method",
+        *(["reference"] if shown else []),
         "pairs",
         "Δ avg accuracy [95% CI]",
         f"p (Holm, m = {m})",
@@ -192,6 +207,7 @@ def table(comps: Sequence[Comparison]) -> str:
         [
             c.where,
             c.label + (" (λ at edge)" if c.at_edge else ""),
+            *([c.reference] if shown else []),
             f"{c.acc['n']} of {c.seeds}",
             interval(c.acc),
             fmt_p(c.acc_p),
@@ -201,7 +217,7 @@ def table(comps: Sequence[Comparison]) -> str:
         ]
         for c in comps
     ]
-    return md_table(header, rows, "llrrrrrr")
+    return md_table(header, rows, ("lll" if shown else "ll") + "rrrrrr")
 
 
 def _listing(comps: Sequence[Comparison], attr: str = "acc") -> str:
@@ -216,6 +232,7 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
     """Sentences built from the table's numbers: accuracy, forgetting, nothing detected, time."""
     if not comps:
         return []
+    ref = f"its {REFERENCE} variant" if _variants(comps) else REFERENCE
     out = []
     for kind, attr, outcome, what in (
         ("Higher average accuracy", "acc", "better", "outcome"),
@@ -225,14 +242,14 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
     ):
         hits = [c for c in comps if getattr(c, what) == outcome]
         if hits:
-            out.append(f"{kind} than {REFERENCE} (detected): {_listing(hits, attr)}.")
+            out.append(f"{kind} than {ref} (detected): {_listing(hits, attr)}.")
     none = [c for c in comps if c.outcome == c.forgetting_outcome == "no difference detected"]
     if none:
         seeds = sorted({c.acc["n"] for c in none})
         n_text = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
         names = "; ".join(f"{c.label} on {c.where}" for c in none)
         out.append(
-            f"No difference from {REFERENCE} detected in either average accuracy or forgetting "
+            f"No difference from {ref} detected in either average accuracy or forgetting "
             f"at {n_text} paired test seeds (which does not show equality): {names}."
         )
     ratios = [c.time_ratio for c in comps if c.time_ratio is not None]
@@ -259,7 +276,8 @@ def verdict_section(runs: Sequence[Run]) -> str:
             f"counts as detected when that p is below {ALPHA}. Forgetting: lower is better. Run "
             "time ×: mean whole-run wall time over the diagonal's. Lambda was chosen for each "
             "method on its own selection seeds (never test seeds); the per-sequence tables below "
-            f"hold the details. A difference needs at least {MIN_PAIRS} pairs to count.",
+            f"hold the details. A difference needs at least {MIN_PAIRS} pairs to count."
+            + _variant_text(comps),
             "",
             table(comps),
             "",
@@ -270,6 +288,19 @@ def verdict_section(runs: Sequence[Run]) -> str:
                 else []
             ),
         ]
+    )
+
+
+def _variant_text(comps: Sequence[Comparison]) -> str:
+    """The intro's sentence on variant references ('' when every row has the plain one)."""
+    fields = _variants(comps)
+    if not fields:
+        return ""
+    names = ", ".join(f"`{f}`" for f in fields)
+    return (
+        f" `{REFERENCE}` ran in variants that differ in {names}: each row is compared with the "
+        f"variant whose {names} its own runs share (column `reference`; the sentences below "
+        "call it 'its variant'); the Holm family is still the whole table."
     )
 
 
