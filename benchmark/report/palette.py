@@ -146,6 +146,18 @@ family has shades far enough apart: each gets its own hue, outside the families 
 structures they are shown with (their labels name the structure they vary)."""
 
 
+ONLINE_RULE_COLOURS = {
+    ("kfac", "sum"): "#2ca02c",
+    ("kfac", "n-weighted"): "#637939",
+    ("kfac", "balanced"): "#8c564b",
+    ("kfac", "nearest"): "#7b4173",
+    ("ekfac", "sum"): "#756bb1",
+}
+"""Online Kronecker-factored EWC with each ``online_rule`` (issue 12): the rules appear side by
+side in the ``full`` experiment, beside their structure's own shades; each gets a hue at least
+``MIN_DELTA_E`` from every colour of the experiments (tested)."""
+
+
 def colour(label: str) -> str:
     """The fixed colour of a method or estimator label, the same in every figure of every report.
 
@@ -163,6 +175,9 @@ def colour(label: str) -> str:
     if shades is None:
         return OTHER_COLOUR
     index = LABEL_MODES.index(mode) if mode in LABEL_MODES else len(shades) - 1
+    rule = options.pop("online_rule", None)
+    if (structure, rule) in ONLINE_RULE_COLOURS:
+        return ONLINE_RULE_COLOURS[(structure, rule)]
     rank = options.pop("rank", "")
     if rank.isdigit():
         index += rank_step(int(rank)) + RANK_LADDER_SHIFT

@@ -361,6 +361,15 @@ def _steps(cfg: StudyConfig, fits: int) -> int:
     return models * (2 + len(ALL)) + len(cfg.n_grid) * len(cfg.seeds) + len(MC_PAIRS) + 5 + fits
 
 
+def _provenance() -> dict[str, Any]:
+    """The machine, the code's git SHA and the command line of this study run."""
+    return {
+        **provenance.machine(),
+        "git_sha": provenance.git_sha(),
+        "command": provenance.command_line(),
+    }
+
+
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
     """All parts; returns rows and figure data with provenance and each part's times."""
     started, t0 = provenance.now(), time.perf_counter()
@@ -413,11 +422,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             "tutorial-mlp": tutorial_parameters,
             network["facts"]["network"]: network["facts"]["parameters"],
         },
-        "provenance": {
-            **provenance.machine(),
-            "git_sha": provenance.git_sha(),
-            "command": provenance.command_line(),
-        },
+        "provenance": _provenance(),
         "parts": times,
         "started": started,
         "finished": provenance.now(),
