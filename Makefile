@@ -120,7 +120,7 @@ ablation: data-check install  ## KFAC ablation on split MNIST, 20 test seeds (~2
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/ablation --out reports/ablation \
 		--jobs $(JOBS) --group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 
-full-fisher: data-check install  ## EWC with the true dense full Fisher (~30 min) -> reports/full-fisher/.
+full-fisher: data-check install  ## EWC with the true dense full Fisher, row budget N = 20/200/1000 (~1 h) -> reports/full-fisher/.
 	$(PY) -m benchmark reproduce --experiment full-fisher --data-root $(DATA_ROOT) \
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/full-fisher --out reports/full-fisher \
 		--jobs $(JOBS) --group-size 1 $(EXECUTOR_FLAGS)
