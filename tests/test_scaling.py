@@ -191,3 +191,25 @@ def test_cli_rejects_bad_numbers(capsys):
     with pytest.raises(SystemExit):
         cli.main(["scaling", "--repeats", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_time_split_only_rewrites_that_section_and_keeps_the_rest(tmp_path, capsys):
+    """``scaling --time-split-only`` recomputes the split from records, measures nothing."""
+    from benchmark.cli import main
+
+    sample = Path(__file__).parent / "data" / "records_sample"
+    out = tmp_path / "reports"
+    args = ["scaling", "--out", str(out), "--time-split-only"]
+    assert main([*args, "--results", str(sample)]) == 2
+    assert "run `make scaling` first" in capsys.readouterr().err
+    out.mkdir()
+    record = json.loads(SAMPLE.read_text())
+    (out / "scaling.json").write_text(json.dumps(record))
+    assert main(args) == 2 and "needs --results" in capsys.readouterr().err
+    assert main([*args, "--results", str(sample)]) == 0
+    again = json.loads((out / "scaling.json").read_text())
+    assert again["time_split"] == time_split.time_split(str(sample))
+    assert {k: v for k, v in again.items() if k != "time_split"} == {
+        k: v for k, v in record.items() if k != "time_split"
+    }
+    assert "## Where a whole run's time goes" in (out / "scaling.md").read_text()

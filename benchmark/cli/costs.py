@@ -121,6 +121,12 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "'.[distributed]') and put them into OUT/scaling.json, which must exist; then rewrite "
         "OUT/scaling.md (the other sections keep their numbers)",
     )
+    p.add_argument(
+        "--time-split-only",
+        action="store_true",
+        help="recompute only the time split of whole runs from --results' records (no "
+        "measurement) into OUT/scaling.json, which must exist; then rewrite OUT/scaling.md",
+    )
     p.set_defaults(func=run_scaling_command, subparser=p)
     return p
 
@@ -188,8 +194,8 @@ def run_scaling_command(
     from ..report import scaling as scaling_report
 
     require_folders({"--out": args.out})
-    if args.executors_only:
-        return run_executors_only(args, argv)
+    if args.executors_only or args.time_split_only:
+        return run_partial(args, argv)
     try:
         overrides = dict(
             device=str(resolve_device(args.device)),
@@ -208,22 +214,32 @@ def run_scaling_command(
     return 0
 
 
-def run_executors_only(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """``scaling --executors-only``: measure the executors table into an existing scaling.json."""
-    from ..costs.executors import ExecutorsConfig, measure_executors
-    from ..distributed import require_distributed
+def run_partial(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """One part of scaling.json redone, the others kept; then scaling.md rewritten.
+
+    ``--executors-only`` measures the executors table; ``--time-split-only`` recomputes the time
+    split of whole runs from ``--results``' records (no measurement).
+    """
+    from ..costs.time_split import time_split
     from ..errors import UserError
     from ..report import scaling as scaling_report
 
+    flag = "--executors-only" if args.executors_only else "--time-split-only"
     path = Path(args.out) / "scaling.json"
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise UserError(
-            f"--executors-only updates {path}: {err}; run `make scaling` first"
-        ) from None
-    require_distributed()
-    record["executors"] = measure_executors(ExecutorsConfig(), args.results, command(argv))
+        raise UserError(f"{flag} updates {path}: {err}; run `make scaling` first") from None
+    if args.time_split_only:
+        if not args.results:
+            raise UserError("--time-split-only needs --results (the sweep's results folder)")
+        record["time_split"] = time_split(args.results)
+    else:
+        from ..costs.executors import ExecutorsConfig, measure_executors
+        from ..distributed import require_distributed
+
+        require_distributed()
+        record["executors"] = measure_executors(ExecutorsConfig(), args.results, command(argv))
     print(f"wrote {scaling_report.write_reports(record, Path(args.out))}")
     return 0
 
