@@ -32,8 +32,9 @@ def online_section(study: dict[str, Any]) -> str:
         "seed uses. Each `online_rule` combines the first T tasks' fits as online EWC does "
         "(`benchmark/study/online_part.py`); the cells are its relative Frobenius error "
         "‖S_T − F_rule‖_F / ‖S_T‖_F to the exact sum S_T = Σ_t γ^(T−t) G_t ⊗ A_t over all "
-        "Kronecker blocks (`sum` keeps every term: rounding only). Trained without a penalty, "
-        "the tasks' factors differ more than under EWC: an upper end for regularised runs.",
+        "Kronecker blocks (`sum` keeps every term: rounding only). The fits come from weights "
+        "trained without a penalty; under EWC the weights stay closer to the old tasks', so "
+        "their factors may differ less (not measured here).",
     ]
     for decay in facts["decays"]:
         table = _errors(study["rows"], decay)
