@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -84,8 +83,9 @@ from .linalg import eigh
 from .online_sum import start_sum
 from .options import ONLINE_RULES
 
-if TYPE_CHECKING:  # kfac builds on this module (``KFACCurvature._add``)
-    from .kfac import KFACCurvature
+KFACCurvature = Curvature
+"""The annotation of this module's KFAC arguments (``kfac.KFACCurvature``, a ``Curvature``):
+kfac builds on this module (``KFACCurvature._add``), so it cannot import kfac back."""
 
 
 @dataclass(frozen=True)
