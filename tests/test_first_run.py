@@ -118,6 +118,13 @@ def _env(extra: dict | None = None) -> dict:
     return env
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT back to its default, as in a terminal. A shell's background job
+    (``cmd &``) inherits SIGINT ignored, and Python then installs no Ctrl-C handler, so the
+    interruption tests would test the caller's shell instead of the sweep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "benchmark", *map(str, args)],
@@ -126,6 +133,7 @@ def _popen(*args: str, env: dict | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_signals,
     )
 
 
