@@ -30,12 +30,11 @@ from typing import Any
 
 import torch
 
-from . import harness
 from .config import RunConfig
 from .grouped import GroupError, run_group
 from .outcomes import Run, load_meta, load_records, summarise
 from .records import RunRecord, read_records, write_json_atomic, write_record
-from .threads import compare_runs, group_runs
+from .threads import compare_runs, group_runs, rerun_each
 
 DEFAULT_SECTION = "mnist-fmnist on mlp hidden=16"
 DEFAULT_METHOD = "ewc kfac-exact"
@@ -61,18 +60,6 @@ def _threads_of(runs: Sequence[Run]) -> int:
     if len(counts) > 1:
         raise ValueError(f"the group's runs used different thread counts {sorted(counts)}")
     return counts.pop() if counts else torch.get_num_threads()
-
-
-def rerun_alone(runs: Sequence[Run], out: Path, root: str | None) -> tuple[list[RunRecord], bool]:
-    """Each run alone into ``out``; whether every one ran now (so the pass's time is whole)."""
-    done, records = _done(out), []
-    for run in runs:
-        record = done.get(run.record.run_id)
-        if record is None:
-            record = harness.run(RunConfig.from_dict(run.record.config), root=root, probe=False)
-            write_record(out, record)
-        records.append(record)
-    return records, not done
 
 
 def rerun_grouped(
@@ -119,7 +106,7 @@ def measure(
     try:
         torch.set_num_threads(_threads_of(group))
         t0 = time.perf_counter()
-        alone, fresh_alone = rerun_alone(group, base / "alone", root)
+        alone, fresh_alone = rerun_each(group, base / "alone", root)
         t1 = time.perf_counter()
         grouped, fresh_grouped = rerun_grouped(group, base / "grouped", size, root)
         t2 = time.perf_counter()

@@ -59,25 +59,32 @@ def group_runs(runs: Sequence[Run], section: str, method: str, bn: str | None = 
     return sorted(found, key=lambda r: r.seed)
 
 
+def rerun_each(runs: Sequence[Run], out: Path, root: str | None) -> tuple[list[RunRecord], bool]:
+    """Each run's config again, alone, into ``out``; and whether every one ran now.
+
+    Finished reruns are reused; a pass that reused none ran whole, so its time is honest.
+    """
+    done = {r.run_id: r for r in read_records(out)} if (out / "runs").is_dir() else {}
+    records = []
+    for run in runs:
+        record = done.get(run.record.run_id)
+        if record is None:
+            record = harness.run(RunConfig.from_dict(run.record.config), root=root, probe=False)
+            write_record(out, record)
+        records.append(record)
+    return records, not done
+
+
 def rerun(
     runs: Sequence[Run], results: Path, threads: int, root: str | None = None
 ) -> list[RunRecord]:
-    """Each run's config again with ``threads`` torch threads; finished reruns are reused."""
-    out = folder(results, threads)
-    done = {r.run_id: r for r in read_records(out)} if (out / "runs").is_dir() else {}
+    """Each run's config again with ``threads`` threads; finished reruns are reused."""
     before = torch.get_num_threads()
-    records = []
     try:
         torch.set_num_threads(threads)
-        for run in runs:
-            record = done.get(run.record.run_id)
-            if record is None:
-                record = harness.run(RunConfig.from_dict(run.record.config), root=root, probe=False)
-                write_record(out, record)
-            records.append(record)
+        return rerun_each(runs, folder(results, threads), root)[0]
     finally:
         torch.set_num_threads(before)
-    return records
 
 
 def compare_runs(original: Sequence[Run], again: Sequence[RunRecord]) -> dict[str, Any]:

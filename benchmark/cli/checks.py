@@ -9,6 +9,26 @@ from ..errors import UserError
 from .common import positive_int
 
 
+def _group_arguments(p: argparse.ArgumentParser, section: str, method: str) -> None:
+    """The results folder, data root and the group (section, method, bn) a check reruns."""
+    p.add_argument("--results", default="results/default", help="the sweep's results folder")
+    p.add_argument("--data-root", default=None, help="dataset root (see `run --help`)")
+    p.add_argument("--section", default=section, help="report section of the group")
+    p.add_argument("--method", default=method, help="method label of the group")
+    p.add_argument("--bn", default=None, help="BatchNorm mode of the group (when it ran both)")
+
+
+def _swept(args: argparse.Namespace) -> tuple[Path, tuple[int, ...]]:
+    """The results folder (refused without records) and its sweep's selection seeds."""
+    from ..outcomes import load_meta
+    from ..selection import selection_seeds_of
+
+    results = Path(args.results)
+    if not (results / "runs").is_dir():
+        raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
+    return results, tuple(selection_seeds_of(load_meta(results)))
+
+
 def add_threads_parser(sub: argparse._SubParsersAction) -> None:
     """``threads``: how far another torch thread count moves one group's numbers."""
     from ..threads import DEFAULT_METHOD, DEFAULT_SECTION
@@ -18,30 +38,21 @@ def add_threads_parser(sub: argparse._SubParsersAction) -> None:
         "<results>/threads-<k>/) and compare them with the sweep's; the report states the result"
     )
     p = sub.add_parser("threads", help=text, description=text)
-    p.add_argument("--results", default="results/default", help="the sweep's results folder")
-    p.add_argument("--data-root", default=None, help="dataset root (see `run --help`)")
     p.add_argument(
         "--threads",
         type=positive_int,
         default=None,
         help="thread count of the reruns (default: 2 if the group ran with 1, else 1)",
     )
-    p.add_argument("--section", default=DEFAULT_SECTION, help="report section of the group")
-    p.add_argument("--method", default=DEFAULT_METHOD, help="method label of the group")
-    p.add_argument("--bn", default=None, help="BatchNorm mode of the group (when it ran both)")
+    _group_arguments(p, DEFAULT_SECTION, DEFAULT_METHOD)
     p.set_defaults(func=cmd_threads, subparser=p)
 
 
 def cmd_threads(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Rerun one group with ``--threads`` threads; print the comparison."""
-    from ..outcomes import load_meta
-    from ..selection import selection_seeds_of
     from ..threads import measure
 
-    results = Path(args.results)
-    if not (results / "runs").is_dir():
-        raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
-    seeds = selection_seeds_of(load_meta(results))
+    results, seeds = _swept(args)
     try:
         out = measure(
             results, seeds, args.threads, args.section, args.method, args.data_root, args.bn
@@ -67,30 +78,21 @@ def add_grouped_parser(sub: argparse._SubParsersAction) -> None:
         "report states the result"
     )
     p = sub.add_parser("grouped", help=text, description=text)
-    p.add_argument("--results", default="results/default", help="the sweep's results folder")
-    p.add_argument("--data-root", default=None, help="dataset root (see `run --help`)")
     p.add_argument(
         "--group-size",
         type=positive_int,
         default=DEFAULT_SIZE,
         help=f"runs per stack, at least 2 (default {DEFAULT_SIZE})",
     )
-    p.add_argument("--section", default=DEFAULT_SECTION, help="report section of the group")
-    p.add_argument("--method", default=DEFAULT_METHOD, help="method label of the group")
-    p.add_argument("--bn", default=None, help="BatchNorm mode of the group (when it ran both)")
+    _group_arguments(p, DEFAULT_SECTION, DEFAULT_METHOD)
     p.set_defaults(func=cmd_grouped, subparser=p)
 
 
 def cmd_grouped(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Rerun one group alone and stacked; print the comparison."""
     from ..grouped_check import measure
-    from ..outcomes import load_meta
-    from ..selection import selection_seeds_of
 
-    results = Path(args.results)
-    if not (results / "runs").is_dir():
-        raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
-    seeds = selection_seeds_of(load_meta(results))
+    results, seeds = _swept(args)
     try:
         out = measure(
             results, seeds, args.group_size, args.section, args.method, args.data_root, args.bn
