@@ -115,7 +115,7 @@ reproduce-quick: data-check install  ## The same pipeline scaled down (< 5 min) 
 report: install  ## Rebuild reports/ (and README's verdict) from the stored records alone.
 	$(PY) -m benchmark report --results $(RESULTS)/default --out reports --readme README.md
 
-ablation: data-check install  ## KFAC ablation on split MNIST, 20 test seeds, diagnostics (~14 min) -> reports/ablation/.
+ablation: data-check install  ## KFAC ablation and exact-Fisher control on split MNIST, 20 test seeds, diagnostics (~1 h) -> reports/ablation/.
 	$(PY) -m benchmark reproduce --experiment ablation --data-root $(DATA_ROOT) \
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/ablation --out reports/ablation \
 		--jobs $(JOBS) --group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
