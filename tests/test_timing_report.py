@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import estimators
 from benchmark import cli, costs
-from benchmark.costs import child, measure, timing
+from benchmark.costs import child, measure, timing, variants
 from benchmark.errors import UserError
 from benchmark.report import format as report_format
 from benchmark.report import timing as timing_report
@@ -280,8 +279,8 @@ def test_timing_quick_end_to_end(tmp_path, capsys, restore_threads):
     assert markdown == timing_report.render_markdown(record)
     (size,) = record["sizes"]
     assert size["n"] == 200
-    assert [r["name"] for r in size["estimators"]] == estimators.names()
-    for name in estimators.names():
+    assert [r["name"] for r in size["estimators"]] == list(variants.default_labels())
+    for name in variants.default_labels():
         assert f"| {name} |" in markdown
     for row in size["estimators"]:
         assert row["status"] in ("ok", "refused", "error")

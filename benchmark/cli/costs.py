@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..preflight import check_folders, require_folders
-from .common import add_data_args, add_machine_args, command, estimator_names, positive_int, sizes
+from .common import add_data_args, add_machine_args, command, positive_int, sizes
 
 TIMING_DESCRIPTION = """\
 Time est.fit(model, x, y) for every estimator name on the first N MNIST training inputs
@@ -22,6 +22,10 @@ at batch 100 (the harness's training.train_step) with and without the EWC penalt
 gradient lam F (theta - theta_old), added after the loss's backward (estimators.EWC), for
 identity, diag-exact, kfac-exact and full-mc (factor).
 
+Besides every estimator name, the variants of README's "Ablation options" get rows of their own,
+labelled as method labels are without "ewc " (kfac-exact factors=a-diag, ..., kfac-exact
+layers=hidden, kfac-exact layers=output, full-exact output_curvature=mean).
+
 Estimators that refuse (FisherMemoryError: over the memory budget) or fail are reported as such
 in the table; the run continues."""
 
@@ -30,7 +34,19 @@ TIMING_EPILOG = """\
 examples:
   OMP_NUM_THREADS=2 python -m benchmark timing --data-root $EWC_BENCH_DATA --out reports
   python -m benchmark timing --sizes 1000 --names diag-exact,kfac-exact --repeats 3
+  python -m benchmark timing --sizes 1000 --names "kfac-exact,kfac-exact factors=a-diag"
   python -m benchmark timing --quick --no-memory        # a smoke run in seconds"""
+
+
+def timing_names(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated timing rows, estimator names or variant labels."""
+    from ..costs.measure import SetupError
+    from ..costs.variants import check_names, split_names
+
+    try:
+        return check_names(split_names(text))
+    except SetupError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_timing_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -65,10 +81,11 @@ def add_timing_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--names",
-        type=estimator_names,
+        type=timing_names,
         default=None,
         metavar="NAME[,NAME...]",
-        help="estimators to time (default: all)",
+        help="rows to time: estimator names or variant labels such as 'kfac-exact "
+        "factors=a-diag' (quote them; default: every name and the ablation variants)",
     )
     p.add_argument(
         "--penalty-steps",

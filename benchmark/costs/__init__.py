@@ -8,7 +8,8 @@ imported here).
 - ``workloads``: what is timed: synthetic inputs, the tutorial network, the floor and naive
   references, and ``Variant``, one training step (the harness's ``training.train_step``) plain or
   with the EWC penalty ``estimators.EWC``;
-- ``timing`` (``python -m benchmark timing``), with ``child`` (one fit's extra peak memory in a
+- ``timing`` (``python -m benchmark timing``), with ``variants`` (its rows: estimator names and
+  variants such as ``kfac-exact factors=a-diag``), ``child`` (one fit's extra peak memory in a
   fresh process, ``python -m benchmark.costs --child``) and ``compare`` (BackPACK, nngeometry);
 - ``scaling`` (``python -m benchmark scaling``);
 - ``pipeline``: one training epoch through the tutorial's DataLoader vs in-memory tensors;

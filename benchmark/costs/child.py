@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,12 @@ import estimators
 
 from .measure import cuda_peak, is_cuda, proc_memory_unsupported, proc_peak
 from .workloads import (
-    TIMED_OPTIONS,
     bn_count,
     floor_pass,
     load_data,
     naive_diagonal,
     naive_inputs,
+    timed_options,
     tutorial_network,
 )
 
@@ -43,7 +43,10 @@ CHILD_TIMEOUT_S = 900
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What one memory-measuring child process fits: ``kind`` is estimator, floor or naive."""
+    """What one memory-measuring child process fits: ``kind`` is estimator, floor or naive.
+
+    ``name`` is the estimator and ``options`` a variant's options (``costs.variants``).
+    """
 
     kind: str
     n: int
@@ -52,6 +55,7 @@ class ChildSpec:
     threads: int | None = None
     data_root: str | None = None
     synthetic: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def child_workload(
@@ -64,7 +68,7 @@ def child_workload(
     if spec.kind == "naive":
         m = naive_inputs(spec.n)
         return lambda: naive_diagonal(model, x[:m], y[:m])
-    est = estimators.make(spec.name, **TIMED_OPTIONS.get(spec.name, {}))
+    est = estimators.make(spec.name, **timed_options(spec.name, spec.options))
     return lambda: est.fit(model, x, y)
 
 
@@ -144,8 +148,18 @@ class MemoryProbe:
     data_root: str | None = None
     synthetic: bool = False
 
-    def measure(self, kind: str, name: str, n: int, call: Callable[[], Any]) -> dict[str, Any]:
-        """Extra peak bytes of one call: ``call`` in process (CUDA), else a fresh child."""
+    def measure(
+        self,
+        kind: str,
+        name: str,
+        n: int,
+        call: Callable[[], Any],
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Extra peak bytes of one call: ``call`` in process (CUDA), else a fresh child.
+
+        ``name`` and ``options``: the estimator and a variant's options (``kind`` estimator).
+        """
         how = self.method["method"]
         if how == "cuda":
             try:
@@ -162,5 +176,6 @@ class MemoryProbe:
             threads=self.threads,
             data_root=self.data_root,
             synthetic=self.synthetic,
+            options=dict(options or {}),
         )
         return measure_in_child(spec)

@@ -2,10 +2,12 @@
 
 What is measured (``python -m benchmark timing``, see ``benchmark.cli``):
 
-- For every estimator name and every N: the wall time of ``est.fit(model, x, y)`` on the first N
-  MNIST training inputs (one warm-up call, then the median of ``repeats`` calls; fewer calls for
-  an estimator whose warm-up alone is slow, marked in the table), the curvature's ``nbytes``,
-  and the extra peak memory of one fit, measured in a fresh subprocess (``costs.child``).
+- For every estimator name, every estimator variant (``variants.VARIANTS``: options that change
+  the structure, labelled as method labels are, e.g. ``kfac-exact factors=a-diag``) and every N:
+  the wall time of ``est.fit(model, x, y)`` on the first N MNIST training inputs (one warm-up
+  call, then the median of ``repeats`` calls; fewer calls for an estimator whose warm-up alone is
+  slow, marked in the table), the curvature's ``nbytes``, and the extra peak memory of one fit,
+  measured in a fresh subprocess (``costs.child``).
 - Two references in the same run: the FLOOR, one batched forward + backward of the mean
   cross-entropy over the same N inputs, and the NAIVE loop, one forward + backward per input with
   squared gradients accumulated (the per-input empirical diagonal the slow obvious way; timed on
@@ -58,6 +60,7 @@ from .measure import (
     load_average,
     warn_if_busy,
 )
+from .variants import check_names, default_labels, parse_variant
 from .workloads import (
     MODEL,
     NAIVE_MAX_INPUTS,
@@ -77,7 +80,9 @@ from .workloads import (
     tutorial_network,
 )
 
-SCHEMA = "ewc-bench/timing/1"
+SCHEMA = "ewc-bench/timing/2"
+"""Version 2: every estimator row also records its ``estimator`` and the variant's ``options``
+(``{}`` for a plain name); version 1 rows lack both and are plain names (the report reads both)."""
 DEFAULT_SIZES = (1000, 10000)
 DEFAULT_REPEATS = 5
 QUICK_SIZES = (200,)
@@ -103,7 +108,8 @@ class TimingConfig:
     Attributes:
         sizes: input counts N, one table each.
         repeats: timed calls per estimator after one warm-up (the median is reported).
-        names: estimator names to time.
+        names: the rows to time: estimator names and variant labels (``costs.variants``), in
+            table order.
         device: ``cpu`` or ``cuda`` (already resolved from ``auto``).
         threads: ``torch.set_num_threads`` value, or None to leave torch's default.
         data_root: datasets root (torchvision layout); None resolves as ``data.resolve_root``.
@@ -134,22 +140,6 @@ class TimingConfig:
     compare: bool = True
 
 
-def check_names(names: Sequence[str]) -> tuple[str, ...]:
-    """Validate estimator names; keep ``estimators.names()`` order, drop duplicates.
-
-    Raises:
-        SetupError: for an unknown name, listing the valid ones.
-    """
-    valid = estimators.names()
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise SetupError(
-            f"unknown estimator name(s) {', '.join(map(repr, unknown))}; "
-            f"valid names: {', '.join(valid)}"
-        )
-    return tuple(n for n in valid if n in set(names))
-
-
 def make_config(
     *,
     sizes: Sequence[int] | None = None,
@@ -168,8 +158,11 @@ def make_config(
 ) -> TimingConfig:
     """Build a ``TimingConfig``; ``quick`` supplies tiny defaults that explicit values override.
 
+    ``names``: estimator names and variant labels (``variants.check_names``); default every name
+    and every ``variants.VARIANTS`` label.
+
     Raises:
-        SetupError: for an unknown name or a non-positive number.
+        SetupError: for an unknown name, a bad variant or a non-positive number.
         DeviceError: an unavailable device (``device.resolve_device``).
     """
     sizes = tuple(sizes) if sizes else (QUICK_SIZES if quick else DEFAULT_SIZES)
@@ -187,7 +180,7 @@ def make_config(
     return TimingConfig(
         sizes=tuple(sorted(set(sizes))),
         repeats=repeats,
-        names=check_names(names) if names else tuple(estimators.names()),
+        names=check_names(names) if names else default_labels(),
         device=str(resolve_device(device)),
         threads=threads,
         data_root=None if data_root is None else str(data_root),
@@ -222,6 +215,14 @@ def scale_naive(row: dict[str, Any], n: int) -> dict[str, Any]:
     return row
 
 
+def fit_call(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TimedCall:
+    """The timed fit of one row (a name or a variant label); its row records both parts."""
+    name, options = parse_variant(label)
+    call = estimator_call(name, model, x, y, options, label)
+    call.row.update(name=label, estimator=name, options=options)
+    return call
+
+
 def time_size(
     config: TimingConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[TimedCall, TimedCall, list[TimedCall]]:
@@ -229,7 +230,7 @@ def time_size(
     sync = synchronizer(config.device)
     floor = TimedCall("floor", lambda: floor_pass(model, x, y), adaptive=False)
     naive = naive_call(model, x, y)
-    fits = [estimator_call(name, model, x, y) for name in config.names]
+    fits = [fit_call(label, model, x, y) for label in config.names]
     calls = [naive, *fits]
     bar = Progress(len(calls), f"N={x.shape[0]:,} timing")
     floor.warm_up(config.repeats, sync)
@@ -248,8 +249,9 @@ def add_memory(calls: Sequence[TimedCall], probe: MemoryProbe, n: int) -> None:
     for call in calls:
         row = call.row
         kind = row["name"] if row["name"] in ("floor", "naive") else "estimator"
+        name = row.get("estimator", row["name"])
         if row.get("status") == "ok":
-            row["memory"] = probe.measure(kind, row["name"], n, call.fn)
+            row["memory"] = probe.measure(kind, name, n, call.fn, row.get("options"))
         else:
             row["memory"] = {"extra_bytes": None, "reason": "the fit did not succeed"}
         bar.tick(row["name"])

@@ -178,26 +178,41 @@ the N x C implicit rows (linear in N), so N = 10,000 would add minutes per row a
 the N = 1,000 row does not."""
 
 
-def estimator_call(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TimedCall:
+def timed_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options a row's fit runs with: ``TIMED_OPTIONS`` of ``name``, then a variant's."""
+    return {**TIMED_OPTIONS.get(name, {}), **(options or {})}
+
+
+def estimator_call(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    options: dict[str, Any] | None = None,
+    label: str | None = None,
+) -> TimedCall:
     """``est.fit(model, x, y)`` as a timed call; an error of ``estimators.make`` surfaces in it.
 
-    ``TIMED_OPTIONS`` configure the estimator; beyond ``MAX_TIMED_N`` inputs the row says so.
+    ``timed_options`` configure the estimator (a variant's ``options`` over ``TIMED_OPTIONS``);
+    beyond ``MAX_TIMED_N`` inputs the row says so. The row is called ``label`` (default:
+    ``name``).
     """
+    label = label or name
     try:
         limit = MAX_TIMED_N.get(name)
         if limit is not None and x.shape[0] > limit:
             raise NotTimed(
                 f"not timed above N = {limit:,} (linear in N; see the N = {limit:,} table)"
             )
-        est = estimators.make(name, **TIMED_OPTIONS.get(name, {}))
+        est = estimators.make(name, **timed_options(name, options))
     except Exception as err:  # recorded by the warm-up, the run continues
         failed = err
 
         def fail() -> estimators.Curvature:
             raise failed
 
-        return TimedCall(name, fail, describe_curvature)
-    return TimedCall(name, lambda: est.fit(model, x, y), describe_curvature)
+        return TimedCall(label, fail, describe_curvature)
+    return TimedCall(label, lambda: est.fit(model, x, y), describe_curvature)
 
 
 def naive_call(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TimedCall:

@@ -18,6 +18,19 @@ from .provenance import command_item, git_text, libraries_text, machine_text
 MEMORY_FAILED = "the fit did not succeed"
 """The memory reason of a row whose fit failed (its own note says so already)."""
 
+VARIANT_NOTES = {
+    "factors=a-diag": "G (x) diag A",
+    "factors=g-diag": "diag G (x) A",
+    "factors=diag": "diag G (x) diag A (a diagonal curvature)",
+    "factors=a-only": "I (x) A, the feature penalty without the output-gradient factor",
+    "layers=hidden": "Kronecker blocks on the hidden layers only (every Linear but the last)",
+    "layers=output": "a Kronecker block on the output layer only (the last Linear)",
+    "output_curvature=mean": "the exact Jacobians with the softmax curvature diag(p) - p p^T "
+    "averaged over the N inputs (one C x C matrix instead of one per input)",
+}
+"""What each variant option keeps (README's "Ablation options"); outside KFAC's Kronecker blocks
+every parameter keeps its exact diagonal."""
+
 
 def write_reports(record: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write ``timing.json`` and ``timing.md`` into ``out``; return both paths."""
@@ -98,7 +111,24 @@ def size_notes(size: dict[str, Any], repeats: int, memory_reason: str | None) ->
         notes.append(
             f"† median of fewer than {repeats} repeats (slow warm-up): " + ", ".join(fewer) + "."
         )
-    return notes + memory_notes(size, memory_reason)
+    return notes + memory_notes(size, memory_reason) + variant_notes(size["estimators"])
+
+
+def variant_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note saying what the table's variant rows keep (none without variant rows).
+
+    A variant row has ``options`` (timing records from version 2 on); its label is the estimator
+    name followed by those options as ``key=value`` words.
+    """
+    words = [w for r in rows if r.get("options") for w in r["name"].split()[1:]]
+    if not words:
+        return []
+    kept = [f"`{w}`: {VARIANT_NOTES.get(w, 'see README')}" for w in dict.fromkeys(words)]
+    return [
+        "Variants: a row `NAME key=value` times NAME with options that change its structure, "
+        "labelled as in the experiments (README, Ablation options); outside Kronecker blocks "
+        "every parameter keeps its exact diagonal. " + "; ".join(kept) + "."
+    ]
 
 
 def memory_notes(size: dict[str, Any], memory_reason: str | None) -> list[str]:
