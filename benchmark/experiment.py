@@ -1,6 +1,7 @@
 """Experiments: a TOML file parsed into groups, lambda grids and seed lists (``sweep`` runs it).
 
-An experiment names its studies (sequence, BatchNorm modes, methods, settings), its lambda grids
+An experiment names its studies (sequence, BatchNorm modes, methods, settings, and optionally
+``lrs``: learning rates chosen with lambda on the selection seeds), its lambda grids
 (per method label, with a ``default``), its test ``seeds`` and its ``selection_seeds`` (disjoint:
 nested selection; a study may set its own test seeds), and how grids grow (``extend`` rounds at
 most, along a lattice of ``per_decade`` values per decade). ``parse_experiment`` validates all of
@@ -39,7 +40,16 @@ EXPERIMENT_KEYS = {
     "extend": "cap on the rounds in which a grid grows one value past a winning edge (default 0)",
     "per_decade": "grid lattice: values 10^(i / per_decade) a grid grows along (default 1)",
 }
-STUDY_KEYS = ("sequence", "bn", "methods", "settings", "lambdas", "method_settings", "seeds")
+STUDY_KEYS = (
+    "sequence",
+    "bn",
+    "methods",
+    "settings",
+    "lambdas",
+    "method_settings",
+    "seeds",
+    "lrs",
+)
 RENAMED_KEYS = {
     "selection_seed": "selection_seed was replaced by selection_seeds, a list of seeds disjoint "
     "from the test seeds (lambda is chosen on their mean validation score)",
@@ -66,16 +76,26 @@ def parse_method(label: str) -> dict[str, Any]:
 
 @dataclass
 class Group:
-    """One (study, bn, method) group: a base config, its lambda grid and its test seeds."""
+    """One (study, bn, method, lr) group: a base config, its lambda grid and its test seeds.
+
+    ``tunes_lr``: the group is one of several that differ only in lr (its study's ``lrs``), so
+    it runs on the selection seeds even without a penalty (``selection.choose``).
+    """
 
     base: RunConfig
     lambdas: tuple[float, ...]
     seeds: tuple[int, ...] = ()
+    tunes_lr: bool = False
 
     @property
     def penalised(self) -> bool:
-        """Whether lambda matters (else the group has the one lambda 0 and no selection)."""
+        """Whether lambda matters (else the group has the one lambda 0)."""
         return self.base.method in PENALISED
+
+    @property
+    def selects(self) -> bool:
+        """Whether the group runs on the selection seeds (a lambda or an lr to choose)."""
+        return self.penalised or self.tunes_lr
 
 
 @dataclass
@@ -93,11 +113,11 @@ class Experiment:
     per_decade: int = 1
 
     def selection_configs(self) -> list[RunConfig]:
-        """Phase 1: every penalised group over its lambda grid on every selection seed."""
+        """Phase 1: every group that chooses (``Group.selects``), its grid x selection seeds."""
         return [
             g.base.replace(seed=s, lam=lam)
             for g in self.groups
-            if g.penalised
+            if g.selects
             for lam in g.lambdas
             for s in self.selection_seeds
         ]
@@ -128,10 +148,13 @@ class Experiment:
         return added
 
     def final_configs(self, chosen: dict[str, float | None]) -> list[RunConfig]:
-        """Phase 2: every group at its chosen lambda on its test seeds (none chosen: no run)."""
+        """Phase 2: every group at its chosen lambda on its test seeds (none chosen: no run).
+
+        ``chosen``: ``selection.choose`` (a group whose lr lost its family chose nothing).
+        """
         out = []
         for g in self.groups:
-            lam = 0.0 if not g.penalised else chosen.get(group_key(g.base.to_dict()))
+            lam = chosen.get(group_key(g.base.to_dict())) if g.selects else 0.0
             if lam is not None:
                 out += [g.base.replace(seed=s, lam=lam) for s in g.seeds or self.seeds]
         return out
@@ -188,31 +211,16 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
     selection_seeds = _seed_list(
         data.get("selection_seeds", list(DEFAULT_SELECTION_SEEDS)), "selection_seeds"
     )
-    groups = []
+    groups: list[Group] = []
     for i, study in enumerate(data.get("studies", [])):
         _check_keys(f"studies[{i}]", study, STUDY_KEYS)
         if "sequence" not in study or "methods" not in study:
             raise ValueError(f"studies[{i}] needs a sequence and a list of methods")
-        settings = {**defaults, **study.get("settings", {}), "sequence": study["sequence"]}
         study_seeds = tuple(_seed_list(study.get("seeds", seeds), f"studies[{i}].seeds"))
         _check_disjoint(selection_seeds, study_seeds, f"studies[{i}]")
-        _check_keys(f"studies[{i}].settings", settings, FIELD_HELP)
-        bns = study.get("bn", [settings.get("bn", "freeze")])
-        bns = [overrides["bn"]] if "bn" in overrides else bns
-        for bn in bns if isinstance(bns, list) else [bns]:
-            for label in study["methods"]:
-                per_method = {
-                    **data.get("method_settings", {}).get(label, {}),
-                    **study.get("method_settings", {}).get(label, {}),
-                }
-                _check_keys(f"method_settings for {label!r}", per_method, FIELD_HELP)
-                known = {**settings, **per_method}.get("estimator_options", {})
-                from_label = parse_label(label, known)
-                fields = {**settings, **per_method, **overrides, **from_label, "bn": bn}
-                base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": study_seeds[0]})
-                grid = _lambda_grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
-                if all(g.base != base for g in groups):  # --set bn can merge two groups
-                    groups.append(Group(base, grid, study_seeds))
+        for group in _study_groups(data, i, defaults, overrides, study_seeds):
+            if all(g.base != group.base for g in groups):  # --set bn can merge two groups
+                groups.append(group)
     if not groups:
         raise ValueError("the experiment has no studies: add at least one [[studies]] table")
     for g in groups:  # every config validates before any training
@@ -229,6 +237,66 @@ def parse_experiment(data: dict[str, Any], overrides: dict[str, Any] | None = No
         extend=_non_negative_int(data.get("extend", 0), "extend"),
         per_decade=_positive_int(data.get("per_decade", 1), "per_decade"),
     )
+
+
+def _study_groups(
+    data: dict[str, Any],
+    i: int,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+    seeds: tuple[int, ...],
+) -> list[Group]:
+    """The groups of ``data["studies"][i]``: one per BatchNorm mode, method and lr."""
+    study = data["studies"][i]
+    settings = {**defaults, **study.get("settings", {}), "sequence": study["sequence"]}
+    _check_keys(f"studies[{i}].settings", settings, FIELD_HELP)
+    bns = study.get("bn", [settings.get("bn", "freeze")])
+    bns = [overrides["bn"]] if "bn" in overrides else bns
+    lrs = _lr_grid(study, i)
+    groups = []
+    for bn in bns if isinstance(bns, list) else [bns]:
+        for label in study["methods"]:
+            per_method = {
+                **data.get("method_settings", {}).get(label, {}),
+                **study.get("method_settings", {}).get(label, {}),
+            }
+            _check_keys(f"method_settings for {label!r}", per_method, FIELD_HELP)
+            known = {**settings, **per_method}.get("estimator_options", {})
+            from_label = parse_label(label, known)
+            grid = _lambda_grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
+            for lr in lrs:
+                fields = {**settings, **per_method, **_lr(lr), **overrides, **from_label, "bn": bn}
+                base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": seeds[0]})
+                groups.append(Group(base, grid, seeds, len(lrs) > 1 and "lr" not in overrides))
+    return groups
+
+
+def _lr(lr: float | None) -> dict[str, float]:
+    return {} if lr is None else {"lr": lr}
+
+
+def _lr_grid(study: dict[str, Any], i: int) -> list[float | None]:
+    """A study's ``lrs`` (chosen with lambda), or ``[None]``: the settings' one lr."""
+    if "lrs" not in study:
+        return [None]
+    lrs = study["lrs"]
+    if (
+        not isinstance(lrs, list)
+        or not lrs
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lrs)
+        or not all(0 < v < float("inf") for v in lrs)
+        or len(set(lrs)) != len(lrs)
+    ):
+        raise ValueError(
+            f"studies[{i}].lrs must be a non-empty list of distinct positive numbers (the "
+            f"learning rates chosen with lambda on the selection seeds), got {lrs!r}"
+        )
+    if "lr" in study.get("settings", {}):
+        raise ValueError(
+            f"studies[{i}] sets both lr (in settings) and lrs: give one lr, or a list of them "
+            "to choose from"
+        )
+    return [float(v) for v in lrs]
 
 
 def _seed_list(seeds: Any, name: str) -> list[int]:

@@ -32,13 +32,15 @@ from .config import BN_MODES, PENALISED, SEQUENCES
 from .methods import label_of, sort_key
 from .models import make_model, n_parameters
 from .records import RunRecord, quarantine, read_records
-from .selection import TEST, choose_lambdas, group_key, is_selected, role
+from .selection import TEST, choose, family_key, group_key, is_selected, lr_edges, role
 from .tasks import heads_of
 
 FLOAT32_BYTES = 4
 
-VARIANT_IGNORE = ("lam", "seed", "device", "bn", "sequence")
-"""Settings that never disambiguate a method label (they are the tables' own axes)."""
+VARIANT_IGNORE = ("lam", "seed", "device", "bn", "sequence", "lr", "optimizer")
+"""Settings that never disambiguate a method label: the tables' own axes, the chosen lr
+(``selection.choose``: one lr per family is tested) and the optimizer (``section_of``)."""
+OPTIMIZER_JOIN, DEFAULT_OPTIMIZER = " with ", "adam"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Run:
         at_edge: a penalised run whose lambda is the smallest or the largest its group tried on
             the selection seeds, so that the chosen value may not be bracketed (``grid_edges``).
         role: ``selection`` (its seed is a selection seed: it only chooses lambda) or ``test``.
+        lr_at_edge: the run's family tried several learning rates (``lrs``) and this run's is
+            the smallest or the largest of them (``selection.lr_edges``).
     """
 
     record: RunRecord
@@ -78,6 +82,7 @@ class Run:
     bwt: float | None
     at_edge: bool = False
     role: str = TEST
+    lr_at_edge: bool = False
 
     @property
     def ok(self) -> bool:
@@ -189,11 +194,14 @@ def section_of(config: dict[str, Any]) -> str:
     """A run's report section: its sequence, ``on`` its network unless the tutorial's.
 
     Runs on different networks are never compared seed by seed, nor share a table:
-    ``mnist-fmnist`` (the tutorial network) and ``mnist-fmnist on mlp hidden=16``.
+    ``mnist-fmnist`` (the tutorial network) and ``mnist-fmnist on mlp hidden=16``. Nor are runs
+    with another optimizer than Adam (the tutorial's): ``... on mlp hidden=16 with sgd``.
     """
     network = model_text(config)
     sequence = str(config.get("sequence"))
-    return sequence if network == TUTORIAL_NETWORK else f"{sequence}{NETWORK_JOIN}{network}"
+    section = sequence if network == TUTORIAL_NETWORK else f"{sequence}{NETWORK_JOIN}{network}"
+    optimizer = str(config.get("optimizer", DEFAULT_OPTIMIZER))
+    return section if optimizer == DEFAULT_OPTIMIZER else f"{section}{OPTIMIZER_JOIN}{optimizer}"
 
 
 def bn_sort_key(bn: str) -> tuple[int, str]:
@@ -257,15 +265,16 @@ def _metric(fn: Callable[[Any], float | None], matrix: list, record: RunRecord) 
 def summarise(records: Iterable[RunRecord], selection_seeds: Collection[int]) -> list[Run]:
     """The reports' view of every record, sorted (sequence, bn, method, lambda, seed, id).
 
-    Lambda is chosen per group with ``selection.choose_lambdas`` on the validation split of the
-    ``selection_seeds`` (required: a sweep's are in its ``sweep.json``,
+    Lambda (and, in a family of several, lr) is chosen with ``selection.choose`` on the
+    validation split of the ``selection_seeds`` (required: a sweep's are in its ``sweep.json``,
     ``selection.selection_seeds_of``); ``Run.selected`` follows ``selection.is_selected`` (test
     runs only).
     """
     records = list(records)
-    chosen = choose_lambdas(records, selection_seeds)
+    chosen = choose(records, selection_seeds)
     labels = display_labels(records)
     edges = grid_edges(records, selection_seeds)
+    lr_ends = lr_edges(records, selection_seeds)
     runs = []
     for r in records:
         c = r.config
@@ -285,6 +294,7 @@ def summarise(records: Iterable[RunRecord], selection_seeds: Collection[int]) ->
                 bwt=_metric(metrics.backward_transfer, r.acc_test, r),
                 at_edge=float(c.get("lam", 0.0)) in edges.get(group_key(c), ()),
                 role=role(int(c.get("seed", 0)), selection_seeds),
+                lr_at_edge=float(c.get("lr", 0.0)) in lr_ends.get(family_key(c), ()),
             )
         )
     return sorted(runs, key=run_sort_key)

@@ -15,6 +15,13 @@ a rerun completes it, so that a resumed sweep never decides differently from a f
 Methods without a penalty have the one lambda 0 and need no selection runs. The runs of a
 group at the chosen lambda on the *test* seeds are the *selected* runs that tables report;
 selection runs never are (``role``).
+
+The learning rate is chosen the same way where an experiment gives a study several (``lrs``):
+groups that differ only in ``lr`` form one *family* (``family_key``); each group first chooses
+its lambda as above, then the family keeps the group whose chosen lambda scores highest (ties
+to the smaller lr), and the other groups choose nothing (``choose``). Unpenalised groups of such
+a family run on the selection seeds at lambda 0 to be scored. A family with one lr (every
+experiment that does not tune lr) decides exactly as ``choose_lambdas`` does.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ DEFAULT_SELECTION_SEEDS = (1000, 1001, 1002)
 def group_key(config: dict[str, Any]) -> str:
     """Canonical JSON of the config without ``lam``, ``seed`` and ``device``."""
     rest = {k: v for k, v in config.items() if k not in ("lam", "seed", "device")}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
+def family_key(config: dict[str, Any]) -> str:
+    """``group_key`` without ``lr``: the groups whose (lr, lambda) compete in one selection."""
+    rest = {k: v for k, v in config.items() if k not in ("lam", "seed", "device", "lr")}
     return json.dumps(rest, sort_keys=True, separators=(",", ":"))
 
 
@@ -101,11 +114,7 @@ def choose_lambdas(
     records = list(records)
     seeds = sorted(set(selection_seeds))
     scores = validation_scores(records, seeds)
-    incomplete = {
-        group_key(r.config)
-        for r in records
-        if r.status == "failed" and r.config["seed"] in selection_seeds
-    }
+    incomplete = incomplete_groups(records, seeds)
     unpenalised = {group_key(r.config) for r in records if r.config["method"] not in PENALISED}
     chosen: dict[str, float | None] = {}
     for key, lams in scores.items():
@@ -120,6 +129,64 @@ def choose_lambdas(
         ]
         chosen[key] = max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None
     return chosen
+
+
+def incomplete_groups(records: Iterable[RunRecord], selection_seeds: Collection[int]) -> set[str]:
+    """Group keys with a *failed* selection run: they choose nothing until a rerun completes."""
+    return {
+        group_key(r.config)
+        for r in records
+        if r.status == "failed" and r.config["seed"] in selection_seeds
+    }
+
+
+def choose(
+    records: Iterable[RunRecord], selection_seeds: Collection[int]
+) -> dict[str, float | None]:
+    """``group key -> chosen lambda``, with the learning rate chosen per family (module doc).
+
+    As ``choose_lambdas``, except that in a family of groups that differ only in ``lr`` every
+    group but the best one gets None: its lambda is not tested. A family with an incomplete
+    group (a failed selection run) chooses nothing until a rerun completes it.
+    """
+    records = list(records)
+    seeds = sorted(set(selection_seeds))
+    chosen = choose_lambdas(records, seeds)
+    scores = validation_scores(records, seeds)
+    incomplete = incomplete_groups(records, seeds)
+    families: dict[str, dict[str, float]] = {}
+    for r in records:
+        lr = float(r.config.get("lr", 0.0))
+        families.setdefault(family_key(r.config), {})[group_key(r.config)] = lr
+    out = dict(chosen)
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        best = None
+        if not incomplete & set(members):
+            scored = [
+                (score, -lr, key)
+                for key, lr in members.items()
+                if (lam := chosen.get(key)) is not None
+                and (score := lambda_score(scores.get(key, {}).get(lam, {}), seeds)) is not None
+            ]
+            best = max(scored)[2] if scored else None
+        out.update({key: None for key in members if key != best})
+    return out
+
+
+def lr_edges(
+    records: Iterable[RunRecord], selection_seeds: Collection[int]
+) -> dict[str, tuple[float, ...]]:
+    """``family key -> (smallest, largest)`` lr tried on the selection seeds, where several were.
+
+    A family (``selection.family_key``) that chose its lr at one of them is not bracketed.
+    """
+    tried: dict[str, set[float]] = {}
+    for r in records:
+        if r.config.get("seed") in selection_seeds:
+            tried.setdefault(family_key(r.config), set()).add(float(r.config.get("lr", 0.0)))
+    return {key: (min(lrs), max(lrs)) for key, lrs in tried.items() if len(lrs) > 1}
 
 
 def is_selected(

@@ -40,7 +40,7 @@ from .experiment import (
 )
 from .lock import FolderLock
 from .records import RunRecord, clean_partial, read_records, write_json_atomic
-from .selection import choose_lambdas
+from .selection import choose
 
 __all__ = [
     "EXPERIMENT_KEYS",
@@ -204,7 +204,7 @@ def _phases(
             break
         sel += more
         phase(more, f"lambda grid extension {round_ + 1}")
-    final = experiment.final_configs(choose_lambdas(records_of(sel), experiment.selection_seeds))
+    final = experiment.final_configs(choose(records_of(sel), experiment.selection_seeds))
     phase(final, FINAL)
     return sel, final
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import PENALISED
 from ..outcomes import Run, bn_modes, method_labels, sequences, setting_text
 from ..selection import SELECTION
-from .cells import EDGE_NOTE, lambda_text
+from .cells import EDGE_MARK, EDGE_NOTE, lambda_text
 from .format import fmt_fixed, fmt_lambda, md_table
 
 
@@ -78,30 +78,80 @@ def declared_grid(meta: dict[str, Any]) -> str:
     return values(grid)
 
 
+def lr_of(run: Run) -> float:
+    """The run's learning rate."""
+    return float(run.record.config.get("lr", 0.0))
+
+
+def tried_lrs(group: Sequence[Run]) -> list[float]:
+    """The learning rates a group's selection runs tried (several: lr chosen with lambda)."""
+    return sorted({lr_of(r) for r in group if r.role == SELECTION})
+
+
+def lr_grid_cell(group: Sequence[Run], chosen: Run | None) -> str:
+    """``lr 0.01: <lambda grid>; **lr 0.03162**: ...``: the grid of every lr a family tried."""
+    parts = []
+    for lr in tried_lrs(group):
+        at = [r for r in group if lr_of(r) == lr]
+        won = chosen is not None and lr_of(chosen) == lr
+        lam = chosen.lam if won and chosen is not None else -1.0
+        name = f"**lr {fmt_lambda(lr)}**" if won else f"lr {fmt_lambda(lr)}"
+        parts.append(f"{name}: {lambda_grid_cell(at, lam)}")
+    return "; ".join(parts)
+
+
+def chosen_cell(chosen: Run, lr_tuned: bool) -> str:
+    """The chosen lambda (``lambda_text``), with the chosen lr where lr was chosen too."""
+    text = lambda_text(chosen)
+    if not lr_tuned:
+        return text
+    edge = EDGE_MARK if chosen.lr_at_edge else ""
+    return f"{text} at lr {fmt_lambda(lr_of(chosen))}{edge}"
+
+
 def lambda_rows(runs: Sequence[Run]) -> list[list[str]]:
-    """One row per sequence, bn and penalised method: chosen lambda, strength, score, grid."""
+    """One row per sequence, bn and method that chose something: lambda, strength, score, grid.
+
+    Penalised methods always; unpenalised ones where they chose a learning rate.
+    """
     rows = []
     for seq in sequences(runs):
         for bn in bn_modes(runs, seq):
             for label in method_labels(runs, seq, bn):
                 group = [r for r in runs if r.sequence == seq and r.bn == bn and r.label == label]
-                if group[0].record.config.get("method") not in PENALISED:
+                lr_tuned = len(tried_lrs(group)) > 1
+                if group[0].record.config.get("method") not in PENALISED and not lr_tuned:
                     continue
                 chosen = [r for r in group if r.selected]
-                lam = chosen[0].lam if chosen else None
-                best = selection_scores(group).get(lam, (None, ""))[0] if chosen else None
-                rows.append(
-                    [
-                        seq,
-                        bn,
-                        label,
-                        lambda_text(chosen[0]) if chosen else "none",
-                        strength_cell(chosen),
-                        fmt_fixed(best),
-                        lambda_grid_cell(group, -1.0 if lam is None else lam),
-                    ]
+                first = chosen[0] if chosen else None
+                at = [r for r in group if first is None or lr_of(r) == lr_of(first)]
+                lam = first.lam if first is not None else None
+                best = selection_scores(at).get(lam, (None, ""))[0] if chosen else None
+                grid = (
+                    lr_grid_cell(group, first)
+                    if lr_tuned
+                    else lambda_grid_cell(group, -1.0 if lam is None else lam)
                 )
+                cell = chosen_cell(first, lr_tuned) if first is not None else "none"
+                rows.append([seq, bn, label, cell, strength_cell(chosen), fmt_fixed(best), grid])
     return rows
+
+
+LR_NOTE = (
+    "Where a study gives several learning rates (`lrs`), lr is chosen with lambda: each lr "
+    "chooses its lambda as above, then the lr whose chosen lambda scores highest is tested "
+    "(ties to the smaller lr; the others are never tested); the chosen lr is in bold in the "
+    "grid column, and one at the smallest or largest lr tried is marked (edge)."
+)
+
+
+def _lr_tuned(runs: Sequence[Run]) -> bool:
+    """Whether any method in ``runs`` chose its lr among several (its selection runs differ)."""
+    tried: dict[tuple[str, str, str], set[float]] = {}
+    for r in runs:
+        if r.role == SELECTION:
+            tried.setdefault((r.sequence, r.bn, r.label), set()).add(lr_of(r))
+    return any(len(lrs) > 1 for lrs in tried.values())
 
 
 def lambda_section(
@@ -122,6 +172,8 @@ def lambda_section(
         "structures with the same λ·tr(F) penalise a random direction equally on average). "
         "Baseline and joint have no lambda.",
     ]
+    if _lr_tuned(runs):
+        parts += ["", LR_NOTE]
     grid = declared_grid(meta)
     if grid:
         parts += ["", f"Lambda grids declared by the experiment: {grid}."]
