@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-LIBRARIES = {"backpack": "backpack-for-pytorch", "nngeometry": "nngeometry"}
+LIBRARIES = {
+    "backpack": "backpack-for-pytorch",
+    "nngeometry": "nngeometry",
+    "curvlinops": "curvlinops-for-pytorch",
+}
 """Import name -> distribution name of the libraries timed beside ours (``costs.compare``)."""
 
 

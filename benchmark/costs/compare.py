@@ -1,32 +1,47 @@
 r"""The libraries users already know, timed beside ours and checked against ours.
 
-Optional extra: ``pip install -e '.[compare]'`` (backpack-for-pytorch, nngeometry). Without it,
-``measure_compare`` returns the rows as skipped, saying which package is missing.
+Optional extra: ``pip install -e '.[compare]'`` (backpack-for-pytorch, nngeometry,
+curvlinops-for-pytorch). Without it, ``measure_compare`` returns the rows as skipped, saying which
+package is missing.
 
 Network: the tutorial network **without BatchNorm** (MLP 784-100-100-10, ReLU): BackPACK's
-second-order extensions and nngeometry's layer collection do not support BatchNorm in eval mode
-the way our estimators do (ours replace it by its elementwise affine map), so every row of this
-table, ours included, runs on the plain MLP.
+second-order extensions, nngeometry's layer collection and curvlinops' KFAC (Linear and Conv2d
+only) do not support BatchNorm in eval mode the way our estimators do (ours replace it by its
+elementwise affine map), so every row of this table, ours included, runs on the plain MLP.
 
 What is compared (F is the mean over the N inputs of per-input Fisher matrices, as in ours):
 
-============================  ==================  ================================================
-theirs                        ours                conversion
-============================  ==================  ================================================
-BackPACK SumGradSquared       diag-empirical      x N (BackPACK's loss is the batch mean, so its
+================================  ==============  ================================================
+theirs                            ours            conversion
+================================  ==============  ================================================
+BackPACK SumGradSquared           diag-empirical  x N (BackPACK's loss is the batch mean, so its
                                                   individual gradients carry a 1/N)
-BackPACK DiagGGNExact         diag-exact          none (GGN = Fisher for softmax cross-entropy)
-BackPACK DiagGGNMC (1)        diag-mc             none; sampled, compared against diag-exact
-BackPACK KFLR                 kfac-exact          diag(G) x diag(A) per layer, bias from G
-BackPACK KFAC (1 sample)      kfac-mc             as KFLR; sampled, compared against kfac-exact
-nngeometry FIM PMatDiag       diag-exact          none
-nngeometry FIM PMatKFAC       kfac-exact          ``get_diag()``
-============================  ==================  ================================================
+BackPACK DiagGGNExact             diag-exact      none (GGN = Fisher for softmax cross-entropy)
+BackPACK DiagGGNMC (1)            diag-mc         none; sampled, compared against diag-exact
+BackPACK KFLR                     kfac-exact      diag(G) x diag(A) per layer, bias from G
+BackPACK KFAC (1 sample)          kfac-mc         as KFLR; sampled, compared against kfac-exact
+nngeometry FIM PMatDiag           diag-exact      none
+nngeometry FIM PMatKFAC           kfac-exact      ``get_diag()``
+nngeometry FIM PMatEKFAC          ekfac-exact     ``update_diag`` (the eigenvalue correction) in
+                                                  the fit; diagonal Q_G^2 S (Q_A^2)^T per layer
+curvlinops KFAC type-2            kfac-exact      mean loss with ``num_data = N``,
+                                                  ``separate_weight_and_bias=False`` (bias as the
+                                                  input column of A, our layout): factors equal
+curvlinops KFAC mc (1 sample)     kfac-mc         as type-2; sampled, compared against kfac-exact
+curvlinops KFAC empirical         kfac-empirical  as type-2
+curvlinops EKFAC type-2           ekfac-exact     as KFAC; diagonal Q_G^2 S (Q_A^2)^T per layer
+================================  ==============  ================================================
+
+(curvlinops' settings and why: ``costs.compare_curvlinops``; the diagonal conversions:
+``costs.compare_common``.) What is timed is each library's whole fit, nothing deferred; for the
+Kronecker and eigenbasis rows of nngeometry's EKFAC and curvlinops the diagonal is read outside
+the timed call, as for ours.
 
 Agreement is the relative difference of the diagonals, :math:`\|d - d_{ours}\| / \|d_{ours}\|`
 (for the KFAC rows, the diagonal of the Kronecker approximation: a check of both factors and their
-normalisation, not of the off-diagonal entries). Sampled rows are compared against the exact
-quantity they estimate, so they differ by sampling noise, O(1/sqrt(N)).
+normalisation, not of the off-diagonal entries; for EKFAC, the diagonal of the eigen-corrected
+matrix, a check of basis and corrected eigenvalues together). Sampled rows are compared against
+the exact quantity they estimate, so they differ by sampling noise, O(1/sqrt(N)).
 
 This module measures only; its table in timing.md is ``benchmark.report.timing.compare_section``.
 """
@@ -36,7 +51,6 @@ from __future__ import annotations
 import copy
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -48,26 +62,16 @@ import estimators
 from ..device import synchronizer
 from ..models import mlp
 from ..timing_record import LIBRARIES, ratios
+from .compare_common import External, eigen_block_diagonal, layer_diagonals
+from .compare_curvlinops import curvlinops_methods
 from .measure import Progress, TimedCall, interleaved_rounds
 from .workloads import estimator_call, floor_pass, seeded
 
 EXACT_OF = {
-    "diag-empirical": "diag-empirical",
     "diag-mc": "diag-exact",
     "kfac-mc": "kfac-exact",
 }
 """The ours-row a sampled row is checked against (default: the row's own ``ours``)."""
-
-
-@dataclass(frozen=True)
-class External:
-    """One external method: its library, label, our counterpart and a ``fn(model, x, y)``."""
-
-    library: str
-    label: str
-    ours: str
-    sampled: bool
-    fit: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def versions() -> dict[str, str | None]:
@@ -161,33 +165,68 @@ def backpack_methods() -> list[External]:
 # -- nngeometry --------------------------------------------------------------------------------
 
 
+def nngeometry_fim(model: nn.Module, x: torch.Tensor, representation: str, corrected: bool) -> Any:
+    """The nngeometry closed-form classification FIM of ``model`` on ``x`` as ``representation``.
+
+    ``corrected`` (PMatEKFAC): also ``update_diag``, the second pass that replaces the KFAC
+    eigenvalues by the eigenvalue correction; without it a PMatEKFAC is KFAC in its eigenbasis.
+    """
+    from nngeometry import object as objects
+    from nngeometry.metrics import FIM
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = copy.deepcopy(model)  # nngeometry leaves hooks on the model it is given
+    loader = DataLoader(TensorDataset(x), batch_size=min(len(x), 500))  # closed form: no labels
+    fim = FIM(
+        net,
+        loader,
+        getattr(objects, representation),
+        variant="classif_logits",
+        device=str(x.device),
+    )
+    if corrected:
+        fim.update_diag(loader)
+    return fim
+
+
 def _nngeometry(representation: str) -> Callable:
-    """A fit function: nngeometry's closed-form classification FIM; the flat diagonal."""
+    """A fit function: nngeometry's FIM as ``representation``; the flat diagonal."""
 
     def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from nngeometry import object as objects
-        from nngeometry.metrics import FIM
-        from torch.utils.data import DataLoader, TensorDataset
-
-        net = copy.deepcopy(model)  # nngeometry leaves hooks on the model it is given
-        loader = DataLoader(TensorDataset(x, y), batch_size=min(len(x), 500))
-        fim = FIM(
-            net,
-            loader,
-            getattr(objects, representation),
-            variant="classif_logits",
-            device=str(x.device),
-        )
-        return fim.get_diag()
+        return nngeometry_fim(model, x, representation, corrected=False).get_diag()
 
     return fit
 
 
+def _nngeometry_ekfac(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
+    """A fit function: nngeometry's eigenvalue-corrected PMatEKFAC (it has no ``get_diag``)."""
+    return nngeometry_fim(model, x, "PMatEKFAC", corrected=True)
+
+
+def nngeometry_ekfac_diagonal(fim: Any, model: nn.Module) -> torch.Tensor:
+    r"""The flat diagonal of a PMatEKFAC: per layer :math:`(Q_G \circ Q_G) S (Q_A \circ Q_A)^\top`.
+
+    ``fim.data`` is ``(evecs, diags)``: per layer id (the module name) ``(Q_A, Q_G)`` and S flat,
+    row-major over ``[d_out, d_in + 1]`` (bias last, as ours).
+    """
+    evecs, diags = fim.data
+    blocks = {name: eigen_block_diagonal(qg, diags[name], qa) for name, (qa, qg) in evecs.items()}
+    return layer_diagonals(model, blocks)
+
+
 def nngeometry_methods() -> list[External]:
-    """The nngeometry equivalents of our diag-exact and kfac-exact."""
+    """The nngeometry equivalents of our diag-exact, kfac-exact and ekfac-exact."""
     return [
         External("nngeometry", "FIM PMatDiag", "diag-exact", False, _nngeometry("PMatDiag")),
         External("nngeometry", "FIM PMatKFAC", "kfac-exact", False, _nngeometry("PMatKFAC")),
+        External(
+            "nngeometry",
+            "FIM PMatEKFAC",
+            "ekfac-exact",
+            False,
+            _nngeometry_ekfac,
+            nngeometry_ekfac_diagonal,
+        ),
     ]
 
 
@@ -198,6 +237,8 @@ def external_methods(available: dict[str, str | None]) -> list[External]:
         methods += backpack_methods()
     if available.get("nngeometry"):
         methods += nngeometry_methods()
+    if available.get("curvlinops"):
+        methods += curvlinops_methods()
     return methods
 
 
@@ -226,7 +267,7 @@ def agreement(
     if against not in cache:
         cache[against] = our_diagonal(against, model, x, y)
     try:
-        theirs = method.fit(model, x, y)
+        theirs = method.diagonal(method.fit(model, x, y), model)
         return {"against": against, "rel_diff": relative_difference(theirs, cache[against])}
     except Exception as err:  # a disagreement or failure is a finding, not a crash
         return {"against": against, "rel_diff": None, "error": f"{type(err).__name__}: {err}"}
@@ -245,7 +286,16 @@ def missing_note(available: dict[str, str | None]) -> str | None:
 
 # -- timed in the timing run -------------------------------------------------------------------
 
-OURS = ("diag-empirical", "diag-exact", "diag-mc", "kfac-exact", "kfac-mc")
+OURS = (
+    "diag-empirical",
+    "diag-exact",
+    "diag-mc",
+    "kfac-exact",
+    "kfac-mc",
+    "kfac-empirical",
+    "ekfac-exact",
+)
+"""Our rows: every estimator some library shares (the ``ours`` of ``external_methods``)."""
 
 
 def time_interleaved(

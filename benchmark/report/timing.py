@@ -274,8 +274,9 @@ def compare_section(compare: dict[str, Any] | None) -> list[str]:
         f"({fmt_ms(compare['floor']['median_s'])} ms). BatchNorm is left out for every row: the "
         "other libraries do not handle it in eval mode. Agreement: relative difference of the "
         "diagonal from ours, ||d - d_ours|| / ||d_ours|| (for KFAC, the diagonal of the "
-        "Kronecker approximation); sampled rows are compared against the exact quantity, so "
-        "they differ by sampling noise. Installed: " + (have or "none") + ".",
+        "Kronecker approximation; for EKFAC, of the eigen-corrected matrix); sampled rows are "
+        "compared against the exact quantity, so they differ by sampling noise. "
+        "Installed: " + (have or "none") + ".",
         "",
         "| library | method | ours | time (ms) | x floor | diagonal vs ours |",
         "| --- | --- | --- | ---: | ---: | --- |",
