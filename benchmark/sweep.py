@@ -39,6 +39,7 @@ from .experiment import (
     parse_method,
 )
 from .lock import FolderLock
+from .memwatch import TreeMemory
 from .records import RunRecord, clean_partial, read_records, write_json_atomic
 from .selection import choose
 
@@ -113,9 +114,9 @@ def run_sweep(
     folders = {"--results": results, "--out": out}
     choice.preflight(bases, root=root, download=download, folders=folders)
     results.mkdir(parents=True, exist_ok=True)
-    with FolderLock(results, wait=wait), sigterm_as_interrupt():
+    with FolderLock(results, wait=wait), sigterm_as_interrupt(), TreeMemory() as memory:
         pool = choice.open(threads, group_size, bases, (root, download))
-        return _run_phases(experiment, results, pool, root, retry_failed)
+        return _run_phases(experiment, results, pool, root, retry_failed, memory)
 
 
 def _run_phases(
@@ -124,8 +125,13 @@ def _run_phases(
     pool: Pool | DaskPool,
     root: str | None,
     retry_failed: bool,
+    memory: TreeMemory,
 ) -> dict[str, Any]:
-    """Selection (with grid extensions), then the test seeds; then ``sweep.json``."""
+    """Selection (with grid extensions), then the test seeds; then ``sweep.json``.
+
+    ``memory`` samples the driver and its workers (``benchmark.memwatch``); its peak so far is
+    the invocation's ``memory`` in ``sweep.json``.
+    """
     clean_partial(results)
     provenance.pin_git_sha()
     started, t0 = provenance.now(), time.perf_counter()
@@ -144,12 +150,14 @@ def _run_phases(
         started=started, finished=provenance.now(), duration_seconds=time.perf_counter() - t0
     )
     meta["parallel"] = pool.describe()
+    memory.sample()
+    meta["memory"] = memory.summary()
     meta["invocations"] = [*earlier_invocations(results, experiment.name), invocation(meta)]
     write_json_atomic(results / "sweep.json", meta)
     return meta
 
 
-INVOCATION_KEYS = ("started", "finished", "duration_seconds", "ran_now", "command")
+INVOCATION_KEYS = ("started", "finished", "duration_seconds", "ran_now", "command", "memory")
 
 
 def invocation(meta: dict[str, Any]) -> dict[str, Any]:

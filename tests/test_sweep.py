@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmark import harness, sweep
+from benchmark import harness, memwatch, sweep
 from benchmark.records import read_records
 from benchmark.selection import choose_lambdas, group_key
 from benchmark.sweep import load_experiment, parse_experiment, run_sweep
@@ -154,6 +154,9 @@ def test_sweep_selection_resume_and_report(tmp_path, monkeypatch):
     written = json.loads((results / "sweep.json").read_text())
     assert meta["runs"] == 9 and written["experiment"] == "tiny"
     assert written["selection_seeds"] == [7] and written["seeds"] == [0, 1]
+    if memwatch.supported():  # the driver (and any worker) sampled while the sweep ran
+        assert written["memory"]["peak_pss_bytes"] > 0
+        assert written["invocations"][-1]["memory"] == written["memory"]
     chosen = choose_lambdas(records, [7])
     assert all(v is not None for v in chosen.values())
 
@@ -166,6 +169,7 @@ def test_sweep_selection_resume_and_report(tmp_path, monkeypatch):
     report = build_report(results, tmp_path / "report")
     text = report.read_text()
     assert "mnist-fmnist" in text and "selection seeds (7)" in text
+    assert ("- Sweep memory: peak " in text) == memwatch.supported()
     import csv
 
     rows = list(csv.DictReader((tmp_path / "report" / "runs.csv").open()))

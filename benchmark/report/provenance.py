@@ -198,6 +198,37 @@ def peak_memory_text(runs: Sequence[Run]) -> str:
     )
 
 
+def sweep_memory_text(meta: dict[str, Any]) -> str | None:
+    """The sweep's peak memory, driver and workers together (``benchmark.memwatch``).
+
+    The largest over the invocations that measured it; None when none did (older sweeps).
+    """
+    calls = [
+        c
+        for c in meta.get("invocations") or []
+        if isinstance(c, dict)
+        and isinstance(c.get("memory"), dict)
+        and c["memory"].get("peak_pss_bytes")
+    ]
+    if not calls:
+        return None
+    top = max(calls, key=lambda c: c["memory"]["peak_pss_bytes"])
+    mem = top["memory"]
+    peak = int(mem["peak_pss_bytes"])
+    count = int(mem.get("processes_at_peak") or 1)
+    among = ""
+    if len(calls) > 1:
+        among = f", the largest of the {len(calls)} invocations that measured it"
+    return (
+        f"- Sweep memory: peak {peak / 1e9:.2f} GB ({peak / 2**30:.2f} GiB) summed over "
+        f"{count} process{'es' if count != 1 else ''}, the sweep's driver and its workers "
+        f"(proportional set size, sampled every {float(mem.get('interval_seconds') or 0):g} s, "
+        f"so a lower bound of the true peak; `benchmark.memwatch`), in the invocation started "
+        f"{top.get('started') or 'at an unrecorded time'} that ran {top.get('ran_now', '?')} "
+        f"runs{among}"
+    )
+
+
 def _when(meta: dict[str, Any]) -> str:
     """``- Started ..., finished ...; duration ...`` (with the compute time summed over runs).
 
@@ -337,6 +368,7 @@ def report_provenance(
         _when(meta),
         _records_text(runs),
         peak_memory_text(runs),
+        *([text] if (text := sweep_memory_text(meta)) else []),
         parallel_text(meta, runs),
         *(thread_check_text(c) for c in meta.get("thread_checks") or []),
         *(grouped_check_text(c) for c in meta.get("grouped_checks") or []),
