@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import FIELD_HELP, FLOAT32_MAX, PENALISED, RunConfig
 from .methods import METHODS, parse_label
+from .outcomes import model_text
 from .records import RunRecord
 from .selection import DEFAULT_SELECTION_SEEDS, choose_lambdas, group_key, lattice
 
@@ -91,6 +92,17 @@ class Group:
     def penalised(self) -> bool:
         """Whether lambda matters (else the group has the one lambda 0)."""
         return self.base.method in PENALISED
+
+    @property
+    def name(self) -> str:
+        """``sequence bn=... label``, with the network, optimizer and lr where they vary."""
+        b = self.base
+        extra = [model_text(b.to_dict())]
+        if b.optimizer != "adam":
+            extra.append(b.optimizer)
+        if self.tunes_lr:
+            extra.append(f"lr={b.lr:g}")
+        return f"{b.sequence} bn={b.bn} {b.label} ({', '.join(extra)})"
 
     @property
     def selects(self) -> bool:

@@ -253,7 +253,7 @@ def _meta(
         "run_ids": ids,
         "counts": counts,
         "grids": {
-            f"{g.base.sequence} bn={g.base.bn} {g.base.label}": list(g.lambdas)
+            g.name: list(g.lambdas)
             for g in experiment.groups
         },
     }

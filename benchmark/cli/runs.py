@@ -323,10 +323,7 @@ def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
     _print_plan(exp)
     if args.dry_run:
         for g in exp.groups:
-            print(
-                f"  {g.base.sequence:<18} bn={g.base.bn:<6} {g.base.label:<28} "
-                f"lambdas {list(g.lambdas)}"
-            )
+            print(f"  {g.name}: lambdas {list(g.lambdas)}")
         return 0
     meta = _sweep(args, exp, None)
     from ..sweep import failed_runs
