@@ -191,3 +191,30 @@ def test_a_missing_readme_is_refused_before_any_work(tmp_path, command):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: --readme {tmp_path / 'nope.md'} is not a file"
     assert not (tmp_path / "out").exists() and not (tmp_path / "res").exists()
+
+
+def _comparison(section: str, mean: float, lo: float, hi: float, p: float) -> verdict.Comparison:
+    test = {"mean_diff": mean, "ci_low": lo, "ci_high": hi, "n": 10}
+    return verdict.Comparison(
+        section=section,
+        bn="",
+        label="ewc kfac-exact",
+        acc=test,
+        forgetting={"mean_diff": None, "n": 10},
+        time_ratio=1.0,
+        acc_p=p,
+    )
+
+
+def test_the_optimizer_control_pairs_each_structure_with_its_adam_row():
+    adam = _comparison("mnist-fmnist on mlp hidden=16", 0.016, 0.010, 0.022, 0.001)
+    sgd = _comparison("mnist-fmnist on mlp hidden=16 with sgd", 0.004, -0.002, 0.010, 0.40)
+    other = _comparison("split-mnist on mlp hidden=16", 0.03, 0.02, 0.04, 0.001)
+    assert verdict.optimizer_pairs([adam, sgd, other]) == [(adam, sgd, "sgd")]
+    (text,) = verdict.optimizer_sentences([adam, sgd, other])
+    assert "+0.016 [+0.010, +0.022] under Adam, +0.004 [-0.002, +0.010] under sgd" in text
+    assert text.endswith("better under Adam, no difference detected under sgd.")
+    same = _comparison("mnist-fmnist on mlp hidden=16 with sgd", 0.02, 0.01, 0.03, 0.01)
+    (text,) = verdict.optimizer_sentences([adam, same])
+    assert text.endswith("the same outcome (better) under both.")
+    assert verdict.optimizer_sentences([adam, other]) == []

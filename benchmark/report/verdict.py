@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
-from ..outcomes import Run, bn_modes, method_labels, network_facts, selected, sequences
+from ..outcomes import (
+    OPTIMIZER_JOIN,
+    Run,
+    bn_modes,
+    method_labels,
+    network_facts,
+    selected,
+    sequences,
+)
 from .cells import paired
 from .format import fmt_p, fmt_signed, md_table
 from .references import REFERENCE, is_reference, references, variant_fields
@@ -252,11 +260,46 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
             f"No difference from {ref} detected in either average accuracy or forgetting "
             f"at {n_text} paired test seeds (which does not show equality): {names}."
         )
+    out += optimizer_sentences(comps)
     ratios = [c.time_ratio for c in comps if c.time_ratio is not None]
     if ratios:
         out.append(
             f"Whole runs took {min(ratios):.2f}x to {max(ratios):.2f}x the diagonal's wall time "
             "(the last column; wall times of runs that shared the machine)."
+        )
+    return out
+
+
+def optimizer_pairs(comps: Sequence[Comparison]) -> list[tuple[Comparison, Comparison, str]]:
+    """``(under Adam, under another optimizer, its name)`` for each structure run under both.
+
+    A section trained with another optimizer is named ``<section> with <optimizer>``
+    (``outcomes.section_of``); its rows pair with the same label and mode in ``<section>``.
+    """
+    by_place = {(c.section, c.bn, c.label): c for c in comps}
+    pairs = []
+    for c in comps:
+        base, sep, optimizer = c.section.rpartition(OPTIMIZER_JOIN)
+        adam = by_place.get((base, c.bn, c.label)) if sep else None
+        if adam is not None:
+            pairs.append((adam, c, optimizer))
+    return pairs
+
+
+def optimizer_sentences(comps: Sequence[Comparison]) -> list[str]:
+    """Whether each structure's difference from the diagonal holds without Adam's normalisation."""
+    out = []
+    for adam, other, name in optimizer_pairs(comps):
+        same = adam.outcome == other.outcome
+        verdict = (
+            f"the same outcome ({adam.outcome}) under both"
+            if same
+            else f"{adam.outcome} under Adam, {other.outcome} under {name}"
+        )
+        out.append(
+            f"Optimizer control, {adam.label} on {adam.where}: Δ average accuracy "
+            f"{interval(adam.acc)} under Adam, {interval(other.acc)} under {name} (lr chosen "
+            f"with λ): {verdict}."
         )
     return out
 
