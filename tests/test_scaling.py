@@ -28,7 +28,10 @@ def record():
 
 
 def rows(point):
-    return {r["estimator"]: r for r in point["rows"]}
+    return {r.get("name", r["estimator"]): r for r in point["rows"]}
+
+
+LOWRANK = "lowrank-exact rank=200"
 
 
 def test_every_sweep_times_every_estimator_and_the_floor(record):
@@ -44,7 +47,9 @@ def test_every_sweep_times_every_estimator_and_the_floor(record):
         for point in points:
             by_name = rows(point)
             assert set(by_name) == {"floor", *names}
-            for row in by_name.values():
+            for label, row in by_name.items():
+                if label == LOWRANK and point["n"] > cfg.max_n["lowrank-exact"]:
+                    continue  # the cap: test_lowrank_is_capped_and_says_so
                 assert row["status"] == "ok", row
                 assert len(row["times_s"]) == cfg.repeats
                 assert row["median_s"] > 0
@@ -69,15 +74,102 @@ def test_sizes_grow_as_the_models_do(record):
 
 def test_penalty_terms_grow_in_separate_mode_only(record):
     pen = record["penalty"]
-    got = {(r["estimator"], r["mode"], r["tasks"]): r for r in pen["rows"]}
+    got = {(r["name"], r["mode"], r["tasks"]): r for r in pen["rows"]}
     diag_one = got[("diag-exact", "separate", 1)]["penalty_bytes"]
     assert got[("diag-exact", "separate", 3)]["penalty_bytes"] == 3 * diag_one
     assert got[("diag-exact", "online", 3)]["penalty_bytes"] == diag_one
-    # KFAC and the low-rank factor have no closed online sum: refused, and said so
-    refused = {r["estimator"] for r in pen["online_refused"]}
-    assert refused == {"kfac-exact", "full-mc"}
+    # the low-rank and factor curvatures have no online sum: refused, and said so
+    refused = {r["name"]: r for r in pen["online_refused"]}
+    assert {k for k, r in refused.items() if "online_rule" not in r["options"]} == {
+        "lowrank-exact rank=20",
+        "full-mc",
+    }
+    # plain KFAC/EKFAC fits run in separate mode only: their online mode is the rules' columns
     assert ("kfac-exact", "online", 1) not in got
-    assert len(pen["rows"]) == 4 * len(scaling.quick_config().past_tasks)
+    assert ("kfac-exact", "separate", 3) in got and ("ekfac-exact", "separate", 3) in got
+    columns = {(r["name"], r["mode"]) for r in pen["rows"]}
+    assert len(columns) == 9  # diag x2, kfac, kfac x2 rules, ekfac, ekfac sum, lowrank, full-mc
+    assert len(pen["rows"]) == 9 * len(scaling.quick_config().past_tasks)
+
+
+def test_online_kfac_rows_per_rule(record):
+    """n-weighted holds one product whatever T; sum (and ekfac's sum) hold T terms."""
+    pen = record["penalty"]
+    got = {(r["name"], r["mode"], r["tasks"]): r for r in pen["rows"]}
+    for label, rule in (
+        ("kfac-exact online_rule=n-weighted", "n-weighted"),
+        ("kfac-exact online_rule=sum", "sum"),
+        ("ekfac-exact online_rule=sum", "sum"),
+    ):
+        one, three = got[(label, "online", 1)], got[(label, "online", 3)]
+        assert one["options"] == {"online_rule": rule}
+        assert one["estimator"] == label.split()[0]
+        assert (label, "separate", 1) not in got  # separate mode refuses a fit with a rule
+        grows = 3 if rule == "sum" else 1
+        assert three["penalty_bytes"] == grows * one["penalty_bytes"]
+    kfac_one = got[("kfac-exact", "separate", 1)]["penalty_bytes"]
+    assert got[("kfac-exact online_rule=n-weighted", "online", 3)]["penalty_bytes"] == kfac_one
+    # ekfac takes the sum rule only: the other listed rule is refused, with ekfac's reason
+    (ekfac,) = [r for r in pen["online_refused"] if r["estimator"] == "ekfac-exact"]
+    assert ekfac["name"] == "ekfac-exact online_rule=n-weighted"
+    assert "is not defined for ekfac" in ekfac["reason"]
+    assert {f["name"] for f in pen["fits"]} == set(scaling.quick_config().penalty_estimators)
+    text = scaling_report.render_markdown(record)
+    assert " | `kfac-exact online_rule=sum` online | " in text
+    assert "`n-weighted` averages each layer's Kronecker factors" in text
+    assert "- `ekfac-exact online_rule=n-weighted`: not measured: option" in text
+
+
+def test_new_structures_join_the_default_studies():
+    cfg = scaling.ScalingConfig()
+    for labels in (cfg.n_estimators, cfg.size_estimators):
+        assert "ekfac-exact" in labels and LOWRANK in labels
+    assert {"ekfac-exact", LOWRANK, "kfac-exact online_rule=n-weighted"} <= set(
+        cfg.penalty_estimators
+    )
+    assert "kfac-exact online_rule=sum" in cfg.penalty_estimators
+    assert "ekfac-exact online_rule=sum" in cfg.penalty_estimators
+    assert cfg.max_n["lowrank-exact"] == 3000 and max(cfg.n_values) > 3000
+    assert cfg.max_parameters["lowrank-exact"] == 250_000
+    with pytest.raises(scaling.ScalingError, match="penalty_estimators: bad variant"):
+        scaling.ScalingConfig(penalty_estimators=("ekfac-exact online_rule=n-weighted",))
+    with pytest.raises(scaling.ScalingError, match=r"unknown estimator name.*in max_n"):
+        scaling.ScalingConfig(max_n={"lowrank-typo": 10})
+
+
+def test_lowrank_is_capped_and_says_so(record):
+    """Over its N cap the low-rank row is ``not timed``, its label and options recorded."""
+    small, large = (rows(p)[LOWRANK] for p in record["n"])
+    assert small["status"] == "ok" and small["structure"] == "lowrank"
+    assert small["estimator"] == "lowrank-exact" and small["options"] == {"rank": 200}
+    assert large["status"] == "not timed" and "not timed above N = 20" in large["message"]
+    assert "times_s" not in large
+    text = scaling_report.render_markdown(record)
+    assert " | `lowrank-exact rank=200` | " in text
+    assert "- `lowrank-exact rank=200`: not timed above N = 20 (" in text
+
+
+def test_parameter_cap_stops_the_wider_models():
+    cfg = scaling.quick_config(
+        memory=False,
+        n_values=(20,),
+        n_estimators=("diag-exact",),
+        size_estimators=(LOWRANK, "diag-exact"),
+        max_parameters={"lowrank-exact": 5000},
+        classes=(2,),
+        depths=(1,),
+        past_tasks=(1,),
+        penalty_estimators=("diag-exact",),
+        throughput=None,
+    )
+    record = scaling.run_scaling(cfg)
+    narrow, wide = (rows(p)[LOWRANK] for p in record["width"])  # P = 3,210 and 6,442
+    assert narrow["status"] == "ok"
+    assert wide["status"] == "not timed" and "above P = 5,000" in wide["message"]
+    assert rows(record["width"][1])["diag-exact"]["status"] == "ok"
+    with pytest.raises(scaling.NotTimed, match="above N = 3,000"):
+        scaling.check_limits(scaling.ScalingConfig(), "lowrank-exact", 10_000, 100)
+    scaling.check_limits(scaling.ScalingConfig(), "kfac-exact", 10**6, 10**9)  # no cap
 
 
 def test_refusal_is_a_row_with_the_bytes_it_needs():

@@ -11,9 +11,11 @@ of a fit does not depend on the pixel values, so no dataset is needed):
   linearly in depth);
 - **vs classes C**: MLP 784-100-100-C; ``exact`` costs grow with C (one column of the Fisher factor
   per class), ``mc`` and ``empirical`` do not;
-- **penalty vs past tasks**: the extra time per training step (batch 100, ``workloads.Variant``)
-  of the EWC penalty after T tasks, separate mode (one term per task: linear in T) against online
-  mode (one accumulated curvature: flat in T), all variants stepped in every round in a fresh
+- **penalty vs past tasks** (``scaling_penalty``): the extra time per training step (batch 100,
+  ``workloads.Variant``) of the EWC penalty after T tasks, separate mode (one term per task:
+  linear in T) against online mode (one accumulated curvature: flat in T; KFAC's and EKFAC's
+  online modes by their ``online_rule``: ``n-weighted`` flat, ``sum`` linear in T), all variants
+  stepped in every round in a fresh
   seeded order (with a fixed order the plain step always followed the costliest variant, found
   cold caches, and the small overheads came out near zero);
 - **where the dense Fisher stops fitting**: P at which P^2 floats exceed the memory budget, against
@@ -24,7 +26,10 @@ of a fit does not depend on the pixel values, so no dataset is needed):
 
 Timing: each point gets one warm-up call, then ``repeats`` rounds in which every estimator of the
 point and the floor are called in a fresh seeded order (load on shared cores then hits all alike);
-the median is reported, with its ratio to the floor's median of the same rounds. Memory:
+the median is reported, with its ratio to the floor's median of the same rounds. Rows are
+estimator names or variant labels (``costs.variants``: ``lowrank-exact rank=200``); a fit over
+its estimator's ``max_n`` or ``max_parameters`` is ``not timed`` (``MAX_N``, ``MAX_PARAMETERS``:
+the low-rank fits, seconds each, stop at N = 3,000 and P = 250,000). Memory:
 ``nbytes`` of the fitted curvature, and the extra peak memory of one more call, in process
 (``measure.peak_extra``). Rendering lives in ``benchmark.report.scaling``.
 """
@@ -34,7 +39,7 @@ from __future__ import annotations
 import gc
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,11 +53,11 @@ from ..device import synchronizer
 from ..models import INPUT_PIXELS, mlp, n_parameters
 from .executors import ExecutorsConfig, measure_executors
 from .measure import (
+    NotTimed,
     Progress,
     SetupError,
     environment,
     failure,
-    interleaved_steps,
     is_cuda,
     load_average,
     peak_extra,
@@ -60,24 +65,48 @@ from .measure import (
     timed,
     warn_if_busy,
 )
+from .scaling_penalty import row_identity, sweep_penalty
 from .throughput import ThroughputConfig, measure_throughput
 from .time_split import time_split
+from .variants import parse_variant
 from .workloads import (
-    PENALTY_BATCH,
     PENALTY_WARMUP_STEPS,
-    Variant,
     floor_pass,
-    make_variant,
     seeded,
     synthetic,
     synthetic_tutorial_network,
 )
 
-SCHEMA = "ewc-bench/scaling/1"
+SCHEMA = "ewc-bench/scaling/2"
+"""Version 2: estimator rows (sweeps, penalty fits, penalty rows, online refusals) also record
+their ``name`` (the label, e.g. ``lowrank-exact rank=200``) and the variant's ``options`` (``{}``
+for a plain name); ``estimator`` stays the estimator name. Version 1 rows lack both and are plain
+names (the report reads both)."""
 FLOAT_BYTES = 4
-PENALTY_FIT_N = 1000
-PENALTY_FULL_ROWS = 200
-"""Factor rows of the full Fisher in the penalty study (the harness's default protocol)."""
+LOWRANK = tuple(f"lowrank-{mode}" for mode in ("exact", "mc", "empirical"))
+MAX_N: dict[str, int] = dict.fromkeys(LOWRANK, 3000)
+"""Largest N a fit is timed at: a rank-200 low-rank fit is a few seconds of fixed cost (the
+sketch's orthogonalisations) plus ``power_iterations + 1`` passes over the N x C rows, about
+6 s at N = 1,000 on the tutorial network (2 threads); N = 10,000 would add minutes per point."""
+MAX_PARAMETERS: dict[str, int] = dict.fromkeys(LOWRANK, 250_000)
+"""Largest P a fit is timed at (width and depth sweeps): a rank-200 low-rank fit grows with P
+(about 15 s at P = 200,000, N = 1,000, 2 threads), and its sketch of P x (rank + oversample)
+floats exceeds the default 2 GiB budget near P = 230,000 anyway."""
+
+
+PENALTY_LABELS = (
+    "diag-exact",
+    "kfac-exact",
+    "kfac-exact online_rule=n-weighted",
+    "kfac-exact online_rule=sum",
+    "ekfac-exact",
+    "ekfac-exact online_rule=sum",
+    "lowrank-exact rank=200",
+    "full-mc",
+)
+"""The penalty study's rows: separate mode for plain labels (online too where the curvature adds
+online), online mode for ``online_rule`` labels (``scaling_penalty``)."""
+LABEL_FIELDS = ("n_estimators", "size_estimators", "class_estimators", "penalty_estimators")
 
 
 class ScalingError(SetupError):
@@ -90,17 +119,23 @@ class ScalingConfig:
 
     Attributes:
         n_values: input counts for the N sweep (tutorial network).
-        n_estimators: estimators of the N sweep.
+        n_estimators: estimators of the N sweep: names or variant labels (``costs.variants``,
+            e.g. ``lowrank-exact rank=200``), as are the other ``*_estimators``.
         widths: hidden widths of the MLP 784-h-h-10 (width sweep, at ``size_n`` inputs).
         depths: hidden-layer counts of the MLP at ``depth_width`` (depth sweep).
         size_estimators: estimators of the width and depth sweeps.
         classes: output counts of the MLP 784-100-100-C (class sweep, at ``size_n`` inputs).
         class_estimators: estimators of the class sweep.
         past_tasks: numbers of past tasks T in the penalty study.
-        penalty_estimators: estimators in the penalty study (online mode where defined).
+        penalty_estimators: estimators in the penalty study: separate mode, and online where
+            defined; a label with ``online_rule`` runs online only (``scaling_penalty``).
         penalty_steps: timed training steps per penalty variant (after 5 warm-up steps).
         repeats: timed rounds per point.
         memory_budget: the full-Fisher budget in bytes (the dense limit's line).
+        max_n: per estimator name, the largest N its fits are timed at (``MAX_N``); above it
+            the row is ``not timed``, saying so.
+        max_parameters: per estimator name, the largest P its fits are timed at
+            (``MAX_PARAMETERS``), likewise.
         memory: measure extra peak memory (one more call per row).
         results: a sweep's results folder for the time split, or None.
         throughput: runs per minute alone vs grouped (``throughput``), or None to skip.
@@ -108,12 +143,25 @@ class ScalingConfig:
     """
 
     n_values: tuple[int, ...] = (100, 300, 1000, 3000, 10000)
-    n_estimators: tuple[str, ...] = ("diag-empirical", "diag-exact", "kfac-exact", "full-mc")
+    n_estimators: tuple[str, ...] = (
+        "diag-empirical",
+        "diag-exact",
+        "kfac-exact",
+        "ekfac-exact",
+        "lowrank-exact rank=200",
+        "full-mc",
+    )
     widths: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024)
     depths: tuple[int, ...] = (1, 2, 4, 8)
     depth_width: int = 256
     size_n: int = 1000
-    size_estimators: tuple[str, ...] = ("diag-exact", "kfac-exact", "full-mc")
+    size_estimators: tuple[str, ...] = (
+        "diag-exact",
+        "kfac-exact",
+        "ekfac-exact",
+        "lowrank-exact rank=200",
+        "full-mc",
+    )
     classes: tuple[int, ...] = (2, 10, 50, 100)
     class_estimators: tuple[str, ...] = (
         "diag-empirical",
@@ -123,10 +171,12 @@ class ScalingConfig:
         "kfac-exact",
     )
     past_tasks: tuple[int, ...] = (1, 2, 4, 8, 16)
-    penalty_estimators: tuple[str, ...] = ("diag-exact", "kfac-exact", "full-mc")
+    penalty_estimators: tuple[str, ...] = PENALTY_LABELS
     penalty_steps: int = 40
     repeats: int = 3
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    max_n: Mapping[str, int] = field(default_factory=lambda: dict(MAX_N))
+    max_parameters: Mapping[str, int] = field(default_factory=lambda: dict(MAX_PARAMETERS))
     memory: bool = True
     device: str = "cpu"
     threads: int | None = None
@@ -147,13 +197,14 @@ class ScalingConfig:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise ScalingError(f"{field_name} must be a positive integer, got {value!r}")
+        for field_name in LABEL_FIELDS:
+            for label in getattr(self, field_name):
+                try:
+                    parse_variant(label)
+                except SetupError as err:
+                    raise ScalingError(f"{field_name}: {err}") from None
         known = set(estimators.names())
-        for field_name in (
-            "n_estimators",
-            "size_estimators",
-            "class_estimators",
-            "penalty_estimators",
-        ):
+        for field_name in ("max_n", "max_parameters"):
             bad = [n for n in getattr(self, field_name) if n not in known]
             if bad:
                 raise ScalingError(
@@ -162,20 +213,25 @@ class ScalingConfig:
                 )
 
 
+QUICK_SIZE_LABELS = ("diag-exact", "kfac-exact", "ekfac-exact", "lowrank-exact rank=200", "full-mc")
+
+
 def quick_config(**overrides: Any) -> ScalingConfig:
     """A configuration that runs end to end in seconds (tests, smoke runs)."""
     settings: dict[str, Any] = dict(
         n_values=(20, 40),
-        n_estimators=("diag-exact", "kfac-exact", "full-mc"),
+        n_estimators=QUICK_SIZE_LABELS,
         widths=(4, 8),
         depths=(1, 2),
         depth_width=8,
         size_n=20,
-        size_estimators=("diag-exact", "kfac-exact", "full-mc"),
+        size_estimators=QUICK_SIZE_LABELS,
         classes=(2, 5),
         class_estimators=("diag-mc", "diag-exact"),
+        # 20 inputs x 10 classes = the rank: the low-rank fit's one-pass exact path (no sketch)
+        max_n={"lowrank-exact": 20},
         past_tasks=(1, 3),
-        penalty_estimators=("diag-exact", "kfac-exact", "full-mc"),
+        penalty_estimators=(*PENALTY_LABELS[:-2], "lowrank-exact rank=20", "full-mc"),
         penalty_steps=3,
         repeats=1,
         quick=True,
@@ -199,39 +255,53 @@ Calls = dict[str, Callable[[], Any]]
 Rows = dict[str, dict[str, Any]]
 
 
+def check_limits(config: ScalingConfig, name: str, n: int, parameters: int) -> None:
+    """Raise ``NotTimed`` when ``name`` is over its ``max_n`` or ``max_parameters`` here."""
+    limit = config.max_n.get(name)
+    if limit is not None and n > limit:
+        raise NotTimed(f"not timed above N = {limit:,} (each fit linear in N; see smaller N)")
+    limit = config.max_parameters.get(name)
+    if limit is not None and parameters > limit:
+        raise NotTimed(
+            f"not timed above P = {limit:,} (each fit grows with P; see the smaller models)"
+        )
+
+
 def warm_up_fits(
     config: ScalingConfig,
-    names: Sequence[str],
+    labels: Sequence[str],
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     progress: Progress,
 ) -> tuple[Calls, Rows]:
-    """The floor's call, and each estimator's after one warm-up fit (a failure: a row only)."""
+    """The floor's call, and each label's after one warm-up fit (a failure: a row only).
+
+    Rows and calls are keyed by label; a row records ``estimator``, ``name`` and ``options``
+    (``scaling_penalty.row_identity``). Over ``max_n``/``max_parameters``: ``not timed``.
+    """
     sync = synchronizer(config.device)
     calls: Calls = {"floor": lambda: floor_pass(model, x, y)}
     rows: Rows = {"floor": {"estimator": "floor", "status": "ok"}}
-    for name in names:
-        est = estimators.make(name, memory_budget=config.memory_budget)
-        rows[name] = {"estimator": name}
+    for label in labels:
+        row = rows[label] = row_identity(label)
         try:
+            check_limits(config, row["estimator"], x.shape[0], n_parameters(model))
+            est = estimators.make(
+                row["estimator"], memory_budget=config.memory_budget, **row["options"]
+            )
             seconds, curv = timed(lambda e=est: e.fit(model, x, y), sync)
         except Exception as err:  # a refusal or failure is a result, the sweep goes on
-            rows[name].update(failure(err))
-            rows[name].pop("traceback", None)
-            progress.tick(name)
+            row.update(failure(err))
+            row.pop("traceback", None)
+            progress.tick(label)
             if config.memory:
-                progress.tick(f"{name}: no memory to measure")
+                progress.tick(f"{label}: no memory to measure")
             continue
-        rows[name].update(
-            status="ok",
-            warmup_s=seconds,
-            nbytes=int(curv.nbytes),
-            structure=curv.structure,
-        )
+        row.update(status="ok", warmup_s=seconds, nbytes=int(curv.nbytes), structure=curv.structure)
         del curv
-        calls[name] = lambda e=est: e.fit(model, x, y)
-        progress.tick(name)
+        calls[label] = lambda e=est: e.fit(model, x, y)
+        progress.tick(label)
     return calls, rows
 
 
@@ -311,92 +381,6 @@ def sweep_models(
         )
         del model
     return points
-
-
-# -- penalty vs past tasks ---------------------------------------------------------------------
-
-
-def penalty_curvatures(
-    config: ScalingConfig, model: nn.Module
-) -> tuple[list[dict[str, Any]], dict[str, estimators.Curvature]]:
-    """Fit each penalty estimator once (full Fisher: a factor of ``PENALTY_FULL_ROWS`` rows)."""
-    n_fit = min(PENALTY_FIT_N, max(config.n_values))
-    x, y = synthetic(n_fit, 10, config.device)
-    fitted, notes = {}, []
-    for name in config.penalty_estimators:
-        options: dict[str, Any] = {"memory_budget": config.memory_budget}
-        n = n_fit
-        if name.startswith("full-"):
-            options["representation"] = "factor"
-            n = min(n_fit, PENALTY_FULL_ROWS)
-        try:
-            fitted[name] = estimators.make(name, **options).fit(model, x[:n], y[:n])
-            notes.append({"estimator": name, "status": "ok", "inputs": n})
-        except Exception as err:
-            row = {"estimator": name, "inputs": n, **failure(err)}
-            row.pop("traceback", None)
-            notes.append(row)
-    return notes, fitted
-
-
-def online_defined(curvature: estimators.Curvature) -> str | None:
-    """Why online mode is not defined for ``curvature``, or None when it is."""
-    try:
-        curvature.add(curvature, 1.0)
-    except NotImplementedError as err:
-        return str(err)
-    return None
-
-
-def penalty_variants(
-    config: ScalingConfig, base: nn.Module, curvatures: dict[str, estimators.Curvature]
-) -> tuple[list[Variant], list[dict[str, Any]]]:
-    """Plain, then per estimator, mode and T a variant; online refusals, with their reasons."""
-    variants = [make_variant(base)]
-    refused = []
-    for name, curv in curvatures.items():
-        why = online_defined(curv)
-        modes = ["separate"] + (["online"] if why is None else [])
-        if why is not None:
-            refused.append({"estimator": name, "mode": "online", "reason": why.split(":")[0]})
-        for mode in modes:
-            for t in config.past_tasks:
-                variants.append(make_variant(base, curv, name, mode, t))
-    return variants, refused
-
-
-def sweep_penalty(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
-    """Extra time per training step of the penalty after T past tasks, separate vs online."""
-    base = synthetic_tutorial_network(config.device)
-    fits, curvatures = penalty_curvatures(config, base)
-    variants, refused = penalty_variants(config, base, curvatures)
-    batch = synthetic(PENALTY_BATCH, 10, config.device)
-    warmup = min(PENALTY_WARMUP_STEPS, config.penalty_steps)
-    sync = synchronizer(config.device)
-    interleaved_steps(variants, [batch], config.penalty_steps, warmup, sync, progress.tick)
-    plain = statistics.median(variants[0].times)
-    rows = []
-    for v in variants[1:]:
-        median = statistics.median(v.times)
-        rows.append(
-            {
-                "estimator": v.estimator,
-                "mode": v.mode,
-                "tasks": v.tasks,
-                "median_s": median,
-                "extra_s": median - plain,
-                "overhead_pct": 100.0 * (median / plain - 1.0),
-                "penalty_bytes": v.penalty_bytes,
-            }
-        )
-    return {
-        "batch_size": PENALTY_BATCH,
-        "steps": config.penalty_steps,
-        "plain_s": plain,
-        "fits": fits,
-        "online_refused": refused,
-        "rows": rows,
-    }
 
 
 # -- the whole measurement ---------------------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import Any
 
 from .format import fmt_bytes, fmt_duration, fmt_ms, fmt_ratio, md_cell
 from .provenance import command_item, git_text, libraries_text, machine_text
-from .scaling_figures import SPLIT_PARTS, estimator_names, row_of, write_figures
+from .scaling_figures import SPLIT_PARTS, estimator_names, row_label, row_of, write_figures
+from .scaling_penalty import penalty_section
 
 # -- cells -------------------------------------------------------------------------------------
 
@@ -68,11 +69,23 @@ def sweep_table(points: Sequence[dict[str, Any]], axis: str, axis_label: str) ->
         "",
         *times,
         "",
+        *not_timed_lines(points),
         "Memory: bytes the curvature holds / extra peak memory of one fit:",
         "",
         *mems,
         "",
     ]
+
+
+def not_timed_lines(points: Sequence[dict[str, Any]]) -> list[str]:
+    """Why cells read ``not timed`` (an estimator's size limit), once per label and reason."""
+    notes: dict[tuple[str, str], None] = {}
+    for point in points:
+        for row in point["rows"]:
+            if row.get("status") == "not timed":
+                notes[(row_label(row), row.get("message", ""))] = None
+    lines = [f"- `{label}`: {md_cell(message)}." for label, message in notes]
+    return [*lines, ""] if lines else []
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -157,51 +170,6 @@ def classes_section(record: dict[str, Any]) -> list[str]:
         "",
         *sweep_table(record["classes"], "classes", "C"),
     ]
-
-
-def penalty_section(record: dict[str, Any]) -> list[str]:
-    """Penalty cost per training step vs past tasks, separate vs online."""
-    pen = record["penalty"]
-    rows = pen["rows"]
-    columns = []
-    for r in rows:
-        key = (r["estimator"], r["mode"])
-        if key not in columns:
-            columns.append(key)
-    tasks = sorted({r["tasks"] for r in rows})
-    head = "| past tasks T | " + " | ".join(f"`{e}` {m}" for e, m in columns) + " |"
-    lines = [
-        "## Penalty cost per training step vs past tasks",
-        "",
-        f"Tutorial network, batch {pen['batch_size']}, Adam; extra ms per step over a plain "
-        f"step ({fmt_ms(pen['plain_s'])} ms), median of {pen['steps']} interleaved steps, every "
-        "round in a fresh seeded order "
-        "(share of the plain step in brackets). Separate mode keeps one quadratic per past task "
-        "(Kirkpatrick et al. 2017), so its cost grows linearly with T; online mode keeps one "
-        "accumulated curvature (Schwarz et al. 2018), so its cost does not depend on T: the "
-        "differences between its rows show this measurement's noise, not a trend.",
-        "",
-        head,
-        "| ---: | " + " | ".join("---:" for _ in columns) + " |",
-    ]
-    for t in tasks:
-        cells = []
-        for e, m in columns:
-            r = next(
-                (x for x in rows if x["estimator"] == e and x["mode"] == m and x["tasks"] == t),
-                None,
-            )
-            cells.append("—" if r is None else f"{fmt_ms(r['extra_s'])} ({r['overhead_pct']:.0f}%)")
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for fit in pen["fits"]:
-        if fit["status"] == "ok":
-            lines.append(f"- `{fit['estimator']}` fitted on {fit['inputs']:,} inputs.")
-        else:
-            lines.append(f"- `{fit['estimator']}`: {fit['status']}: {md_cell(fit['message'])}")
-    for r in pen["online_refused"]:
-        lines.append(f"- `{r['estimator']}` has no online mode: {md_cell(r['reason'])}.")
-    return [*lines, ""]
 
 
 def dense_rows(record: dict[str, Any]) -> list[tuple[int, int, int, str]]:

@@ -29,19 +29,27 @@ SPLIT_PARTS = ("training", "penalty", "estimation", "evaluation")
 # -- the record's sweeps -----------------------------------------------------------------------
 
 
+def row_label(row: dict[str, Any]) -> str:
+    """A row's label: its ``name`` (``lowrank-exact rank=200``), else its ``estimator``.
+
+    Rows of schema 1 records and the floor have no ``name``.
+    """
+    return str(row.get("name") or row["estimator"])
+
+
 def estimator_names(points: Sequence[dict[str, Any]]) -> list[str]:
-    """Estimator names of a sweep in first-seen order, the floor first."""
+    """Row labels of a sweep in first-seen order, the floor first."""
     names: list[str] = []
     for point in points:
         for row in point["rows"]:
-            if row["estimator"] not in names:
-                names.append(row["estimator"])
+            if row_label(row) not in names:
+                names.append(row_label(row))
     return sorted(names, key=lambda n: (n != "floor", names.index(n)))
 
 
 def row_of(point: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The row of ``name`` at ``point``."""
-    return next((r for r in point["rows"] if r["estimator"] == name), None)
+    """The row labelled ``name`` at ``point``."""
+    return next((r for r in point["rows"] if row_label(r) == name), None)
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -106,9 +114,9 @@ def penalty_figure(record: dict[str, Any]) -> Any:
     fig = new_figure(6, 4, layout="tight")
     ax = fig.subplots()
     pen = record["penalty"]
-    for key in dict.fromkeys((r["estimator"], r["mode"]) for r in pen["rows"]):
+    for key in dict.fromkeys((row_label(r), r["mode"]) for r in pen["rows"]):
         rows = sorted(
-            (r for r in pen["rows"] if (r["estimator"], r["mode"]) == key),
+            (r for r in pen["rows"] if (row_label(r), r["mode"]) == key),
             key=lambda r: r["tasks"],
         )
         ax.plot(
@@ -122,7 +130,7 @@ def penalty_figure(record: dict[str, Any]) -> Any:
     ax.set(
         xlabel="past tasks T",
         ylabel="extra ms per training step",
-        title="Penalty cost: separate grows, online stays flat",
+        title="Penalty cost vs past tasks: separate solid, online dashed",
     )
     ax.grid(True, alpha=GRID_ALPHA)
     ax.legend(fontsize=8)
