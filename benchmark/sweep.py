@@ -252,10 +252,7 @@ def _meta(
         "ran_now": sum(sum(t.ran.values()) for t in ran.values()),
         "run_ids": ids,
         "counts": counts,
-        "grids": {
-            g.name: list(g.lambdas)
-            for g in experiment.groups
-        },
+        "grids": {g.name: list(g.lambdas) for g in experiment.groups},
     }
 
 

@@ -42,9 +42,9 @@ def suffix_fields(label: str) -> list[str]:
     return SUFFIX_FIELD.findall(rest.removesuffix(")")) if sep else []
 
 
-def is_reference(label: str) -> bool:
-    """Whether the label is the reference method or one of its variants."""
-    return base_label(label) == REFERENCE
+def is_reference(label: str, reference: str = REFERENCE) -> bool:
+    """Whether the label is the reference method (default ``REFERENCE``) or one of its variants."""
+    return base_label(label) == reference
 
 
 def label_config(runs: Iterable[Run], sequence: str, bn: str, label: str) -> dict[str, Any]:
@@ -55,12 +55,18 @@ def label_config(runs: Iterable[Run], sequence: str, bn: str, label: str) -> dic
     return {}
 
 
-def references(runs: Sequence[Run], sequence: str, bn: str) -> dict[str, str | None]:
-    """``label -> its reference`` for every method label of the section and mode."""
+def references(
+    runs: Sequence[Run], sequence: str, bn: str, reference: str = REFERENCE
+) -> dict[str, str | None]:
+    """``label -> its reference`` for every method label of the section and mode.
+
+    ``reference``: the method every other is paired with (default the diagonal; the full-Fisher
+    section pairs with ``ewc full-exact`` by the same rules).
+    """
     labels = method_labels(runs, sequence, bn)
-    variants = [lab for lab in labels if is_reference(lab) and lab != REFERENCE]
+    variants = [lab for lab in labels if is_reference(lab, reference) and lab != reference]
     if not variants:
-        return {lab: REFERENCE for lab in labels}
+        return {lab: reference for lab in labels}
     configs = {lab: label_config(runs, sequence, bn, lab) for lab in labels}
     out: dict[str, str | None] = {}
     for lab in labels:

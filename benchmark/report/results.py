@@ -55,6 +55,7 @@ from .format import (
     fmt_signed,
     md_table,
 )
+from .full_fisher import full_fisher_section
 from .lambdas import lambda_section, strength
 from .provenance import report_provenance
 from .references import any_variant_reference, compared, reference_text, references
@@ -407,6 +408,7 @@ def render_markdown(
         sections.append(str(meta["description"]))
     sections += [
         verdict_section(runs),
+        full_fisher_section(runs),
         finding_section(runs, meta),
         report_provenance(meta, pipeline, runs, selection_seeds),
         tutorial_section(runs),

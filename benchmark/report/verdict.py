@@ -110,10 +110,10 @@ def _seconds(runs: Sequence[Run]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _is_compared(label: str) -> bool:
+def _is_compared(label: str, reference: str = REFERENCE) -> bool:
     """EWC methods other than the reference (baseline, l2 and joint are not structures)."""
     base = label.partition(" (")[0]
-    return base.startswith(("ewc ", "ewc-online ")) and not is_reference(label)
+    return base.startswith(("ewc ", "ewc-online ")) and not is_reference(label, reference)
 
 
 def _compare(
@@ -143,12 +143,16 @@ def report_sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
     return out
 
 
-def comparisons(runs: Sequence[Run]) -> list[Comparison]:
-    """Every method against its reference, in report order, with Holm-adjusted p-values."""
+def comparisons(runs: Sequence[Run], reference: str = REFERENCE) -> list[Comparison]:
+    """Every method against its reference, in report order, with Holm-adjusted p-values.
+
+    ``reference``: the method paired with (default the diagonal, ``references``).
+    """
     found = []
     for seq, bn, shown in report_sections(runs):
-        refs = references(runs, seq, bn)
-        for label in filter(_is_compared, method_labels(runs, seq, bn)):
+        refs = references(runs, seq, bn, reference)
+        labels = [lab for lab in method_labels(runs, seq, bn) if _is_compared(lab, reference)]
+        for label in labels:
             ref_label = refs[label]
             ref = selected(runs, seq, bn, ref_label) if ref_label else []
             mine = selected(runs, seq, bn, label)
