@@ -62,7 +62,8 @@ from .references import any_variant_reference, compared, reference_text, referen
 from .verdict import verdict_section
 
 CSV_COLUMNS = (
-    "sequence", "model", "method", "estimator", "mode", "bn", "optimizer", "fisher_samples",
+    "sequence", "model", "method", "estimator", "mode", "bn", "optimizer", "lr", "lr_at_edge",
+    "fisher_samples",
     "representation", "curvature_bytes", "lambda", "lambda_at_edge", "lambda_trace", "seed",
     "role", "selected",
     "val_avg_acc", "test_avg_acc", "forgetting", "bwt", "acc_matrix", "estimate_seconds",
@@ -97,6 +98,8 @@ def csv_row(run: Run) -> dict[str, str]:
         "mode": str(c.get("mode", "")),
         "bn": run.bn,
         "optimizer": str(c.get("optimizer", "")),
+        "lr": str(c.get("lr", "")),
+        "lr_at_edge": "true" if run.lr_at_edge else "false",
         "fisher_samples": str(c.get("fisher_samples", "")),
         "representation": representation(r),
         "curvature_bytes": str(max(r.curvature_bytes, default=0)),
