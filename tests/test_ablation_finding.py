@@ -284,7 +284,12 @@ def _diagnostics(end: float, swapped: float, ratio: float) -> dict:
 
 def test_diagnostics_rules():
     records = []
-    values = {"diag-exact": (0.2, 0.8, 0.5), "kfac": (0.6, 0.7, 1.5), "a-diag": (0.4, 0.5, 1.0)}
+    values = {
+        "diag-exact": (0.2, 0.8, 0.5),
+        "kfac": (0.6, 0.7, 1.5),
+        "a-diag": (0.4, 0.5, 1.0),
+        "g-diag": (0.5, 0.502, 1.0),  # recovers 0.004 of the shortfall: nothing
+    }
     for name, (end, swapped, ratio) in values.items():
         for seed in [SELECTION_SEED, *TEST_SEEDS]:
             x = 0.7 + 0.01 * _noise(name, seed)
@@ -297,6 +302,9 @@ def test_diagnostics_rules():
     assert "ewc diag-exact (from 0.2000 to 0.8000, 0.75 of the shortfall)" in mostly
     rest = next(s for s in _bullets(text) if "does not sit mostly" in s)
     assert "ewc kfac-exact (from 0.6000" in rest and "factors=a-diag (from 0.4000" in rest
+    assert "g-diag" not in rest
+    barely = next(s for s in _bullets(text) if "barely changed" in s)
+    assert "by less than 1% of their shortfall under ewc kfac-exact factors=g-diag:" in barely
     ratio = next(s for s in _bullets(text) if s.startswith("- The fitted curvature's quadratic"))
     assert "0.5 times the exact one under ewc diag-exact (less than" in ratio
     assert "1.5 times the exact one under ewc kfac-exact (more than" in ratio

@@ -12,7 +12,8 @@ r"""The Kronecker-ablation finding's caveats and diagnostics (``ablation``), gen
   mean feature drift over its hidden layers. Output-layer rule: with the shortfall
   :math:`s = (Y - X) / (1 - X)` (the share of the old tasks' distance from accuracy 1 that
   putting back only the output layer recovers), a method whose :math:`s > 1/2`
-  (``OUTPUT_SHARE``) has "its forgetting mostly in the output layer"; at most 1/2, not. Ratio
+  (``OUTPUT_SHARE``) has "its forgetting mostly in the output layer"; at most 1/2, not; below
+  1% in size (``NEGLIGIBLE``), the output weights the old tasks use barely changed. Ratio
   rule: for the reference (``ewc diag-exact``) and the KFAC estimator itself, "the fitted
   curvature's quadratic along the actual drift is R times the exact one" (R < 1: it charges the
   drift less than the exact Fisher does; R > 1: more).
@@ -32,6 +33,8 @@ from .verdict import interval
 
 OUTPUT_SHARE = 0.5
 """Share of the old tasks' shortfall from accuracy 1 that the output layer must recover."""
+NEGLIGIBLE = 0.01
+"""A share of the shortfall below which putting the output layer back changes nothing."""
 POSSIBLY_BIMODAL = "possibly bimodal"
 
 
@@ -145,8 +148,18 @@ def _output_sentences(found: dict[str, dict[str, Any]]) -> list[str]:
 
     rated = {label: d for label, d in found.items() if d["recovered"] is not None}
     mostly = [text(k, d) for k, d in rated.items() if d["recovered"] > OUTPUT_SHARE]
-    not_mostly = [text(k, d) for k, d in rated.items() if d["recovered"] <= OUTPUT_SHARE]
+    none = [k for k, d in rated.items() if abs(d["recovered"]) < NEGLIGIBLE]
+    not_mostly = [
+        text(k, d) for k, d in rated.items() if d["recovered"] <= OUTPUT_SHARE and k not in none
+    ]
     out = []
+    if none:
+        out.append(
+            "Putting only the output layer back moves the old tasks' accuracy by less than "
+            f"{NEGLIGIBLE:.0%} of their shortfall under {'; '.join(none)}: the output weights the "
+            "old tasks use barely changed (each task may have its own head), so the forgetting "
+            "sits in the hidden layers."
+        )
     if mostly:
         out.append(
             "The old tasks' accuracy rises by more than half of its shortfall from 1 when only "
