@@ -153,18 +153,30 @@ def _fitted():
     return model, x, y
 
 
-@pytest.mark.parametrize("name", ["diag-exact", "kfac-exact", "full-exact", "identity"])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("diag-exact", {}),
+        ("kfac-exact", {}),
+        ("kfac-exact", {"online_rule": "sum"}),
+        ("kfac-exact", {"online_rule": "n-weighted"}),
+        ("full-exact", {}),
+        ("identity", {}),
+    ],
+)
 @pytest.mark.parametrize("mode", ["separate", "online"])
-def test_ewc_loss_and_add_gradients_agree(name, mode):
-    if mode == "online" and not estimators.supports_online(name):
-        pytest.skip(f"{name} has no online sum")
+def test_ewc_loss_and_add_gradients_agree(name, options, mode):
+    if mode == "online" and (why := estimators.online_refusal(name, **options)):
+        pytest.skip(f"{name} {options}: {why}")
+    if mode == "separate" and "online_rule" in options:
+        pytest.skip("separate mode refuses a curvature fitted with online_rule (test_online_kfac)")
     model, x, y = _fitted()
     ewc = estimators.EWC(lam=3.0, mode=mode, gamma=0.5)
     for shift in (0.0, 0.2):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(shift)
-        ewc.consolidate(model.named_parameters(), estimators.make(name).fit(model, x, y))
+        ewc.consolidate(model.named_parameters(), estimators.make(name, **options).fit(model, x, y))
     merged = name == "full-exact"  # dense on this model: separate terms merge into one
     assert len(ewc) == (1 if mode == "online" or merged else 2)
     with torch.no_grad():
