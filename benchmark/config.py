@@ -68,6 +68,7 @@ class RunConfig:
     epochs: int = 4
     batch_size: int = 100
     lr: float = 1e-3
+    lr_grid: list[float] = field(default_factory=list)
     optimizer: str = "adam"
     reset_optimizer: bool = False
     fisher_samples: int = 1000
@@ -143,6 +144,9 @@ FIELD_HELP: dict[str, str] = {
     "epochs": "training epochs per task",
     "batch_size": "training mini-batch size",
     "lr": "learning rate",
+    "lr_grid": "the learning rates lr was chosen from, with lambda, on the selection seeds (a "
+    "study's lrs; [] = lr fixed); runs that differ only in lr within one grid compete in "
+    "selection (benchmark.selection)",
     "optimizer": f"{', '.join(OPTIMIZERS)} (its state carries over between tasks unless reset)",
     "reset_optimizer": "fresh optimizer state for each task",
     "fisher_samples": "training inputs of a task used to fit its curvature",
@@ -199,6 +203,7 @@ def validate(c: RunConfig) -> None:
         _fail("lam", c.lam, f"a finite number in [0, {FLOAT32_MAX:.4g}] (runs train in float32)")
     if not _is_num(c.lr) or not 0 < c.lr <= FLOAT32_MAX:
         _fail("lr", c.lr, f"a finite number in (0, {FLOAT32_MAX:.4g}] (runs train in float32)")
+    _validate_lr_grid(c)
     if not _is_num(c.gamma) or not 0 <= c.gamma <= 1:
         _fail("gamma", c.gamma, "a number in [0, 1]")
     if not _is_num(c.val_fraction) or not 0 < c.val_fraction < 1:
@@ -212,6 +217,21 @@ def validate(c: RunConfig) -> None:
     check_n_tasks(c.sequence, c.n_tasks)  # ValueErrors that say what the sequence takes
     check_model(c.model, c.model_options)  # and what the model's options are
     _validate_method(c)
+
+
+def _validate_lr_grid(c: RunConfig) -> None:
+    """Empty, or two or more distinct positive learning rates that include ``lr``."""
+    grid = c.lr_grid
+    if not isinstance(grid, list):
+        _fail("lr_grid", grid, "a list of learning rates (or [] when lr is fixed)")
+    if not grid:
+        return
+    if len(grid) < 2 or len(set(grid)) != len(grid):
+        _fail("lr_grid", grid, "two or more distinct learning rates, or [] (a fixed lr)")
+    if not all(_is_num(v) and 0 < v <= FLOAT32_MAX for v in grid):
+        _fail("lr_grid", grid, f"learning rates in (0, {FLOAT32_MAX:.4g}]")
+    if c.lr not in grid:
+        _fail("lr", c.lr, f"one of the run's lr_grid {grid}")
 
 
 def _validate_method(c: RunConfig) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import FIELD_HELP, FLOAT32_MAX, PENALISED, RunConfig
 from .methods import METHODS, parse_label
-from .outcomes import model_text
+from .outcomes import setting_text
 from .records import RunRecord
 from .selection import DEFAULT_SELECTION_SEEDS, choose_lambdas, group_key, lattice
 
@@ -66,6 +66,7 @@ FIXED_BY_EXPERIMENT = {
     "estimator": "estimators come from each study's method list ('ewc <estimator>')",
     "mode": "the mode comes from each study's method list ('ewc' or 'ewc-online')",
     "estimator_options": "estimator options differ per method: set them in [method_settings]",
+    "lr_grid": "a study's lrs set it (the learning rates chosen with lambda)",
 }
 """Run settings that ``--set`` refuses, and why: the experiment's structure decides them."""
 
@@ -79,14 +80,13 @@ def parse_method(label: str) -> dict[str, Any]:
 class Group:
     """One (study, bn, method, lr) group: a base config, its lambda grid and its test seeds.
 
-    ``tunes_lr``: the group is one of several that differ only in lr (its study's ``lrs``), so
-    it runs on the selection seeds even without a penalty (``selection.choose``).
+    A group whose config has an ``lr_grid`` (its study's ``lrs``) is one of several that differ
+    only in lr: it runs on the selection seeds even without a penalty (``selection.choose``).
     """
 
     base: RunConfig
     lambdas: tuple[float, ...]
     seeds: tuple[int, ...] = ()
-    tunes_lr: bool = False
 
     @property
     def penalised(self) -> bool:
@@ -94,20 +94,38 @@ class Group:
         return self.base.method in PENALISED
 
     @property
-    def name(self) -> str:
-        """``sequence bn=... label``, with the network, optimizer and lr where they vary."""
-        b = self.base
-        extra = [model_text(b.to_dict())]
-        if b.optimizer != "adam":
-            extra.append(b.optimizer)
-        if self.tunes_lr:
-            extra.append(f"lr={b.lr:g}")
-        return f"{b.sequence} bn={b.bn} {b.label} ({', '.join(extra)})"
+    def tunes_lr(self) -> bool:
+        """Whether the group's lr is chosen among its ``lr_grid`` on the selection seeds."""
+        return bool(self.base.lr_grid)
 
     @property
     def selects(self) -> bool:
         """Whether the group runs on the selection seeds (a lambda or an lr to choose)."""
         return self.penalised or self.tunes_lr
+
+
+NAME_IGNORE = ("lam", "seed", "device", "sequence", "bn")
+
+
+def group_names(groups: list[Group]) -> list[str]:
+    """``sequence bn=... label`` per group, made unique by a suffix where groups share it.
+
+    The suffix names the settings that differ among the groups that share the text
+    (``(lr=0.01, lr_grid=[0.01,0.1])``), as report labels do.
+    """
+    plain = [f"{g.base.sequence} bn={g.base.bn} {g.base.label}" for g in groups]
+    configs = [g.base.to_dict() for g in groups]
+    names = []
+    for i, text in enumerate(plain):
+        same = [configs[j] for j, other in enumerate(plain) if other == text]
+        fields = sorted(
+            k
+            for k in configs[i]
+            if k not in NAME_IGNORE and len({setting_text(c.get(k)) for c in same}) > 1
+        )
+        suffix = ", ".join(f"{k}={setting_text(configs[i].get(k))}" for k in fields)
+        names.append(f"{text} ({suffix})" if suffix else text)
+    return names
 
 
 @dataclass
@@ -277,14 +295,18 @@ def _study_groups(
             from_label = parse_label(label, known)
             grid = _lambda_grid(label, study.get("lambdas", {}), data.get("lambdas", {}))
             for lr in lrs:
-                fields = {**settings, **per_method, **_lr(lr), **overrides, **from_label, "bn": bn}
+                tuned = _lr(lr, lrs if "lr" not in overrides else [])
+                fields = {**settings, **per_method, **tuned, **overrides, **from_label, "bn": bn}
                 base = RunConfig.from_dict({**fields, "lam": 0.0, "seed": seeds[0]})
-                groups.append(Group(base, grid, seeds, len(lrs) > 1 and "lr" not in overrides))
+                groups.append(Group(base, grid, seeds))
     return groups
 
 
-def _lr(lr: float | None) -> dict[str, float]:
-    return {} if lr is None else {"lr": lr}
+def _lr(lr: float | None, lrs: list[float | None]) -> dict[str, Any]:
+    """The settings of one lr of a study: ``lr`` and, where several compete, ``lr_grid``."""
+    if lr is None:
+        return {}
+    return {"lr": lr, "lr_grid": [float(v) for v in lrs if v is not None] if len(lrs) > 1 else []}
 
 
 def _lr_grid(study: dict[str, Any], i: int) -> list[float | None]:

@@ -9,9 +9,10 @@ memory the tree takes from the machine, unlike a sum of resident set sizes, whic
 pages once per process. A peak that falls between two samples is missed: the figure is a lower
 bound of the true peak, close to it when memory changes slowly (runs last seconds to minutes).
 
-Processes outside the tree (a Dask cluster that was not started by this process, another
-sweep) are not counted. Where ``/proc`` lacks ``smaps_rollup`` (not Linux, or a kernel older
-than 4.14), nothing is sampled and ``peak_bytes`` stays None: reports then say "not measured".
+Processes outside the tree (workers of a Dask cluster that this process did not start, an
+orphan whose parent died, another sweep) are not counted. Where ``/proc`` lacks
+``smaps_rollup`` (not Linux, or a kernel older than 4.14), nothing is sampled and ``peak_bytes``
+stays None: the report then has no memory line for that invocation.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ from types import TracebackType
 from typing import Any
 
 PROC = Path("/proc")
-DEFAULT_INTERVAL = 2.0
+DEFAULT_INTERVAL = 5.0
+"""Seconds between samples. One sample reads ``smaps_rollup`` of every process of the tree, about
+15-30 ms of CPU per GB-sized process (the kernel walks its page tables), so every 5 s it costs a
+2-core machine under 1% of one core; the sampler's own CPU time is recorded (``summary``)."""
 
 
 def descendants(root: int, proc: Path = PROC) -> list[int]:
     """``root`` and every process below it (parent links read from ``/proc/<pid>/stat``)."""
     children: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
+    try:
+        entries = list(proc.iterdir())
+    except OSError:  # no /proc: only the root, unread
+        return [root]
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
@@ -90,17 +98,27 @@ class TreeMemory:
         self.peak_seconds: float | None = None
         self.processes = 0
         self.samples = 0
+        self.cpu_seconds = 0.0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
 
     def sample(self) -> None:
-        """Take one sample now (the thread calls this every ``interval`` seconds)."""
+        """Take one sample now (the thread calls this every ``interval`` seconds).
+
+        Does nothing where ``/proc`` has no ``smaps_rollup``; safe from any thread.
+        """
+        if not supported():
+            return
+        cpu = time.thread_time()
         total, count = tree_pss(self.root)
-        self.samples += 1
-        if count and (self.peak_bytes is None or total > self.peak_bytes):
-            self.peak_bytes, self.processes = total, count
-            self.peak_seconds = time.perf_counter() - self._t0
+        with self._lock:
+            self.samples += 1
+            self.cpu_seconds += time.thread_time() - cpu
+            if count and (self.peak_bytes is None or total > self.peak_bytes):
+                self.peak_bytes, self.processes = total, count
+                self.peak_seconds = time.perf_counter() - self._t0
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -125,11 +143,16 @@ class TreeMemory:
             self._thread.join()
 
     def summary(self) -> dict[str, Any]:
-        """What ``sweep.json`` keeps: the peak, when, over how many processes, how sampled."""
-        return {
-            "peak_pss_bytes": self.peak_bytes,
-            "peak_after_seconds": self.peak_seconds,
-            "processes_at_peak": self.processes,
-            "samples": self.samples,
-            "interval_seconds": self.interval,
-        }
+        """What ``sweep.json`` keeps: the peak, when, over how many processes, how sampled.
+
+        Also the CPU seconds the sampling itself took (``sampler_cpu_seconds``).
+        """
+        with self._lock:
+            return {
+                "peak_pss_bytes": self.peak_bytes,
+                "peak_after_seconds": self.peak_seconds,
+                "processes_at_peak": self.processes,
+                "samples": self.samples,
+                "interval_seconds": self.interval,
+                "sampler_cpu_seconds": round(self.cpu_seconds, 3),
+            }

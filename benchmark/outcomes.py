@@ -37,9 +37,10 @@ from .tasks import heads_of
 
 FLOAT32_BYTES = 4
 
-VARIANT_IGNORE = ("lam", "seed", "device", "bn", "sequence", "lr", "optimizer")
-"""Settings that never disambiguate a method label: the tables' own axes, the chosen lr
-(``selection.choose``: one lr per family is tested) and the optimizer (``section_of``)."""
+VARIANT_IGNORE = ("lam", "seed", "device", "bn", "sequence", "optimizer")
+"""Settings that never disambiguate a method label: the tables' own axes and the optimizer
+(``section_of``). ``lr`` does not either where it was chosen from an ``lr_grid`` (one lr per
+family is tested, ``selection.choose``); elsewhere it does."""
 OPTIMIZER_JOIN, DEFAULT_OPTIMIZER = " with ", "adam"
 
 
@@ -175,7 +176,7 @@ def sequence_sort_key(sequence: str) -> tuple[int, str]:
 
     Unknown sequences come after, alphabetically.
     """
-    order, base = list(SEQUENCES), sequence.split(NETWORK_JOIN)[0]
+    order, base = list(SEQUENCES), sequence.split(NETWORK_JOIN)[0].split(OPTIMIZER_JOIN)[0]
     return (order.index(base) if base in order else len(order), sequence)
 
 
@@ -218,7 +219,8 @@ def setting_text(value: Any) -> str:
 
 
 def _variant_key(config: dict[str, Any]) -> str:
-    rest = {k: v for k, v in config.items() if k not in VARIANT_IGNORE}
+    chosen_lr = ("lr",) if config.get("lr_grid") else ()
+    rest = {k: v for k, v in config.items() if k not in VARIANT_IGNORE + chosen_lr}
     return json.dumps(rest, sort_keys=True, separators=(",", ":"))
 
 
@@ -239,9 +241,10 @@ def display_labels(records: Sequence[RunRecord]) -> dict[str, str]:
         configs = variants[key]
         label = key[1]
         if len(configs) > 1:
+            tuned = any(c.get("lr_grid") for c in configs.values())
             fields = sorted(
                 f
-                for f in set().union(*configs.values()) - set(VARIANT_IGNORE)
+                for f in set().union(*configs.values()) - {*VARIANT_IGNORE, *("lr",) * tuned}
                 if len({setting_text(c.get(f)) for c in configs.values()}) > 1
             )
             suffix = ", ".join(f"{f}={setting_text(r.config.get(f))}" for f in fields)
@@ -274,7 +277,7 @@ def summarise(records: Iterable[RunRecord], selection_seeds: Collection[int]) ->
     chosen = choose(records, selection_seeds)
     labels = display_labels(records)
     edges = grid_edges(records, selection_seeds)
-    lr_ends = lr_edges(records, selection_seeds)
+    lr_ends = lr_edges(records)
     runs = []
     for r in records:
         c = r.config

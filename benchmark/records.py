@@ -39,7 +39,7 @@ READABLE_SCHEMAS = ("ewc-bench/run/1", SCHEMA)
 STATUSES = ("ok", "diverged", "failed")
 FAILURES = ("environment", "run")
 """Why a run failed: outside the run (retried on resume) or caused by its own configuration."""
-SETTINGS_ADDED_LATER: dict[str, Any] = {"model_options": {}, "diagnostics": False}
+SETTINGS_ADDED_LATER: dict[str, Any] = {"model_options": {}, "diagnostics": False, "lr_grid": []}
 """Run settings added after records were first written, with the default older records had.
 
 A record's config is completed with them when it is read (so old and new records of one run

@@ -16,12 +16,13 @@ Methods without a penalty have the one lambda 0 and need no selection runs. The 
 group at the chosen lambda on the *test* seeds are the *selected* runs that tables report;
 selection runs never are (``role``).
 
-The learning rate is chosen the same way where an experiment gives a study several (``lrs``):
-groups that differ only in ``lr`` form one *family* (``family_key``); each group first chooses
-its lambda as above, then the family keeps the group whose chosen lambda scores highest (ties
-to the smaller lr), and the other groups choose nothing (``choose``). Unpenalised groups of such
-a family run on the selection seeds at lambda 0 to be scored. A family with one lr (every
-experiment that does not tune lr) decides exactly as ``choose_lambdas`` does.
+The learning rate is chosen the same way where an experiment gives a study several (``lrs``,
+recorded in each run's ``lr_grid``): the groups that differ only in ``lr`` within one grid form a
+*family* (``family_key``); each group first chooses its lambda as above, then the family keeps
+the group whose chosen lambda scores highest (ties to the smaller lr), and the other groups
+choose nothing (``choose``). Unpenalised groups of such a family run on the selection seeds at
+lambda 0 to be scored. Runs without an ``lr_grid`` form families of one group, which decide
+exactly as ``choose_lambdas`` does.
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ def group_key(config: dict[str, Any]) -> str:
 
 
 def family_key(config: dict[str, Any]) -> str:
-    """``group_key`` without ``lr``: the groups whose (lr, lambda) compete in one selection."""
+    """The key of the groups whose (lr, lambda) compete in one selection.
+
+    ``group_key`` without ``lr`` where the run has an ``lr_grid`` (a study's ``lrs``), else the
+    group's own key. Only runs that name the same grid compete: two studies that merely set
+    different lrs are separate groups, each tested at its own lr.
+    """
+    if not config.get("lr_grid"):
+        return group_key(config)
     rest = {k: v for k, v in config.items() if k not in ("lam", "seed", "device", "lr")}
     return json.dumps(rest, sort_keys=True, separators=(",", ":"))
 
@@ -175,18 +183,17 @@ def choose(
     return out
 
 
-def lr_edges(
-    records: Iterable[RunRecord], selection_seeds: Collection[int]
-) -> dict[str, tuple[float, ...]]:
-    """``family key -> (smallest, largest)`` lr tried on the selection seeds, where several were.
+def lr_edges(records: Iterable[RunRecord]) -> dict[str, tuple[float, ...]]:
+    """``family key -> (smallest, largest)`` of the ``lr_grid`` its runs chose lr from.
 
-    A family (``selection.family_key``) that chose its lr at one of them is not bracketed.
+    A family that chose its lr at one of them is not bracketed: a better lr may lie beyond.
     """
-    tried: dict[str, set[float]] = {}
+    out: dict[str, tuple[float, ...]] = {}
     for r in records:
-        if r.config.get("seed") in selection_seeds:
-            tried.setdefault(family_key(r.config), set()).add(float(r.config.get("lr", 0.0)))
-    return {key: (min(lrs), max(lrs)) for key, lrs in tried.items() if len(lrs) > 1}
+        grid = r.config.get("lr_grid") or []
+        if grid:
+            out[family_key(r.config)] = (float(min(grid)), float(max(grid)))
+    return out
 
 
 def is_selected(

@@ -34,6 +34,7 @@ from .experiment import (
     Experiment,
     Group,
     builtin_experiments,
+    group_names,
     load_experiment,
     parse_experiment,
     parse_method,
@@ -252,7 +253,10 @@ def _meta(
         "ran_now": sum(sum(t.ran.values()) for t in ran.values()),
         "run_ids": ids,
         "counts": counts,
-        "grids": {g.name: list(g.lambdas) for g in experiment.groups},
+        "grids": {
+            name: list(g.lambdas)
+            for name, g in zip(group_names(experiment.groups), experiment.groups, strict=True)
+        },
     }
 
 

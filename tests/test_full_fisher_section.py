@@ -69,3 +69,44 @@ def test_the_section_states_the_answer_from_the_full_fishers_side():
 def test_no_full_fisher_no_section():
     records = [r for r in _records() if r.config["estimator"] != "full-exact"]
     assert full_fisher_section(outcomes.summarise(records, [99])) == ""
+
+
+def _run(name: str, seed: int, x: float, **settings) -> RunRecord:
+    cfg = RunConfig(data="synthetic", method="ewc", estimator=name, lam=1.0, seed=seed, **settings)
+    matrix = [[0.98, 0.1], [x - 0.02, x + 0.02]]
+    return RunRecord(run_id=cfg.run_id, config=cfg.to_dict(), acc_val=matrix, acc_test=matrix)
+
+
+def test_pairing_by_number_of_inputs_ignores_the_full_fishers_own_options():
+    """The full Fisher at N = 20 (factor) and N = 100 (dense): each structure pairs at its own N;
+    a structure at an N without a full Fisher is listed as not compared."""
+    full = {
+        20: {"representation": "factor"},
+        100: {"representation": "dense"},
+    }
+    records = []
+    for seed in [99, *range(10)]:
+        base = 0.8 + random.Random(seed).gauss(0.0, 0.03)
+        for n, options in full.items():
+            records.append(
+                _run("full-exact", seed, base, fisher_samples=n, estimator_options=options)
+            )
+            noise = random.Random(f"{n}/{seed}").gauss(0.0, 0.005)
+            records.append(_run("diag-exact", seed, base - 0.05 + noise, fisher_samples=n))
+        records.append(_run("kfac-exact", seed, base, fisher_samples=50))  # no full Fisher at 50
+        mean = random.Random(f"mean/{seed}").gauss(0.0, 0.005)
+        records.append(
+            _run(
+                "full-exact", seed, base + mean, fisher_samples=100,
+                estimator_options={"output_curvature": "mean"},
+            )
+        )  # fmt: skip
+    runs = outcomes.summarise(records, [99])
+    text = full_fisher_section(runs)
+    rows = [line for line in text.splitlines() if line.startswith("| mnist-fmnist")]
+    assert len(rows) == 3  # diag at 20, diag at 100, the averaged-curvature control at 100
+    assert sum("-0.05" in row for row in rows) == 2
+    assert any("output_curvature=mean" in row for row in rows)
+    assert "Not compared (no full-Fisher run with the same settings and number of inputs): " in text
+    assert "ewc kfac-exact on mnist-fmnist" in text.split("Not compared")[1]
+    assert "compare the same pair with opposite signs" not in text  # no plain diag-exact row

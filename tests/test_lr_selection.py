@@ -18,14 +18,20 @@ SGD = RunConfig(data="synthetic", method="ewc", estimator="diag-exact", optimize
 BASE = RunConfig(data="synthetic", method="baseline", estimator=None, optimizer="sgd")
 
 
-def rec(cfg: RunConfig, lr: float, lam: float, seed: int, val: float | None, status="ok"):
-    c = cfg.replace(lr=lr, lam=lam, seed=seed)
+GRID = [0.01, 0.1, 1.0]
+"""The lr_grid every hand-made record was chosen from (a study's lrs)."""
+
+
+def rec(
+    cfg: RunConfig, lr: float, lam: float, seed: int, val: float | None, status="ok", grid=GRID
+):
+    c = cfg.replace(lr=lr, lam=lam, seed=seed, lr_grid=list(grid))
     row = [None, None] if val is None else [val, val]
     return RunRecord(run_id=c.run_id, config=c.to_dict(), status=status, acc_val=[row])
 
 
-def key(cfg: RunConfig, lr: float) -> str:
-    return group_key(cfg.replace(lr=lr).to_dict())
+def key(cfg: RunConfig, lr: float, grid=GRID) -> str:
+    return group_key(cfg.replace(lr=lr, lr_grid=list(grid)).to_dict())
 
 
 def test_the_family_keeps_the_lr_whose_chosen_lambda_scores_best():
@@ -53,7 +59,7 @@ def test_ties_go_to_the_smaller_lr_and_an_lr_that_diverged_everywhere_never_wins
 def test_unpenalised_methods_choose_their_lr_on_the_selection_seeds():
     records = [rec(BASE, 0.01, 0.0, 100, 0.6), rec(BASE, 0.1, 0.0, 100, 0.9)]
     assert choose(records, [100]) == {key(BASE, 0.01): None, key(BASE, 0.1): 0.0}
-    assert lr_edges(records, [100]) == {family_key(records[0].config): (0.01, 0.1)}
+    assert lr_edges(records) == {family_key(records[0].config): (0.01, 1.0)}  # the grid's ends
 
 
 def test_a_failed_selection_run_leaves_the_whole_family_undecided():
@@ -64,9 +70,52 @@ def test_a_failed_selection_run_leaves_the_whole_family_undecided():
     assert choose(records, [100]) == {key(SGD, 0.01): None, key(SGD, 0.1): None}
 
 
-def test_one_lr_decides_exactly_as_lambda_selection_alone():
-    records = [rec(SGD, 0.01, 1.0, 100, 0.7), rec(SGD, 0.01, 10.0, 100, 0.8)]
-    assert choose(records, [100]) == choose_lambdas(records, [100]) == {key(SGD, 0.01): 10.0}
+def test_without_an_lr_grid_groups_at_different_lrs_never_compete():
+    """Two studies that merely set different lrs: each group is tested at its own lr."""
+    records = [
+        rec(SGD, 0.01, 1.0, 100, 0.7, grid=[]), rec(SGD, 0.01, 10.0, 100, 0.8, grid=[]),
+        rec(SGD, 0.1, 1.0, 100, 0.9, grid=[]),
+    ]  # fmt: skip
+    want = {key(SGD, 0.01, []): 10.0, key(SGD, 0.1, []): 1.0}
+    assert choose(records, [100]) == choose_lambdas(records, [100]) == want
+    assert lr_edges(records) == {}
+    base = [rec(BASE, lr, 0.0, 0, 0.5, grid=[]) for lr in (0.01, 0.1)]  # test runs only
+    assert choose(base, [100]) == {key(BASE, 0.01, []): 0.0, key(BASE, 0.1, []): 0.0}
+
+
+def test_two_studies_at_different_lrs_stay_two_groups_each_tested():
+    data = {
+        **TINY,
+        "studies": [
+            {
+                "sequence": "mnist-fmnist",
+                "settings": {"lr": lr},
+                "methods": ["baseline", "ewc diag-exact"],
+            }
+            for lr in (0.01, 0.1)
+        ],
+    }
+    exp = parse_experiment(data)
+    assert [(g.base.lr, g.tunes_lr, g.selects) for g in exp.groups] == [
+        (0.01, False, False), (0.01, False, True), (0.1, False, False), (0.1, False, True),
+    ]  # fmt: skip
+    # both ewc groups choose their own lambda and are tested; both baselines are tested
+    records = [
+        RunRecord(run_id=c.run_id, config=c.to_dict(), acc_val=[[0.8, 0.8]])
+        for c in exp.selection_configs()
+    ]
+    chosen = choose(records, [7])
+    final = exp.final_configs(chosen)
+    assert sorted((c.method, c.lr) for c in final if c.seed == 0) == [
+        ("baseline", 0.01), ("baseline", 0.1), ("ewc", 0.01), ("ewc", 0.1),
+    ]  # fmt: skip
+
+
+def test_lr_grid_is_validated():
+    with pytest.raises(ValueError, match="one of the run's lr_grid"):
+        SGD.replace(lr=0.5, lr_grid=[0.01, 0.1])
+    with pytest.raises(ValueError, match="two or more distinct learning rates"):
+        SGD.replace(lr=0.1, lr_grid=[0.1])
 
 
 def test_other_optimizers_get_their_own_report_section():
@@ -110,6 +159,7 @@ def test_bad_lr_grids_are_refused(study, message):
 
 def test_groups_per_lr_all_select_and_set_lr_collapses_them():
     exp = parse_experiment(TINY)
+    assert all(g.base.lr_grid == [0.01, 0.1] for g in exp.groups)
     assert [(g.base.method, g.base.lr, g.tunes_lr) for g in exp.groups] == [
         ("baseline", 0.01, True), ("baseline", 0.1, True),
         ("ewc", 0.01, True), ("ewc", 0.1, True),
@@ -117,7 +167,9 @@ def test_groups_per_lr_all_select_and_set_lr_collapses_them():
     # the baseline runs on the selection seed once per lr; ewc per lr and lambda
     assert len(exp.selection_configs()) == 2 + 2 * 2
     one = parse_experiment(TINY, {"lr": 0.05})
-    assert [(g.base.lr, g.tunes_lr) for g in one.groups] == [(0.05, False), (0.05, False)]
+    assert [(g.base.lr, g.base.lr_grid, g.tunes_lr) for g in one.groups] == [
+        (0.05, [], False), (0.05, [], False),
+    ]  # fmt: skip
     assert [c.method for c in one.selection_configs()] == ["ewc", "ewc"]
 
 

@@ -91,7 +91,31 @@ def test_the_report_states_the_largest_peak_of_the_invocations_that_measured_it(
     }
     text = sweep_memory_text(meta)
     assert text is not None
-    assert "peak 3.30 GB (3.07 GiB) summed over 3 processes" in text
+    assert "peak 3.30 GB (3.07 GiB) summed over 3 processes of this machine" in text
     assert "started t1 that ran 1126 runs, the largest of the 2 invocations" in text
     assert sweep_memory_text({"invocations": [{"started": "t0"}]}) is None
     assert sweep_memory_text({}) is None
+
+
+def test_without_proc_nothing_is_sampled_and_nothing_raises(tmp_path, monkeypatch):
+    assert descendants(5, tmp_path / "no-proc") == [5]
+    monkeypatch.setattr(memwatch, "supported", lambda proc=memwatch.PROC: False)
+    with TreeMemory(interval=0.01) as memory:
+        memory.sample()
+    assert memory.peak_bytes is None and memory.samples == 0
+    assert memory.summary()["peak_pss_bytes"] is None
+
+
+@pytest.mark.skipif(not memwatch.supported(), reason="no /proc/self/smaps_rollup (not Linux)")
+def test_samples_from_two_threads_keep_a_consistent_peak():
+    import threading
+
+    memory = TreeMemory(interval=60.0)
+    threads = [threading.Thread(target=lambda: [memory.sample() for _ in range(5)]) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summary = memory.summary()
+    assert summary["samples"] == 10 and summary["peak_pss_bytes"] > 0
+    assert summary["processes_at_peak"] >= 1 and summary["sampler_cpu_seconds"] >= 0

@@ -216,5 +216,34 @@ def test_the_optimizer_control_pairs_each_structure_with_its_adam_row():
     assert text.endswith("better under Adam, no difference detected under sgd.")
     same = _comparison("mnist-fmnist on mlp hidden=16 with sgd", 0.02, 0.01, 0.03, 0.01)
     (text,) = verdict.optimizer_sentences([adam, same])
-    assert text.endswith("the same outcome (better) under both.")
+    assert text.endswith("the same outcome in average accuracy (better) under both.")
     assert verdict.optimizer_sentences([adam, other]) == []
+
+
+def test_the_optimizer_control_measures_the_change_of_the_difference_seed_by_seed():
+    """KFAC is +0.05 over the diagonal under Adam and +0.00 under SGD: the change is -0.05."""
+    records = []
+    for optimizer, effect in (("adam", 0.05), ("sgd", 0.0)):
+        for name in ("diag-exact", "kfac-exact"):
+            for seed in [99, *range(10)]:
+                cfg = RunConfig(
+                    data="synthetic", method="ewc", estimator=name, lam=1.0, seed=seed,
+                    optimizer=optimizer,
+                )  # fmt: skip
+                lift = effect if name == "kfac-exact" else 0.0
+                x = 0.8 + 0.03 * _noise("seed", seed) + lift + 0.005 * _noise(name, optimizer, seed)
+                matrix = [[0.98, 0.1], [x - 0.02, x + 0.02]]
+                records.append(
+                    RunRecord(
+                        run_id=cfg.run_id, config=cfg.to_dict(), acc_val=matrix, acc_test=matrix
+                    )
+                )
+    runs = outcomes.summarise(records, [99])
+    comps = verdict.comparisons(runs)
+    ((adam, sgd, name),) = verdict.optimizer_pairs(comps)
+    assert name == "sgd" and sgd.section == adam.section + " with sgd"
+    test = verdict.interaction(runs, adam, sgd)
+    assert test["n"] == 10 and test["ci_low"] < -0.05 < test["ci_high"]
+    (text,) = verdict.optimizer_sentences(comps, runs)
+    assert "the change of Δ from Adam to sgd, paired over 10 seeds: -0.0" in text
+    assert text.endswith("better under Adam, no difference detected under sgd.")

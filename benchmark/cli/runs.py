@@ -26,6 +26,9 @@ from .common import (
     seed_list,
 )
 
+NOT_RUN_FLAGS = ("lr_grid",)
+"""Settings ``run`` has no flag for: an experiment's selection sets them (a study's ``lrs``)."""
+
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
     """``run``: one run, every setting a flag (tables of options as repeated ``KEY=VALUE``)."""
@@ -36,6 +39,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     defaults = RunConfig()
     for f in dataclasses.fields(RunConfig):
+        if f.name in NOT_RUN_FLAGS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
         if isinstance(value, dict):
@@ -228,7 +233,8 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: lis
     from ..preflight import preflight
     from ..records import write_record
 
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    names = [f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_RUN_FLAGS]
+    fields = {name: getattr(args, name) for name in names}
     for name in ("estimator_options", "model_options"):
         fields[name] = parse_assignments(fields[name], "--" + name.replace("_", "-"))
     if fields["method"] != "ewc" and fields["estimator"] == RunConfig().estimator:
@@ -272,7 +278,10 @@ def _results(args: argparse.Namespace, name: str) -> Path:
 
 def _print_plan(exp: Any) -> None:
     n_sel = len({c.run_id for c in exp.selection_configs()})
-    n_test = sum(len(g.seeds or exp.seeds) for g in exp.groups)
+    from ..selection import family_key
+
+    families = {family_key(g.base.to_dict()): g for g in exp.groups}  # one lr per family runs
+    n_test = sum(len(g.seeds or exp.seeds) for g in families.values())
     print(
         f"experiment {exp.name}: {len(exp.groups)} groups, {n_sel} selection runs (seeds "
         f"{exp.selection_seeds}), up to {n_test} test runs (seeds {exp.all_test_seeds()})"
@@ -322,8 +331,10 @@ def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
     exp = _experiment(args)
     _print_plan(exp)
     if args.dry_run:
-        for g in exp.groups:
-            print(f"  {g.name}: lambdas {list(g.lambdas)}")
+        from ..experiment import group_names
+
+        for name, g in zip(group_names(exp.groups), exp.groups, strict=True):
+            print(f"  {name}: lambdas {list(g.lambdas)}")
         return 0
     meta = _sweep(args, exp, None)
     from ..sweep import failed_runs

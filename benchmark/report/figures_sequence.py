@@ -273,15 +273,19 @@ def selection_runs(runs: Sequence[Run], sequence: str, bn: str, label: str) -> l
     """The selection-seed runs of one method (every lambda tried) at its chosen lr.
 
     Where the method's family tried several learning rates (``selection.choose``), the curve
-    along lambda is the chosen lr's; the lambda table lists the others.
+    along lambda is the chosen lr's (none while no lr is chosen: runs of different lrs are not
+    seeds of one curve); the lambda table lists the others.
     """
     mine = [
         r
         for r in runs
         if r.role == SELECTION and r.sequence == sequence and r.bn == bn and r.label == label
     ]
+    tried = {float(r.record.config.get("lr", 0.0)) for r in mine}
+    if len(tried) < 2:
+        return mine
     lrs = {float(r.record.config.get("lr", 0.0)) for r in selected(runs, sequence, bn, label)}
-    return [r for r in mine if float(r.record.config.get("lr", 0.0)) in lrs] if lrs else mine
+    return [r for r in mine if float(r.record.config.get("lr", 0.0)) in lrs]  # none: no curve
 
 
 def lambda_families(runs: Sequence[Run], sequence: str, bn: str) -> dict[str, list[str]]:

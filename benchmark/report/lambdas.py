@@ -88,15 +88,37 @@ def tried_lrs(group: Sequence[Run]) -> list[float]:
     return sorted({lr_of(r) for r in group if r.role == SELECTION})
 
 
+def own_best(group: Sequence[Run]) -> tuple[float | None, bool]:
+    """One lr's own best lambda (highest score, ties to the smaller) and whether it is an edge."""
+    scores = selection_scores(group)
+    scored = [(score, -lam, lam) for lam, (score, _) in scores.items() if score is not None]
+    if not scored:
+        return None, False
+    best = max(scored)[2]
+    return best, best in (min(scores), max(scores))
+
+
 def lr_grid_cell(group: Sequence[Run], chosen: Run | None) -> str:
-    """``lr 0.01: <lambda grid>; **lr 0.03162**: ...``: the grid of every lr a family tried."""
+    """``lr 0.01 (own best 10, edge): <grid>; **lr 0.03162**: <grid>``: every lr a family tried.
+
+    The tested lr is in bold with its chosen lambda; every other lr names its own best lambda
+    (in bold in its grid) and whether that best sat at its grid's edge, so that a losing lr whose
+    grid stopped short is visible.
+    """
     parts = []
     for lr in tried_lrs(group):
         at = [r for r in group if lr_of(r) == lr]
         won = chosen is not None and lr_of(chosen) == lr
-        lam = chosen.lam if won and chosen is not None else -1.0
-        name = f"**lr {fmt_lambda(lr)}**" if won else f"lr {fmt_lambda(lr)}"
-        parts.append(f"{name}: {lambda_grid_cell(at, lam)}")
+        best, edge = own_best(at)
+        lam = chosen.lam if won and chosen is not None else best
+        penalised = at[0].record.config.get("method") in PENALISED
+        if won or not penalised:
+            name = f"**lr {fmt_lambda(lr)}**" if won else f"lr {fmt_lambda(lr)}"
+        elif best is None:
+            name = f"lr {fmt_lambda(lr)} (no lambda finished on every selection seed)"
+        else:
+            name = f"lr {fmt_lambda(lr)} (own best {fmt_lambda(best)}{', edge' if edge else ''})"
+        parts.append(f"{name}: {lambda_grid_cell(at, -1.0 if lam is None else lam)}")
     return "; ".join(parts)
 
 

@@ -221,9 +221,11 @@ def sweep_memory_text(meta: dict[str, Any]) -> str | None:
         among = f", the largest of the {len(calls)} invocations that measured it"
     return (
         f"- Sweep memory: peak {peak / 1e9:.2f} GB ({peak / 2**30:.2f} GiB) summed over "
-        f"{count} process{'es' if count != 1 else ''}, the sweep's driver and its workers "
-        f"(proportional set size, sampled every {float(mem.get('interval_seconds') or 0):g} s, "
-        f"so a lower bound of the true peak; `benchmark.memwatch`), in the invocation started "
+        f"{count} process{'es' if count != 1 else ''} of this machine (the sweep's driver, its "
+        "workers and multiprocessing's helper processes; workers on other machines are not "
+        f"counted): proportional set size, sampled every "
+        f"{float(mem.get('interval_seconds') or 0):g} s, so a lower bound of the true peak "
+        f"(`benchmark.memwatch`), in the invocation started "
         f"{top.get('started') or 'at an unrecorded time'} that ran {top.get('ran_now', '?')} "
         f"runs{among}"
     )

@@ -56,12 +56,17 @@ def label_config(runs: Iterable[Run], sequence: str, bn: str, label: str) -> dic
 
 
 def references(
-    runs: Sequence[Run], sequence: str, bn: str, reference: str = REFERENCE
+    runs: Sequence[Run],
+    sequence: str,
+    bn: str,
+    reference: str = REFERENCE,
+    ignore: tuple[str, ...] = (),
 ) -> dict[str, str | None]:
     """``label -> its reference`` for every method label of the section and mode.
 
     ``reference``: the method every other is paired with (default the diagonal; the full-Fisher
-    section pairs with ``ewc full-exact`` by the same rules).
+    section pairs with ``ewc full-exact`` by the same rules). ``ignore``: suffix settings that
+    do not have to agree (the full Fisher's ``estimator_options``, which no structure shares).
     """
     labels = method_labels(runs, sequence, bn)
     variants = [lab for lab in labels if is_reference(lab, reference) and lab != reference]
@@ -78,6 +83,7 @@ def references(
                 if all(
                     setting_text(mine.get(f)) == setting_text(configs[ref].get(f))
                     for f in suffix_fields(ref)
+                    if f not in ignore
                 )
             ),
             None,

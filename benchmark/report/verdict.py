@@ -64,6 +64,8 @@ class Comparison:
         time_ratio: mean whole-run seconds of the method over the reference's (None: unknown).
         seeds: test seeds either side ran (the pairs are those both finished).
         at_edge: the method's or the reference's chosen lambda is an edge of its grid.
+        lr_at_edge: the method's or the reference's chosen lr (where chosen) is an edge of its
+            ``lr_grid``.
         acc_p: Holm-adjusted p of ``acc`` over the verdict's accuracy comparisons.
         forgetting_p: Holm-adjusted p of ``forgetting`` over its forgetting comparisons.
         reference: the label it is compared with (``references``).
@@ -77,6 +79,7 @@ class Comparison:
     time_ratio: float | None
     seeds: int = 0
     at_edge: bool = False
+    lr_at_edge: bool = False
     acc_p: float | None = None
     forgetting_p: float | None = None
     reference: str = REFERENCE
@@ -130,6 +133,7 @@ def _compare(
         time_ratio=mine_s / ref_s if mine_s and ref_s else None,
         seeds=len({r.seed for r in mine} | {r.seed for r in ref}),
         at_edge=any(r.at_edge for r in mine[:1] + ref[:1]),
+        lr_at_edge=any(r.lr_at_edge for r in mine[:1] + ref[:1]),
         reference=ref_label,
     )
 
@@ -143,14 +147,17 @@ def report_sections(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
     return out
 
 
-def comparisons(runs: Sequence[Run], reference: str = REFERENCE) -> list[Comparison]:
+def comparisons(
+    runs: Sequence[Run], reference: str = REFERENCE, ignore: tuple[str, ...] = ()
+) -> list[Comparison]:
     """Every method against its reference, in report order, with Holm-adjusted p-values.
 
-    ``reference``: the method paired with (default the diagonal, ``references``).
+    ``reference`` and ``ignore``: the method paired with and the suffix settings that need
+    not agree (``references``).
     """
     found = []
     for seq, bn, shown in report_sections(runs):
-        refs = references(runs, seq, bn, reference)
+        refs = references(runs, seq, bn, reference, ignore)
         labels = [lab for lab in method_labels(runs, seq, bn) if _is_compared(lab, reference)]
         for label in labels:
             ref_label = refs[label]
@@ -218,7 +225,7 @@ def table(comps: Sequence[Comparison]) -> str:
     rows = [
         [
             c.where,
-            c.label + (" (λ at edge)" if c.at_edge else ""),
+            c.label + edge_mark(c),
             *([c.reference] if shown else []),
             f"{c.acc['n']} of {c.seeds}",
             interval(c.acc),
@@ -232,11 +239,23 @@ def table(comps: Sequence[Comparison]) -> str:
     return md_table(header, rows, ("lll" if shown else "ll") + "rrrrrr")
 
 
+def _edges(c: Comparison) -> str:
+    """``λ``, ``lr`` or ``λ and lr``: which choices of the pair sit at an edge ('' none)."""
+    return " and ".join(name for name, flag in (("λ", c.at_edge), ("lr", c.lr_at_edge)) if flag)
+
+
+def edge_mark(c: Comparison) -> str:
+    """`` (λ at edge)``, `` (lr at edge)`` or both: the choice may lie beyond its grid."""
+    return f" ({_edges(c)} at edge)" if _edges(c) else ""
+
+
 def _listing(comps: Sequence[Comparison], attr: str = "acc") -> str:
-    edge = " (λ at a grid edge: the difference may be the grid's)"
+    def edge(c: Comparison) -> str:
+        which = _edges(c)
+        return f" ({which} at a grid edge: the difference may be the grid's)" if which else ""
+
     return "; ".join(
-        f"{c.label} on {c.where} ({interval(getattr(c, attr))}){edge if c.at_edge else ''}"
-        for c in comps
+        f"{c.label} on {c.where} ({interval(getattr(c, attr))}){edge(c)}" for c in comps
     )
 
 
@@ -264,7 +283,6 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
             f"No difference from {ref} detected in either average accuracy or forgetting "
             f"at {n_text} paired test seeds (which does not show equality): {names}."
         )
-    out += optimizer_sentences(comps)
     ratios = [c.time_ratio for c in comps if c.time_ratio is not None]
     if ratios:
         out.append(
@@ -290,20 +308,55 @@ def optimizer_pairs(comps: Sequence[Comparison]) -> list[tuple[Comparison, Compa
     return pairs
 
 
-def optimizer_sentences(comps: Sequence[Comparison]) -> list[str]:
-    """Whether each structure's difference from the diagonal holds without Adam's normalisation."""
+def _seed_diffs(runs: Sequence[Run], c: Comparison, attr: str) -> dict[int, float]:
+    """Per test seed: the method's ``attr`` minus its reference's (seeds both finished)."""
+
+    def values(label: str) -> dict[int, float]:
+        chosen = selected(runs, c.section, c.bn or None, label)
+        return {r.seed: v for r in chosen if r.ok and (v := getattr(r, attr)) is not None}
+
+    mine, ref = values(c.label), values(c.reference)
+    return {seed: mine[seed] - ref[seed] for seed in sorted(mine.keys() & ref.keys())}
+
+
+def interaction(runs: Sequence[Run], adam: Comparison, other: Comparison) -> dict[str, Any]:
+    """``metrics.paired_test`` of (Δ under the other optimizer) − (Δ under Adam), seed by seed.
+
+    Each Δ is the method's test average accuracy minus the diagonal's on the same seed; the
+    two optimizers' runs share their seeds (tasks, initialisation, data order), so the
+    difference of the two Δs pairs too.
+    """
+    a, b = _seed_diffs(runs, other, "test_avg"), _seed_diffs(runs, adam, "test_avg")
+    seeds = sorted(a.keys() & b.keys())
+    return metrics.paired_test([a[k] for k in seeds], [b[k] for k in seeds])
+
+
+def optimizer_sentences(comps: Sequence[Comparison], runs: Sequence[Run] = ()) -> list[str]:
+    """Whether each structure's difference from the diagonal holds without Adam's normalisation.
+
+    Per structure run under both: its Δ average accuracy and Δ forgetting against the diagonal
+    under each optimizer (the verdict's Holm-adjusted outcomes), and, from ``runs``, the
+    difference of the two Δs paired over the seeds with its unadjusted 95% interval.
+    """
     out = []
     for adam, other, name in optimizer_pairs(comps):
         same = adam.outcome == other.outcome
         verdict = (
-            f"the same outcome ({adam.outcome}) under both"
+            f"the same outcome in average accuracy ({adam.outcome}) under both"
             if same
             else f"{adam.outcome} under Adam, {other.outcome} under {name}"
         )
+        change = ""
+        if runs and (test := interaction(runs, adam, other)).get("mean_diff") is not None:
+            change = (
+                f"; the change of Δ from Adam to {name}, paired over {test['n']} seeds: "
+                f"{interval(test)} (unadjusted 95% interval)"
+            )
         out.append(
-            f"Optimizer control, {adam.label} on {adam.where}: Δ average accuracy "
-            f"{interval(adam.acc)} under Adam, {interval(other.acc)} under {name} (lr chosen "
-            f"with λ): {verdict}."
+            f"Optimizer control, {adam.label} against the diagonal on {adam.where}: Δ average "
+            f"accuracy {interval(adam.acc)} under Adam, {interval(other.acc)} under {name}"
+            f"{edge_mark(other)}; Δ forgetting {interval(adam.forgetting)} under Adam, "
+            f"{interval(other.forgetting)} under {name}{change}: {verdict}."
         )
     return out
 
@@ -329,6 +382,7 @@ def verdict_section(runs: Sequence[Run]) -> str:
             table(comps),
             "",
             *[f"- {s}" for s in sentences(comps)],
+            *[f"- {s}" for s in optimizer_sentences(comps, runs)],
             *(
                 [f"- Not compared: {'; '.join(skipped)}."]
                 if (skipped := not_compared(runs))
