@@ -189,7 +189,6 @@ class LowRankCurvature(Curvature):
         """
         u = self.factor.detach().cpu()
         gram = (u @ u.T).double().numpy()  # in the factor's dtype: float32 halves the cost
-        u = u.double()
         k = min(k, gram.shape[0])
         if gram.shape[0] <= EIGH_MAX:
             vals, w = np.linalg.eigh(gram)
@@ -198,7 +197,11 @@ class LowRankCurvature(Curvature):
             vals, w = eigsh(gram, k=k, which="LA")
             order = np.argsort(vals)[::-1]
             vals, w = vals[order], w[:, order]
-        vecs = u.T.numpy() @ w / np.sqrt(np.maximum(vals, 1e-300))
+        vecs = np.zeros((u.shape[1], k))
+        for start in range(0, u.shape[0], CHUNK):  # U^T W in float64, never a float64 copy of U
+            stop = min(start + CHUNK, u.shape[0])
+            vecs += u[start:stop].double().numpy().T @ w[start:stop]
+        vecs /= np.sqrt(np.maximum(vals, 1e-300))
         return np.maximum(vals, 0.0), vecs
 
     def _block_frobenius_sq(self, index: torch.Tensor) -> float:
