@@ -93,6 +93,7 @@ def test_the_report_states_the_largest_peak_of_the_invocations_that_measured_it(
     assert text is not None
     assert "peak 3.30 GB (3.07 GiB) summed over 3 processes of this machine" in text
     assert "started t1 that ran 1126 runs, the largest of the 2 invocations" in text
+    assert text.endswith("; 1 other invocation (900 runs) did not measure it")
     assert sweep_memory_text({"invocations": [{"started": "t0"}]}) is None
     assert sweep_memory_text({}) is None
 

@@ -219,6 +219,14 @@ def sweep_memory_text(meta: dict[str, Any]) -> str | None:
     among = ""
     if len(calls) > 1:
         among = f", the largest of the {len(calls)} invocations that measured it"
+    every = [c for c in meta.get("invocations") or [] if isinstance(c, dict)]
+    unmeasured = [c for c in every if c not in calls]
+    if unmeasured:
+        runs = sum(int(c.get("ran_now") or 0) for c in unmeasured)
+        among += (
+            f"; {len(unmeasured)} other invocation{'s' if len(unmeasured) > 1 else ''} "
+            f"({runs} runs) did not measure it"
+        )
     return (
         f"- Sweep memory: peak {peak / 1e9:.2f} GB ({peak / 2**30:.2f} GiB) summed over "
         f"{count} process{'es' if count != 1 else ''} of this machine (the sweep's driver, its "
