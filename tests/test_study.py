@@ -312,3 +312,11 @@ def test_part_f_online_rules(study, tmp_path):
     with open(tmp_path / "study.csv") as f:
         csv_rows = [r for r in csv.DictReader(f) if r["part"] == "F"]
     assert len(csv_rows) == len(rows) and {r["rule"] for r in csv_rows} == set(errors)
+
+
+def test_the_link_leaves_out_runs_of_another_optimizer(tmp_path):
+    """The optimizer control's SGD runs share network and sequence, not part E's training."""
+    study, results = _hand_made(tmp_path, REAL_NETWORK)
+    sgd = {**study, "sweep_network": {**study["sweep_network"], "optimizer": "sgd"}}
+    assert "holds no runs of mlp hidden=16" in sweep_link(sgd, results)["note"]
+    assert sweep_link(study, results)["note"] == ""  # no optimizer recorded: Adam, as before

@@ -339,15 +339,18 @@ def sweep_link(study: dict[str, Any], results: str | None) -> dict[str, Any]:
         records = load_records(path, meta)
     except FileNotFoundError as err:
         return {"note": f"`{results}`: {err}."}
+    optimizer = facts.get("optimizer", "adam")  # studies made before it was recorded: Adam
     same_net = [
         r
         for r in records
-        if model_text(r.config) == facts["network"] and r.config.get("data") == facts["data"]
+        if model_text(r.config) == facts["network"]
+        and r.config.get("data") == facts["data"]
+        and r.config.get("optimizer", "adam") == optimizer  # not the optimizer control's runs
     ]
     if not same_net:
         return {
-            "note": f"`{results}` holds no runs of {facts['network']} on {facts['data']} data, "
-            "the network part E measured."
+            "note": f"`{results}` holds no runs of {facts['network']} on {facts['data']} data "
+            f"trained with {optimizer}, the network and training part E measured."
         }
     runs = summarise(same_net, selection_seeds_of(meta))
     rows = _link_rows(study, runs)

@@ -257,6 +257,7 @@ def sweep_network(proto: Protocol, root: str | None, bar: Callable[[str], None])
     facts = {
         "experiment_sequence": SEQUENCE,
         "network": model_text(proto.train.to_dict()),
+        "optimizer": proto.train.optimizer,
         "parameters": net.layout.numel,
         "n_inputs": proto.train.fisher_samples,
         "epochs": proto.train.epochs,
