@@ -24,7 +24,7 @@ BENCH_STORAGE ?= reports/bench/baseline
 # 2-core reference machine medians of unchanged code moved by up to 45% between runs.
 COMPARE_FAIL ?= min:50%
 
-.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report ablation full-fisher study lint format clean
+.PHONY: help install data-check test test-all bench bench-baseline bench-compare timing scaling costs reproduce reproduce-quick report ablation full-fisher online-kfac study lint format clean
 
 help:  ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -126,6 +126,11 @@ full-fisher: data-check install  ## EWC with the true dense full Fisher, row bud
 	$(PY) -m benchmark reproduce --experiment full-fisher --data-root $(DATA_ROOT) \
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/full-fisher --out reports/full-fisher \
 		--jobs $(JOBS) --group-size 1 $(EXECUTOR_FLAGS)
+
+online-kfac: data-check install  ## Online KFAC, each rule for combining tasks, on permuted MNIST (~30 min) -> reports/online-kfac/.
+	$(PY) -m benchmark reproduce --experiment online-kfac --data-root $(DATA_ROOT) \
+		$(DOWNLOAD_FLAG) --results $(RESULTS)/online-kfac --out reports/online-kfac \
+		--jobs $(JOBS) --group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
 
 lint: install  ## ruff check and format check.
 	$(PY) -m ruff check .

@@ -32,7 +32,8 @@ from benchmark.sweep import load_experiment
 
 REPORT_DIR = Path(__file__).resolve().parents[1] / "benchmark" / "report"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXPERIMENTS = ("default", "full", "full-fisher", "quick", "ablation")
+EXPERIMENTS = tuple(sorted(p.stem for p in (REPORT_DIR.parent / "experiments").glob("*.toml")))
+"""Every built-in experiment (benchmark/experiments/*.toml)."""
 MAX_LIGHTNESS = 85.0
 """No method shade is near white: CIELAB L* at most this (white is 100)."""
 
