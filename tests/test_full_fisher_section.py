@@ -110,3 +110,19 @@ def test_pairing_by_number_of_inputs_ignores_the_full_fishers_own_options():
     assert "Not compared (no full-Fisher run with the same settings and number of inputs): " in text
     assert "ewc kfac-exact on mnist-fmnist" in text.split("Not compared")[1]
     assert "compare the same pair with opposite signs" not in text  # no plain diag-exact row
+
+
+def test_a_structure_chosen_at_a_grid_edge_carries_the_caveat():
+    """The diagonal's lambda 1.0 is the largest it tried (0.1 lost): its sentence says so."""
+    cfg = RunConfig(data="synthetic", method="ewc", estimator="diag-exact", lam=0.1, seed=99)
+    low = [[0.98, 0.1], [0.3, 0.3]]
+    extra = RunRecord(run_id=cfg.run_id, config=cfg.to_dict(), acc_val=low, acc_test=low)
+    text = full_fisher_section(outcomes.summarise([*_records(), extra], [99]))
+    line = next(s for s in text.splitlines() if s.startswith("- The full Fisher forgets less"))
+    assert line.endswith(
+        "ewc diag-exact on mnist-fmnist (bn = freeze) (+0.050 [+0.044, +0.057]) "
+        "(λ at a grid edge: the difference may be the grid's)."
+    )
+    assert "(λ at a grid edge: the difference may be the grid's)" in line
+    kfac = [s for s in text.splitlines() if "No difference from the full Fisher" in s]
+    assert kfac and "grid edge" not in kfac[0]

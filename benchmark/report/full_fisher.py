@@ -24,7 +24,14 @@ from dataclasses import replace
 from .. import metrics
 from ..outcomes import Run, method_labels, representation, selected
 from .references import REFERENCE, base_label
-from .verdict import Comparison, _is_compared, comparisons, interval, report_sections, table
+from .verdict import (
+    Comparison,
+    _is_compared,
+    comparisons,
+    listing,
+    report_sections,
+    table,
+)
 
 FULL = "ewc full-exact"
 """The reference of this section: EWC with the exact, untruncated full Fisher."""
@@ -36,10 +43,6 @@ DUPLICATE_NOTE = (
     "The diagonal's row here and the full Fisher's row in the verdict compare the same pair "
     "with opposite signs, each Holm-adjusted within its own table: read each p within its table."
 )
-
-
-def _listing(comps: Sequence[Comparison], attr: str) -> str:
-    return "; ".join(f"{c.label} on {c.where} ({interval(getattr(c, attr))})" for c in comps)
 
 
 def _representations(runs: Sequence[Run]) -> str:
@@ -75,7 +78,7 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
     ):
         hits = [c for c in comps if getattr(c, what) == outcome]
         if hits:
-            out.append(f"{text} (detected; Δ = structure − full): {_listing(hits, attr)}.")
+            out.append(f"{text} (detected; Δ = structure − full): {listing(hits, attr)}.")
     none = [c for c in comps if c.outcome == c.forgetting_outcome == "no difference detected"]
     if none:
         names = "; ".join(f"{c.label} on {c.where}" for c in none)

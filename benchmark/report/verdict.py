@@ -249,7 +249,9 @@ def edge_mark(c: Comparison) -> str:
     return f" ({_edges(c)} at edge)" if _edges(c) else ""
 
 
-def _listing(comps: Sequence[Comparison], attr: str = "acc") -> str:
+def listing(comps: Sequence[Comparison], attr: str = "acc") -> str:
+    """``label on where (interval)`` per comparison, with the grid-edge caveat where it applies."""
+
     def edge(c: Comparison) -> str:
         which = _edges(c)
         return f" ({which} at a grid edge: the difference may be the grid's)" if which else ""
@@ -273,7 +275,7 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
     ):
         hits = [c for c in comps if getattr(c, what) == outcome]
         if hits:
-            out.append(f"{kind} than {ref} (detected): {_listing(hits, attr)}.")
+            out.append(f"{kind} than {ref} (detected): {listing(hits, attr)}.")
     none = [c for c in comps if c.outcome == c.forgetting_outcome == "no difference detected"]
     if none:
         seeds = sorted({c.acc["n"] for c in none})
