@@ -13,29 +13,14 @@ from benchmark.records import RunRecord
 from benchmark.report.full_fisher import full_fisher_section
 from benchmark.report.verdict import comparisons
 
+from .synthetic_runs import effect_records, record
+
 EFFECTS = {"full-exact": 0.0, "kfac-exact": 0.0, "diag-exact": -0.05}
 """Average accuracy of each estimator against the full Fisher's (kfac: none; diagonal: worse)."""
 
 
 def _records() -> list[RunRecord]:
-    records = []
-    for name, effect in EFFECTS.items():
-        for seed in [99, *range(10)]:
-            cfg = RunConfig(data="synthetic", method="ewc", estimator=name, lam=1.0, seed=seed)
-            noise = random.Random(f"{name}/{seed}").gauss(0.0, 0.005)  # the run's own
-            x = 0.8 + random.Random(seed).gauss(0.0, 0.03) + effect + noise  # seed: shared
-            matrix = [[0.98, 0.1], [x - 0.02, x + 0.02]]  # forgetting = 1.00 - x
-            records.append(
-                RunRecord(
-                    run_id=cfg.run_id,
-                    config=cfg.to_dict(),
-                    acc_val=matrix,
-                    acc_test=matrix,
-                    total_seconds=100.0 if name == "full-exact" else 10.0,
-                    representations=["full-factor 20 rows" if name == "full-exact" else "diag"],
-                )
-            )
-    return records
+    return effect_records(EFFECTS)
 
 
 def test_each_structure_is_paired_with_the_full_fisher():
@@ -71,12 +56,6 @@ def test_no_full_fisher_no_section():
     assert full_fisher_section(outcomes.summarise(records, [99])) == ""
 
 
-def _run(name: str, seed: int, x: float, **settings) -> RunRecord:
-    cfg = RunConfig(data="synthetic", method="ewc", estimator=name, lam=1.0, seed=seed, **settings)
-    matrix = [[0.98, 0.1], [x - 0.02, x + 0.02]]
-    return RunRecord(run_id=cfg.run_id, config=cfg.to_dict(), acc_val=matrix, acc_test=matrix)
-
-
 def test_pairing_by_number_of_inputs_ignores_the_full_fishers_own_options():
     """The full Fisher at N = 20 (factor) and N = 100 (dense): each structure pairs at its own N;
     a structure at an N without a full Fisher is listed as not compared."""
@@ -89,14 +68,14 @@ def test_pairing_by_number_of_inputs_ignores_the_full_fishers_own_options():
         base = 0.8 + random.Random(seed).gauss(0.0, 0.03)
         for n, options in full.items():
             records.append(
-                _run("full-exact", seed, base, fisher_samples=n, estimator_options=options)
+                record("full-exact", seed, base, fisher_samples=n, estimator_options=options)
             )
             noise = random.Random(f"{n}/{seed}").gauss(0.0, 0.005)
-            records.append(_run("diag-exact", seed, base - 0.05 + noise, fisher_samples=n))
-        records.append(_run("kfac-exact", seed, base, fisher_samples=50))  # no full Fisher at 50
+            records.append(record("diag-exact", seed, base - 0.05 + noise, fisher_samples=n))
+        records.append(record("kfac-exact", seed, base, fisher_samples=50))  # no full Fisher at 50
         mean = random.Random(f"mean/{seed}").gauss(0.0, 0.005)
         records.append(
-            _run(
+            record(
                 "full-exact", seed, base + mean, fisher_samples=100,
                 estimator_options={"output_curvature": "mean"},
             )

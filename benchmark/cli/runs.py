@@ -218,6 +218,15 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
         "states the time from then to now as its end-to-end time and stores it in "
         "<results>/reproduce.json (what `make reproduce`'s last step does)",
     )
+    p.add_argument(
+        "--companion",
+        action="append",
+        default=[],
+        metavar="RESULTS",
+        help="results folder of an experiment that trains with the true full Fisher (e.g. "
+        "results/full-fisher, results/ablation; repeatable): its answer ends the verdict; a "
+        "folder without records is named as such (what `make report` and `make reproduce` pass)",
+    )
     p.set_defaults(func=cmd_report, subparser=p)
     p = sub.add_parser("experiments", help="list the built-in experiments")
     p.set_defaults(func=cmd_experiments, subparser=p)
@@ -366,7 +375,12 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
         except ValueError as err:
             raise UserError(str(err)) from None
     meta = load_meta(results)
-    path = build_report(results, Path(args.out), selection_seeds=selection_seeds_of(meta))
+    path = build_report(
+        results,
+        Path(args.out),
+        selection_seeds=selection_seeds_of(meta),
+        companions=[Path(c) for c in args.companion],
+    )
     print(f"wrote {path}")
     _sync_readme(args, path)
     failed = [r for r in load_records(results, meta) if r.status == "failed"]

@@ -26,7 +26,7 @@ chooses lambda per group on the validation split (``selection``), and writes
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from ..grouped_check import load_checks as load_grouped_checks
 from ..outcomes import load_meta, load_pipeline, load_records, summarise
 from ..selection import selection_seeds_of
 from ..threads import load_checks
+from .companions import Companion
 from .figures import FIGURE_PREFIXES, draw_figure, planned_figures
 from .results import render_markdown, runs_csv
 from .scaling import write_reports as write_scaling_reports
@@ -69,6 +70,7 @@ def build_report(
     *,
     selection_seeds: Collection[int] | None = None,
     meta: dict[str, Any] | None = None,
+    companions: Sequence[Path] = (),
 ) -> Path:
     """Build REPORT.md, runs.csv and figures/ in ``out_dir`` from the records in ``results_dir``.
 
@@ -80,6 +82,9 @@ def build_report(
         selection_seeds: the seeds whose mean validation score chooses lambda (default: the
             ones ``sweep.json`` names, ``selection.selection_seeds_of``).
         meta: experiment metadata; overrides the keys of ``sweep.json``.
+        companions: results folders of the experiments that train with the true full Fisher
+            (``full-fisher``, ``ablation``): their answer ends the verdict
+            (``companions.companion_section``); a folder without records is named as such.
 
     Returns:
         The path of REPORT.md.
@@ -120,8 +125,19 @@ def build_report(
     for spec in specs:
         draw_figure(spec, runs, fig_dir)
     report = out_dir / "REPORT.md"
-    report.write_text(render_markdown(runs, meta_all, pipeline, seeds) + see_also(out_dir))
+    others = [load_companion(Path(c)) for c in companions]
+    text = render_markdown(runs, meta_all, pipeline, seeds, others)
+    report.write_text(text + see_also(out_dir))
     return report
+
+
+def load_companion(results_dir: Path) -> Companion:
+    """A companion experiment's runs, each chosen by its own selection seeds (None: no records)."""
+    if not any((results_dir / "runs").glob("*.json")):
+        return Companion(results_dir.name, None)
+    meta = load_meta(results_dir)
+    runs = summarise(load_records(results_dir, meta), selection_seeds_of(meta))
+    return Companion(str(meta.get("name") or results_dir.name), runs)
 
 
 def see_also(out_dir: Path) -> str:

@@ -95,7 +95,7 @@ def sentences(comps: Sequence[Comparison]) -> list[str]:
     return out
 
 
-def _inputs(runs: Sequence[Run], c: Comparison, label: str) -> set[int]:
+def fisher_inputs(runs: Sequence[Run], c: Comparison, label: str) -> set[int]:
     """The ``fisher_samples`` (inputs per task) of a label's selected runs in c's section."""
     chosen = selected(runs, c.section, c.bn or None, label)
     return {int(r.record.config.get("fisher_samples", 0)) for r in chosen}
@@ -111,7 +111,7 @@ def full_comparisons(runs: Sequence[Run]) -> list[Comparison]:
     kept = [
         c
         for c in comparisons(runs, reference=FULL, ignore=IGNORE)
-        if _inputs(runs, c, c.label) == _inputs(runs, c, c.reference)
+        if fisher_inputs(runs, c, c.label) == fisher_inputs(runs, c, c.reference)
     ]
     acc_p = metrics.holm([c.acc["t_pvalue"] for c in kept])
     forg_p = metrics.holm([c.forgetting["t_pvalue"] for c in kept])

@@ -41,6 +41,7 @@ from ..outcomes import (
 from ..selection import DEFAULT_SELECTION_SEEDS, SELECTION
 from .ablation import finding_section
 from .cells import EDGE_NOTE, excluded_note, lambda_text, method_cell, paired
+from .companions import Companion, companion_section
 from .diagnostics import diagnostics_parts
 from .figures import figures_section, planned_figures
 from .format import (
@@ -402,8 +403,9 @@ def render_markdown(
     meta: dict[str, Any],
     pipeline: dict[str, Any] | None,
     selection_seeds: Sequence[int] = DEFAULT_SELECTION_SEEDS,
+    companions: Sequence[Companion] = (),
 ) -> str:
-    """The whole REPORT.md (pure: same runs and metadata, same text)."""
+    """The whole REPORT.md (pure: same runs, metadata and companions' runs, same text)."""
     name = meta.get("name") or meta.get("experiment")
     title = f"# EWC benchmark report: {name}" if name else "# EWC benchmark report"
     sections = [title]
@@ -411,6 +413,7 @@ def render_markdown(
         sections.append(str(meta["description"]))
     sections += [
         verdict_section(runs),
+        companion_section(runs, companions),
         full_fisher_section(runs),
         finding_section(runs, meta),
         report_provenance(meta, pipeline, runs, selection_seeds),
