@@ -170,6 +170,13 @@ def test_the_exact_fisher_comparison_has_the_right_sign():
     assert f"= {verdict.interval({'mean_diff': np.mean(diffs)})} [" in plain
     assert "p (Holm, m = 7)" in text
     assert "No exact-Fisher control" not in text
+    # forgetting is 1 - x here: kfac forgets less than full, full-mean less than kfac
+    assert "in forgetting, p <0.001: ewc kfac-exact forgets less (detected)." in plain
+    assert "in forgetting, p <0.001: ewc full-exact output_curvature=mean forgets less" in mean
+    forg = [-d for d in diffs]
+    assert f"; {verdict.interval({'mean_diff': np.mean(forg)})} [" in plain
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    assert "| Δ forgetting vs ewc full-exact [95% CI] |" in header
 
 
 def test_without_a_control_the_finding_says_so():

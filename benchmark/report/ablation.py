@@ -15,10 +15,10 @@ hidden layers or the output layer only (the exact diagonal elsewhere) per ``laye
 
 Per section, a table: per structure, what it keeps, whether A and G are kept full, and its
 comparison with ``ewc diag-exact`` from ``verdict.comparisons`` (the same numbers and Holm
-family as the verdict). Where the section holds ``ewc full-exact`` runs (any options), one more
-column pair per such control R: the paired Δ average accuracy (structure − R) over the seeds
-both finished, its 95% interval, and its p, Holm-adjusted over every row of that column in the
-whole finding (one family per R).
+family as the verdict). Where the section holds ``ewc full-exact`` runs (any options), two more
+column pairs per such control R: the paired Δ average accuracy and Δ forgetting (structure − R)
+over the seeds both finished, each with its 95% interval and its p, Holm-adjusted over every row
+of that column in the whole finding (one family per R and metric).
 
 *Better* is the verdict's: Holm-adjusted p below ``verdict.ALPHA`` on at least
 ``verdict.MIN_PAIRS`` pairs, higher average accuracy or lower forgetting. Rules, per metric
@@ -34,10 +34,11 @@ whole finding (one family per R).
 2. Layers, when the family has both ``layers=hidden`` and ``layers=output`` with full factors:
    "the effect sits in the hidden layers' blocks" when only the hidden one is better, "in the
    output layer's block" when only the output one is; otherwise in neither alone.
-3. Exact Fisher: the family's own estimator (full factors, every layer) − each control R, Δ with
-   interval and p (the column's Holm): better, worse, or no difference detected, by the same
-   rule. Without a control: "no exact-Fisher control ran" there (and, when the report's protocol
-   notes mention ``full-exact``, that those notes say where it runs).
+3. Exact Fisher: the family's own estimator (full factors, every layer) − each control R, Δ
+   average accuracy and Δ forgetting with interval and p (the column's Holm): better, worse, or
+   no difference detected, by the same rule. Without a control: "no exact-Fisher control ran"
+   there (and, when the report's protocol notes mention ``full-exact``, that those notes say
+   where it runs).
 
 Caveats (``ablation_notes``): the per-seed spread of each method's test average accuracy (sd,
 range) with Sarle's bimodality coefficient (``metrics.bimodality_coefficient``, flagged above
@@ -65,6 +66,8 @@ from .verdict import ALPHA, MIN_PAIRS, REFERENCE, Comparison, comparisons, inter
 HEADING = "## Finding: the Kronecker ablation"
 KFAC_PREFIX = "kfac-"
 EXACT_FISHER = "full-exact"
+EXACT_METRICS = ("test_avg", "forgetting")
+"""What each structure is compared in against an exact-Fisher control (one Holm family each)."""
 ALL_LAYERS = ("all",)
 LAYER_TEXT = {
     ("hidden",): "on the hidden layers, the exact diagonal on the output layer",
@@ -173,7 +176,7 @@ def is_control(config: dict[str, Any]) -> bool:
 
 
 Row = tuple[Structure, Comparison]
-Exact = dict[str, dict[str, tuple[dict[str, Any], float | None]]]
+Exact = dict[str, dict[str, dict[str, tuple[dict[str, Any], float | None]]]]
 """Control label -> structure label -> (paired test structure − control, Holm-adjusted p)."""
 
 
@@ -222,20 +225,29 @@ def places(runs: Sequence[Run], comps: Sequence[Comparison]) -> list[Place]:
 
 
 def add_exact(runs: Sequence[Run], found: Sequence[Place]) -> dict[str, int]:
-    """Fill each place's ``exact``; returns each control's Holm family size (module docstring)."""
-    tests: dict[str, list[tuple[Place, str, dict[str, Any]]]] = {}
+    """Fill each place's ``exact``; returns each control's Holm family size (module docstring).
+
+    ``exact[ref][label][metric] = (paired test, Holm p)`` for average accuracy and forgetting,
+    one Holm family per control and metric.
+    """
+    tests: dict[str, list[tuple[Place, str, dict[str, Any], dict[str, Any]]]] = {}
     for place in found:
         for ref in place.controls:
             ref_runs = place.runs_of(runs, ref)
             for s, _ in place.rows:
-                test = paired(place.runs_of(runs, s.label), ref_runs, "test_avg")
-                tests.setdefault(ref, []).append((place, s.label, test))
+                mine = place.runs_of(runs, s.label)
+                acc, forg = (paired(mine, ref_runs, m) for m in EXACT_METRICS)
+                tests.setdefault(ref, []).append((place, s.label, acc, forg))
     sizes = {}
     for ref, family in tests.items():
-        adjusted = metrics.holm([t["t_pvalue"] for *_, t in family])
-        sizes[ref] = sum(p is not None for p in adjusted)
-        for (place, label, test), p in zip(family, adjusted, strict=True):
-            place.exact.setdefault(ref, {})[label] = (test, p)
+        acc_p = metrics.holm([f[2]["t_pvalue"] for f in family])
+        forg_p = metrics.holm([f[3]["t_pvalue"] for f in family])
+        sizes[ref] = sum(p is not None for p in acc_p)
+        for (place, label, acc, forg), pa, pf in zip(family, acc_p, forg_p, strict=True):
+            place.exact.setdefault(ref, {})[label] = {
+                "test_avg": (acc, pa),
+                "forgetting": (forg, pf),
+            }
     return sizes
 
 
@@ -253,14 +265,16 @@ def table(place: Place, m: int, sizes: dict[str, int]) -> str:
     header += [f"p (Holm, m = {m})", "Δ forgetting [95% CI]", f"p (Holm, m = {m})"]
     for ref in place.controls:
         header += [f"Δ avg accuracy vs {ref} [95% CI]", f"p (Holm, m = {sizes[ref]})"]
+        header += [f"Δ forgetting vs {ref} [95% CI]", f"p (Holm, m = {sizes[ref]})"]
     rows = []
     for s, c in place.rows:
         row = [c.label + (" (λ at edge)" if c.at_edge else ""), s.keeps]
         row += ["yes" if s.a_full else "no", "yes" if s.g_full else "no", interval(c.acc)]
         row += [fmt_p(c.acc_p), interval(c.forgetting), fmt_p(c.forgetting_p)]
         for ref in place.controls:
-            test, p = place.exact[ref][s.label]
-            row += [interval(test), fmt_p(p)]
+            for metric in EXACT_METRICS:
+                test, p = place.exact[ref][s.label][metric]
+                row += [interval(test), fmt_p(p)]
         rows.append(row)
     return md_table(header, rows, "llll" + "r" * (len(header) - 4))
 
@@ -380,17 +394,23 @@ def exact_sentences(place: Place, family: Sequence[Row], meta: dict[str, Any]) -
         return []
     out = []
     for ref in place.controls:
-        test, p = place.exact[ref][base.label]
         what = "the exact Fisher it approximates" if ref == f"ewc {EXACT_FISHER}" else ref
-        sign = detected(test, p)
+        test, p = place.exact[ref][base.label]["test_avg"]
         end = {
             1: f"{base.label} is detected better than {what}",
             -1: f"{what} is detected better than {base.label}",
             0: f"no difference detected at {test['n']} pairs (which does not show equality)",
-        }[sign]
+        }[detected(test, p)]
+        forg, pf = place.exact[ref][base.label]["forgetting"]
+        forg_end = {
+            1: f"{what} forgets less (detected)",
+            -1: f"{base.label} forgets less (detected)",
+            0: f"no difference detected at {forg['n']} pairs",
+        }[detected(forg, pf)]
         out.append(
             f"Against the exact Fisher: {base.label} − {ref} = {interval(test)} in average "
-            f"accuracy, {_p_text(p)} (Holm over that column): {end}."
+            f"accuracy, {_p_text(p)} (Holm over that column): {end}; {interval(forg)} in "
+            f"forgetting, {_p_text(pf)}: {forg_end}."
         )
     return out
 
