@@ -132,7 +132,7 @@ full-fisher: data-check install  ## EWC with the true dense full Fisher, row bud
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/full-fisher --out reports/full-fisher \
 		--jobs $(JOBS) --group-size 1 $(EXECUTOR_FLAGS)
 
-online-kfac: data-check install  ## Online KFAC, each rule for combining tasks, on permuted MNIST (~30 min) -> reports/online-kfac/.
+online-kfac: data-check install  ## Online KFAC, each rule for combining tasks, on permuted MNIST (~15 min) -> reports/online-kfac/.
 	$(PY) -m benchmark reproduce --experiment online-kfac --data-root $(DATA_ROOT) \
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/online-kfac --out reports/online-kfac \
 		--jobs $(JOBS) --group-size $(GROUP_SIZE) $(EXECUTOR_FLAGS)
