@@ -33,7 +33,7 @@ from typing import Any
 from .. import clock
 from ..errors import UserError
 from ..grouped_check import load_checks as load_grouped_checks
-from ..outcomes import load_meta, load_pipeline, load_records, summarise
+from ..outcomes import Run, load_meta, load_pipeline, load_records, summarise
 from ..selection import selection_seeds_of
 from ..threads import load_checks
 from .companions import Companion
@@ -115,7 +115,16 @@ def build_report(
     pipeline = load_pipeline(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "runs.csv").write_text(runs_csv(runs))
-    fig_dir = out_dir / "figures"
+    write_figures(runs, out_dir / "figures")
+    report = out_dir / "REPORT.md"
+    others = [load_companion(Path(c)) for c in companions]
+    text = render_markdown(runs, meta_all, pipeline, seeds, others)
+    report.write_text(text + see_also(out_dir))
+    return report
+
+
+def write_figures(runs: Sequence[Run], fig_dir: Path) -> None:
+    """Draw the report's figures into ``fig_dir``; remove report figures it no longer draws."""
     fig_dir.mkdir(exist_ok=True)
     specs = planned_figures(runs)
     wanted = {s.name for s in specs}
@@ -124,11 +133,6 @@ def build_report(
             old.unlink()
     for spec in specs:
         draw_figure(spec, runs, fig_dir)
-    report = out_dir / "REPORT.md"
-    others = [load_companion(Path(c)) for c in companions]
-    text = render_markdown(runs, meta_all, pipeline, seeds, others)
-    report.write_text(text + see_also(out_dir))
-    return report
 
 
 def load_companion(results_dir: Path) -> Companion:
