@@ -101,3 +101,15 @@ def test_the_report_command_takes_companions(tmp_path, capsys):
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert "(`make full-fisher`, 10 paired test seeds" in text
     assert "- `ablation`: no records here (`make ablation` makes them)." in text
+
+
+def test_a_companion_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    from benchmark import cli
+
+    own = _store(tmp_path / "default", effect_records({"diag-exact": 0, "kfac-exact": 0}), "d")
+    (tmp_path / "notes.txt").write_text("x")
+    args = ["report", "--results", own, "--out", tmp_path / "out"]
+    code = cli.main([str(a) for a in [*args, "--companion", tmp_path / "notes.txt"]])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a folder" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "REPORT.md").exists()

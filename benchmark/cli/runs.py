@@ -365,6 +365,12 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: 
     if not (results / "runs").is_dir():
         raise UserError(f"no records in {results / 'runs'}: run the sweep first (make reproduce)")
     require_folders({"--out": args.out})
+    for companion in args.companion:
+        if Path(companion).exists() and not Path(companion).is_dir():
+            raise UserError(
+                f"--companion {companion} is not a folder: give an experiment's results folder "
+                "(e.g. results/full-fisher), which holds runs/"
+            )
     if args.readme:
         _readme(args)
     if args.started is not None:

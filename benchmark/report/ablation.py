@@ -376,6 +376,13 @@ def _p_text(p: float | None) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def _judged(test: dict[str, Any], p: float | None, up: str, down: str, tail: str = "") -> str:
+    """``up`` / ``down`` for a detected positive / negative difference, else none detected."""
+    return {1: up, -1: down}.get(
+        detected(test, p), f"no difference detected at {test['n']} pairs{tail}"
+    )
+
+
 def exact_sentences(place: Place, family: Sequence[Row], meta: dict[str, Any]) -> list[str]:
     """Rule 3: the family's own estimator against each exact-Fisher control."""
     if not place.controls:
@@ -396,17 +403,17 @@ def exact_sentences(place: Place, family: Sequence[Row], meta: dict[str, Any]) -
     for ref in place.controls:
         what = "the exact Fisher it approximates" if ref == f"ewc {EXACT_FISHER}" else ref
         test, p = place.exact[ref][base.label]["test_avg"]
-        end = {
-            1: f"{base.label} is detected better than {what}",
-            -1: f"{what} is detected better than {base.label}",
-            0: f"no difference detected at {test['n']} pairs (which does not show equality)",
-        }[detected(test, p)]
+        end = _judged(
+            test,
+            p,
+            f"{base.label} is detected better than {what}",
+            f"{what} is detected better than {base.label}",
+            " (which does not show equality)",
+        )
         forg, pf = place.exact[ref][base.label]["forgetting"]
-        forg_end = {
-            1: f"{what} forgets less (detected)",
-            -1: f"{base.label} forgets less (detected)",
-            0: f"no difference detected at {forg['n']} pairs",
-        }[detected(forg, pf)]
+        forg_end = _judged(
+            forg, pf, f"{what} forgets less (detected)", f"{base.label} forgets less (detected)"
+        )
         out.append(
             f"Against the exact Fisher: {base.label} − {ref} = {interval(test)} in average "
             f"accuracy, {_p_text(p)} (Holm over that column): {end}; {interval(forg)} in "
