@@ -29,13 +29,17 @@ The s of a layer, from the chunk's captures (``layers``; gradients carry :math:`
   the ``[K, n, d_out, d_in + 1]`` work tensor stays under ``WORK_BYTES``.
 - any other layer rule with a Kronecker form: the same from ``rule.per_input`` gradients.
 
-Fitting takes two passes over the inputs, in the same chunks, each chunk one batched forward and
-backward (``fitting.FisherPass``): the first accumulates the KFAC factor sums and the rest's exact
-diagonal (``KFACAccumulator``); after the eigendecompositions, the second backpropagates to the
-Kronecker layers only (no rest diagonal, no ``torch.func`` rows) and accumulates s. Both passes
-use the same label columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records the
-labels it draws in the first pass (``mc_samples`` integers per input) and replays them in the
-second, so the generator (or the global RNG) advances exactly as one ``kfac-mc`` fit does.
+Fitting takes two passes over the inputs, in the same chunks (``second_pass``). The first is one
+batched forward and backward per chunk (``fitting.FisherPass``) and accumulates the KFAC factor
+sums and the rest's exact diagonal (``KFACAccumulator``). Then each factor is eigendecomposed,
+its exactly-zero rows split off first (``linalg.eigh_deflated``: input features that are zero on
+every fitted input, such as MNIST's blank border pixels, cost nothing). The second pass
+accumulates s from the Kronecker layers' captures: those the first pass kept, while they fit in
+``second_pass.CACHE_BYTES`` (no forward or backward), else recomputed by backpropagating to
+those layers only (no rest diagonal, no ``torch.func`` rows). Both passes use the same label
+columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records the labels it draws in
+the first pass (``mc_samples`` integers per input) and replays them in a recomputed second pass,
+so the generator (or the global RNG) advances exactly as one ``kfac-mc`` fit does.
 
 Online EWC takes ``online_rule = 'sum'`` only (per-task terms, ``online_sum``): the other rules
 of ``kfac_online`` combine factors, and s belongs to one task's eigenbasis.
@@ -61,9 +65,10 @@ from .labels import MonteCarlo
 from .layers.conv2d import Conv2dRule
 from .layers.linear import LinearRule
 from .layout import ParamLayout
-from .linalg import eigh
+from .linalg import eigh_deflated
 from .online_sum import add_terms, sum_only_check, sum_only_online
 from .registry import GridStructure
+from .second_pass import KeptCaptures, ReplayedSamples
 
 EKFAC_REFUSAL = "fits in different eigenbases do not sum to one eigen-corrected Kronecker product"
 """Why EKFAC curvatures are not accumulated online without ``online_rule = 'sum'``."""
@@ -387,7 +392,8 @@ class EKFACAccumulator(KFACAccumulator):
         for key, (layer, sums) in self.sums.items():
             with_bias = "bias" in layer.params
             A, G = sums.factors(self.n_total, with_bias)
-            QA, QG = eigh(A)[1], eigh(G)[1]
+            # Row-major, both: torch.kron (``_dense``) refuses a mix of memory layouts.
+            QA, QG = eigh_deflated(A)[1].contiguous(), eigh_deflated(G)[1].contiguous()
             bias = self.layout.slice(layer.params["bias"]) if with_bias else None
             S = torch.zeros(QG.shape[0], QA.shape[0], dtype=QA.dtype, device=QA.device)
             self.eigen[key] = (
@@ -418,30 +424,6 @@ class EKFACAccumulator(KFACAccumulator):
         return EKFACCurvature(self.layout, blocks, index, rest, budget, rule)
 
 
-class ReplayedSamples(MonteCarlo):
-    """``mc`` labels drawn in the first pass and recorded, replayed chunk by chunk in the second."""
-
-    def __init__(self, mode: MonteCarlo) -> None:
-        super().__init__(mode.mc_samples, mode.generator)
-        self.drawn: list[torch.Tensor] = []
-        self.replaying: int | None = None
-
-    def sample(self, probs: torch.Tensor) -> torch.Tensor:
-        """Draw and record ``[K, n]`` labels; once ``replay`` was called, return the next record."""
-        if self.replaying is None:
-            labels = super().sample(probs)
-            self.drawn.append(labels)
-            return labels
-        labels = self.drawn[self.replaying]
-        self.replaying += 1
-        assert labels.shape[1] == probs.shape[0], "the second pass must use the same chunks"
-        return labels
-
-    def replay(self) -> None:
-        """From now on, return the recorded draws in order."""
-        self.replaying = 0
-
-
 class EKFACEstimator(GridEstimator):
     """Two passes over the inputs in the same chunks: KFAC factors, then s (module docstring)."""
 
@@ -460,9 +442,18 @@ class EKFACEstimator(GridEstimator):
         )
         factors = FisherPass(model, self.forward, labels, plan, n)
         acc = EKFACAccumulator(layout, plan, factors.columns, n, self.options)
-        self._sweep(factors, inputs, targets, acc.chunk_size(), acc.update)
+        kept = KeptCaptures()
+
+        def first(cap: Capture) -> None:
+            acc.update(cap)
+            kept.keep(cap, acc.sums)
+
+        self._sweep(factors, inputs, targets, acc.chunk_size(), first)
         acc.rotate()
-        if acc.eigen:
+        if acc.eigen and kept.chunks is not None:
+            for cap in kept.chunks:
+                acc.update_scales(cap)
+        elif acc.eigen:
             if isinstance(labels, ReplayedSamples):
                 labels.replay()
             kronecker = replace(plan, layers=acc.scale_layers(), generic=())

@@ -19,7 +19,6 @@ from torch import nn
 import estimators
 from estimators import EKFACCurvature, FisherMemoryError
 from estimators import ekfac as ekfac_module
-from estimators.fitting import FisherPass
 from estimators.labels import MonteCarlo
 from estimators.stacking import stacked_matmul
 from tests import reference as ref
@@ -152,23 +151,7 @@ def test_exact_for_one_input_one_linear():
     assert rel(curv.dense(), ref.dense_fisher(model, x, "exact")) <= TOL
 
 
-# -- the fit: two chunked passes, every layer form ------------------------------------------------
-def test_two_chunked_passes(monkeypatch):
-    """Both passes in chunks of ``chunk_size``; the second backpropagates to the blocks only."""
-    seen = []
-    original = FisherPass.capture
-
-    def spy(self, inputs, targets):
-        seen.append((inputs.shape[0], len(self.plan.layers), self.plan.generic))
-        return original(self, inputs, targets)
-
-    monkeypatch.setattr(FisherPass, "capture", spy)
-    model, x, y = CASES[0].make()  # mlp_bn: 3 Linear + 2 BatchNorm layers
-    estimators.make("ekfac-exact", chunk_size=3).fit(model, x, y)
-    assert [n for n, _, _ in seen] == [3, 3, 1, 3, 3, 1]
-    assert [k for _, k, _ in seen] == [5, 5, 5, 3, 3, 3]
-
-
+# -- the fit: every layer form (the passes: test_ekfac_passes) ---------------------------------
 @pytest.mark.parametrize("case", CASES[:2], ids=CASE_IDS[:2])
 def test_layer_forms_agree_with_per_input_gradients(case, monkeypatch):
     """Linear and Conv2d closed forms equal the generic per-input form, in any slab size."""

@@ -2,9 +2,10 @@
 
 EWC with the untruncated full Fisher costs 10-150x a structure's run, so the default protocol
 (``make reproduce``, under 90 minutes on 2 cores) cannot hold it with nested selection and 10-20
-test seeds. Two companion experiments do: ``full-fisher`` (MNIST -> FashionMNIST, the dense
-P x P matrix) and ``ablation`` (split MNIST, task- and class-incremental, the exact factor with
-every row). REPORT.md's verdict ends with their answer, so that it states, per sequence:
+test seeds. Two companion experiments do: ``full-fisher`` (MNIST -> FashionMNIST and permuted
+MNIST, the dense P x P matrix) and ``ablation`` (split MNIST, task- and class-incremental, the
+exact factor with every row). REPORT.md's verdict ends with their answer, so that it states, per
+sequence:
 
 - whether the full Fisher forgets less than the diagonal, KFAC and EKFAC: Δ forgetting and
   Δ average accuracy, *structure − full Fisher*, paired over test seeds, mean with its 95%

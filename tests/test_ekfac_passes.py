@@ -1,0 +1,121 @@
+"""EKFAC's two passes: the kept first-pass captures, their budget, and the deflated eigenbases.
+
+The second pass (s in the KFAC eigenbases) replays the first pass's captures while they fit in
+``second_pass.CACHE_BYTES``, else recomputes them; both must give the same curvature in every
+label mode. The eigenbases split off a factor's exactly-zero rows (``linalg.eigh_deflated``);
+a fit on inputs with always-zero features is checked against the float64 brute force.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import estimators
+from estimators import second_pass
+from estimators.fitting import FisherPass
+from estimators.linalg import eigh_deflated
+from tests import reference as ref
+from tests.cases import CASES
+
+TOL = 1e-10
+MODES = [("exact", {}), ("empirical", {}), ("mc", {"mc_samples": 2})]
+
+
+def spy_passes(monkeypatch) -> list[tuple[int, int]]:
+    """Record (chunk size, planned layers) of every ``FisherPass.capture`` call."""
+    seen: list[tuple[int, int]] = []
+    original = FisherPass.capture
+
+    def spy(self, inputs, targets):
+        seen.append((inputs.shape[0], len(self.plan.layers)))
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(FisherPass, "capture", spy)
+    return seen
+
+
+def fit(mode: str, options: dict, model, x, y, chunk: int = 3) -> torch.Tensor:
+    opts = {"chunk_size": chunk, **options}
+    if mode == "mc":
+        opts["generator"] = torch.Generator().manual_seed(3)
+    return estimators.make(f"ekfac-{mode}", **opts).fit(model, x, y).dense()
+
+
+def test_kept_captures_make_one_pass(monkeypatch):
+    """Within the budget: one chunked pass over the inputs, no forward or backward after it."""
+    seen = spy_passes(monkeypatch)
+    model, x, y = CASES[0].make()  # mlp_bn: 3 Linear + 2 BatchNorm layers, 7 inputs
+    estimators.make("ekfac-exact", chunk_size=3).fit(model, x, y)
+    assert seen == [(3, 5), (3, 5), (1, 5)]
+
+
+def test_over_budget_recomputes_in_a_second_pass(monkeypatch):
+    """Over the budget: the second pass backpropagates to the Kronecker layers only."""
+    monkeypatch.setattr(second_pass, "CACHE_BYTES", 0)
+    seen = spy_passes(monkeypatch)
+    model, x, y = CASES[0].make()
+    estimators.make("ekfac-exact", chunk_size=3).fit(model, x, y)
+    assert seen == [(3, 5), (3, 5), (1, 5), (3, 3), (3, 3), (1, 3)]
+
+
+@pytest.mark.parametrize("budget", [0, 1500], ids=["none-kept", "dropped-midway"])
+@pytest.mark.parametrize(("mode", "options"), MODES, ids=[m for m, _ in MODES])
+def test_kept_and_recomputed_agree(mode, options, budget, monkeypatch):
+    """The same curvature from kept captures as from recomputed ones (mc: the same draws)."""
+    model, x, y = CASES[0].make()
+    kept = fit(mode, options, model, x, y)
+    monkeypatch.setattr(second_pass, "CACHE_BYTES", budget)
+    recomputed = fit(mode, options, model, x, y)
+    assert torch.allclose(kept, recomputed, rtol=0, atol=1e-13)
+
+
+def test_budget_is_dropped_midway(monkeypatch):
+    """A budget that the second chunk exceeds keeps nothing (nothing half-kept)."""
+    model, x, y = CASES[0].make()
+    caps = []
+    original = FisherPass.capture
+
+    def grab(self, inputs, targets):
+        caps.append(original(self, inputs, targets))
+        return caps[-1]
+
+    monkeypatch.setattr(FisherPass, "capture", grab)
+    estimators.make("ekfac-exact", chunk_size=3).fit(model, x, y)
+    layers = {id(lc.layer) for lc in caps[0].layers}
+    first = sum(lc.a.nelement() * 8 + lc.g.nelement() * 8 for lc in caps[0].layers)
+    kept = second_pass.KeptCaptures(first)
+    kept.keep(caps[0], layers)
+    assert kept.complete and kept.nbytes == first
+    kept.keep(caps[1], layers)
+    assert not kept.complete and kept.chunks is None
+
+
+def test_zero_input_features_against_brute_force():
+    """Inputs with always-zero features (MNIST's borders): the deflated eigenbasis of A."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 3, (9,))
+    x[:, [1, 4]] = 0.0
+    curv = estimators.make("ekfac-exact", chunk_size=4).fit(model, x, y)
+    _, _, want, _ = ref.ekfac_brute_force(model, x, "exact", targets=y)
+    assert float((curv.dense() - want).norm() / want.norm()) <= TOL
+
+
+@pytest.mark.parametrize("zero_rows", [[], [0], [1, 4, 6], list(range(7))])
+def test_eigh_deflated(zero_rows):
+    """An eigendecomposition in ``torch.linalg.eigh``'s form, whatever rows are zero."""
+    torch.manual_seed(1)
+    x = torch.randn(7, 12, dtype=torch.float64)
+    x[zero_rows] = 0.0
+    m = x @ x.T
+    values, vectors = eigh_deflated(m)
+    eye = torch.eye(7, dtype=torch.float64)
+    assert torch.allclose(vectors @ torch.diag(values) @ vectors.T, m, atol=1e-12)
+    assert torch.allclose(vectors.T @ vectors, eye, atol=1e-12)
+    assert torch.allclose(values, torch.linalg.eigvalsh(m), atol=1e-12)
+    assert bool((values[1:] >= values[:-1]).all())
+    for i in zero_rows:  # a zero row's eigenvector is its unit vector, eigenvalue 0
+        col = vectors[i].abs().argmax()
+        assert vectors[i, col] == 1.0 and values[col] == 0.0
