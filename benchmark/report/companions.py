@@ -79,6 +79,19 @@ def _clause(c: Comparison) -> str:
     )
 
 
+def _run_time(runs: Sequence[Run], c: Comparison) -> str:
+    """`` (a run: X min, ...)``: the full Fisher's mean whole-run wall time on its test runs."""
+    mine = [
+        r.record.total_seconds
+        for r in runs
+        if r.sequence == c.section and c.bn in ("", r.bn) and r.label == c.reference and r.selected
+        if r.ok and r.record.total_seconds > 0
+    ]
+    if not mine:
+        return ""
+    return f" (a run: {sum(mine) / len(mine) / 60:.1f} min, mean over its {len(mine)} test runs)"
+
+
 def _lines(companion: Companion) -> list[str]:
     """One line per sequence the companion ran with the full Fisher."""
     if companion.runs is None:
@@ -94,9 +107,8 @@ def _lines(companion: Companion) -> list[str]:
         pairs = sorted({c.acc.get("n", 0) for c in mine})
         out.append(
             f"- {where} (`make {companion.name}`, {'-'.join(map(str, pairs))} paired test "
-            f"seeds, `reports/{companion.name}/REPORT.md`): the full Fisher "
-            + "; ".join(_clause(c) for c in mine)
-            + "."
+            f"seeds, `reports/{companion.name}/REPORT.md`): the full Fisher"
+            f"{_run_time(companion.runs, mine[0])} " + "; ".join(_clause(c) for c in mine) + "."
         )
     return out
 
