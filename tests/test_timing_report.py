@@ -280,8 +280,9 @@ def test_timing_quick_end_to_end(tmp_path, capsys, restore_threads):
     (size,) = record["sizes"]
     assert size["n"] == 200
     assert [r["name"] for r in size["estimators"]] == list(variants.default_labels())
-    for name in variants.default_labels():
-        assert f"| {name} |" in markdown
+    for row in size["estimators"]:
+        assert f"| {timing_report.fit_label(row)} |" in markdown
+    assert "| lowrank-exact rank=200 |" in markdown  # the options it was timed with
     for row in size["estimators"]:
         assert row["status"] in ("ok", "refused", "error")
         if row["status"] == "ok":

@@ -76,13 +76,16 @@ from .workloads import (
     naive_call,
     naive_inputs,
     optimizer_description,
+    timed_options,
     trainable,
     tutorial_network,
 )
 
 SCHEMA = "ewc-bench/timing/2"
 """Version 2: every estimator row also records its ``estimator`` and the variant's ``options``
-(``{}`` for a plain name); version 1 rows lack both and are plain names (the report reads both)."""
+(``{}`` for a plain name); version 1 rows lack both and are plain names (the report reads both).
+Rows may also record ``fit_options``, every option the fit ran with (``workloads.timed_options``:
+the variant's and the cost tables' own, e.g. the low-rank rows' rank), which the report shows."""
 DEFAULT_SIZES = (1000, 10000)
 DEFAULT_REPEATS = 5
 QUICK_SIZES = (200,)
@@ -219,7 +222,9 @@ def fit_call(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     """The timed fit of one row (a name or a variant label); its row records both parts."""
     name, options = parse_variant(label)
     call = estimator_call(name, model, x, y, options, label)
-    call.row.update(name=label, estimator=name, options=options)
+    call.row.update(
+        name=label, estimator=name, options=options, fit_options=timed_options(name, options)
+    )
     return call
 
 

@@ -145,6 +145,17 @@ def memory_notes(size: dict[str, Any], memory_reason: str | None) -> list[str]:
     ]
 
 
+def fit_label(row: dict[str, Any]) -> str:
+    """The row's name and the options it was timed with that the name does not show.
+
+    ``fit_options`` (every option of the fit), e.g. the low-rank rows' ``rank=200``; a memory
+    budget limits the fit without defining it, and is not shown.
+    """
+    shown = {**(row.get("options") or {}), "memory_budget": None}
+    extra = {k: v for k, v in (row.get("fit_options") or {}).items() if k not in shown}
+    return " ".join([row["name"], *(f"{k}={v}" for k, v in extra.items())])
+
+
 def size_section(size: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """The table (and notes) for one N."""
     repeats = settings["repeats"]
@@ -157,7 +168,7 @@ def size_section(size: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         fit_row(size["floor"], "*floor* (batched forward + backward)", floor_s, naive_s, repeats),
         fit_row(size["naive"], "*naive loop* (per-input backward)", floor_s, naive_s, repeats),
     ]
-    lines += [fit_row(r, r["name"], floor_s, naive_s, repeats) for r in size["estimators"]]
+    lines += [fit_row(r, fit_label(r), floor_s, naive_s, repeats) for r in size["estimators"]]
     notes = size_notes(size, repeats, settings["memory"].get("reason"))
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
