@@ -97,6 +97,8 @@ PENALTY_ESTIMATORS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("identity", {}),
     ("diag-exact", {}),
     ("kfac-exact", {}),
+    ("ekfac-exact", {}),
+    ("lowrank-exact", {"rank": 200}),
     ("full-mc", {"representation": "factor"}),
 )
 
