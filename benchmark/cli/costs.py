@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..preflight import check_folders, require_folders
 from .common import add_data_args, add_machine_args, command, positive_int, sizes
@@ -144,6 +145,13 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="recompute only the time split of whole runs from --results' records (no "
         "measurement) into OUT/scaling.json, which must exist; then rewrite OUT/scaling.md",
     )
+    p.add_argument(
+        "--representation-only",
+        action="store_true",
+        help="measure only the full Fisher dense against its factor (fit, bytes, penalty per "
+        "step, seconds per run; with --quick: a tiny version) and put it into OUT/scaling.json, "
+        "which must exist; then rewrite OUT/scaling.md",
+    )
     p.set_defaults(func=run_scaling_command, subparser=p)
     return p
 
@@ -211,7 +219,7 @@ def run_scaling_command(
     from ..report import scaling as scaling_report
 
     require_folders({"--out": args.out})
-    if args.executors_only or args.time_split_only:
+    if any(getattr(args, name) for name in PARTIAL_FLAGS):
         return run_partial(args, argv)
     try:
         overrides = dict(
@@ -231,17 +239,25 @@ def run_scaling_command(
     return 0
 
 
+PARTIAL_FLAGS = ("executors_only", "time_split_only", "representation_only")
+"""``scaling``'s flags that redo one part of an existing scaling.json (``run_partial``)."""
+
+
 def run_partial(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """One part of scaling.json redone, the others kept; then scaling.md rewritten.
 
     ``--executors-only`` measures the executors table; ``--time-split-only`` recomputes the time
-    split of whole runs from ``--results``' records (no measurement).
+    split of whole runs from ``--results``' records (no measurement); ``--representation-only``
+    measures the full Fisher dense against its factor (``representation_only``).
     """
     from ..costs.time_split import time_split
     from ..errors import UserError
     from ..report import scaling as scaling_report
 
-    flag = "--executors-only" if args.executors_only else "--time-split-only"
+    flags = [f"--{name.replace('_', '-')}" for name in PARTIAL_FLAGS if getattr(args, name)]
+    if len(flags) > 1:
+        raise UserError(f"give one of {', '.join(flags)} at a time")
+    flag = flags[0]
     path = Path(args.out) / "scaling.json"
     try:
         record = json.loads(path.read_text())
@@ -251,6 +267,8 @@ def run_partial(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not args.results:
             raise UserError("--time-split-only needs --results (the sweep's results folder)")
         record["time_split"] = time_split(args.results)
+    elif args.representation_only:
+        record["representation"] = representation_only(args, argv)
     else:
         from ..costs.executors import ExecutorsConfig, measure_executors
         from ..distributed import require_distributed
@@ -259,6 +277,38 @@ def run_partial(args: argparse.Namespace, argv: Sequence[str]) -> int:
         record["executors"] = measure_executors(ExecutorsConfig(), args.results, command(argv))
     print(f"wrote {scaling_report.write_reports(record, Path(args.out))}")
     return 0
+
+
+def representation_only(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """``scaling --representation-only``: the study alone, at ``--threads`` and ``--repeats``.
+
+    Repeats default to the scaling study's (``quick_config``'s with ``--quick``, which also
+    measures the tiny network of ``quick_representation``).
+    """
+    import torch
+
+    from .. import costs
+    from ..costs.measure import Progress, load_average, warn_if_busy
+    from ..costs.scaling_representation import (
+        RepresentationConfig,
+        measure_representation,
+        quick_representation,
+        representation_ticks,
+    )
+    from ..device import resolve_device
+
+    warn_if_busy(load_average())
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = quick_representation() if args.quick else RepresentationConfig()
+    repeats = args.repeats or (costs.quick_config() if args.quick else costs.ScalingConfig).repeats
+    progress = Progress(representation_ticks(config), "representation")
+    try:
+        return measure_representation(
+            config, repeats, str(resolve_device(args.device)), command(argv), progress.tick
+        )
+    finally:
+        progress.close()
 
 
 def cmd_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:

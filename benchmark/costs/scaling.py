@@ -21,6 +21,8 @@ of a fit does not depend on the pixel values, so no dataset is needed):
 - **where the dense Fisher stops fitting**: P at which P^2 floats exceed the memory budget, against
   the bytes of the low-rank factor (rows x P) — computed, and checked against the ``nbytes`` of the
   full-Fisher fits of the width sweep (``full-mc`` picks dense where it fits, else the factor);
+- **dense or factor** (``scaling_representation``): ``full-exact``'s fit, bytes and penalty per
+  step kept dense or as its factor, and what each costs per run of the protocol's shapes;
 - **time split of whole runs**: training, penalty, estimation and evaluation seconds of the
   harness's runs, read from a sweep's records when ``--results`` is given.
 
@@ -66,6 +68,12 @@ from .measure import (
     warn_if_busy,
 )
 from .scaling_penalty import row_identity, sweep_penalty
+from .scaling_representation import (
+    RepresentationConfig,
+    measure_representation,
+    quick_representation,
+    representation_ticks,
+)
 from .throughput import ThroughputConfig, measure_throughput
 from .time_split import time_split
 from .variants import parse_variant
@@ -140,6 +148,8 @@ class ScalingConfig:
         results: a sweep's results folder for the time split, or None.
         throughput: runs per minute alone vs grouped (``throughput``), or None to skip.
         executors: runs per minute through the process pool and Dask (``executors``), or None.
+        representation: the full Fisher dense or as its factor (``scaling_representation``,
+            timed with ``repeats`` rounds), or None.
     """
 
     n_values: tuple[int, ...] = (100, 300, 1000, 3000, 10000)
@@ -185,6 +195,7 @@ class ScalingConfig:
     quick: bool = False
     throughput: ThroughputConfig | None = field(default_factory=ThroughputConfig)
     executors: ExecutorsConfig | None = field(default_factory=ExecutorsConfig)
+    representation: RepresentationConfig | None = field(default_factory=RepresentationConfig)
 
     def __post_init__(self) -> None:
         for field_name in ("n_values", "widths", "depths", "classes", "past_tasks"):
@@ -239,6 +250,7 @@ def quick_config(**overrides: Any) -> ScalingConfig:
             ("mlp hidden=16",), (1, 2), epochs=1, fisher_samples=16, repeats=1
         ),
         executors=None,  # starts clusters: `scaling --executors-only` measures it alone
+        representation=quick_representation(),
     )
     settings.update(overrides)
     return ScalingConfig(**settings)
@@ -392,9 +404,10 @@ def total_ticks(config: ScalingConfig) -> int:
     ticks += (len(config.widths) + len(config.depths)) * point_ticks(config, config.size_estimators)
     ticks += len(config.classes) * point_ticks(config, config.class_estimators)
     ticks += min(PENALTY_WARMUP_STEPS, config.penalty_steps) + config.penalty_steps
-    t, e = config.throughput, config.executors
+    t, e, r = config.throughput, config.executors, config.representation
     return (
         ticks
+        + (representation_ticks(r) if r else 0)
         + (len(t.networks) * len(t.sizes) if t else 0)
         + (len(e.settings) * e.repeats if e else 0)
     )
@@ -432,6 +445,11 @@ def measure_all(config: ScalingConfig, progress: Progress) -> dict[str, Any]:
             lambda c: c,
         ),
         "penalty": sweep_penalty(config, progress),
+        "representation": measure_representation(
+            config.representation, config.repeats, config.device, config.command, progress.tick
+        )
+        if config.representation
+        else None,
         "throughput": measure_throughput(config.throughput, progress.tick)
         if config.throughput
         else None,

@@ -16,6 +16,7 @@ from .format import fmt_bytes, fmt_duration, fmt_ms, fmt_ratio, md_cell
 from .provenance import command_item, git_text, libraries_text, machine_text
 from .scaling_figures import SPLIT_PARTS, estimator_names, row_label, row_of, write_figures
 from .scaling_penalty import penalty_section
+from .scaling_representation import representation_section
 
 # -- cells -------------------------------------------------------------------------------------
 
@@ -443,6 +444,7 @@ def render_markdown(record: dict[str, Any], figures: Sequence[str] = ()) -> str:
         classes_section(record),
         penalty_section(record),
         dense_section(record),
+        representation_section(record),
         split_section(record),
         throughput_section(record),
         executors_section(record),
