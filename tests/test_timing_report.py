@@ -346,3 +346,16 @@ def test_help_explains_timing(capsys):
     text = capsys.readouterr().out
     assert "timing" in text
     assert "timing.md" in text
+
+
+def test_ekfac_note_states_its_ratio_to_kfac():
+    """The note gives ekfac-exact's time over kfac-exact's; nothing without both rows."""
+    rows = [
+        {"name": "kfac-exact", "status": "ok", "median_s": 0.020},
+        {"name": "ekfac-exact", "status": "ok", "median_s": 0.050},
+    ]
+    (note,) = timing_report.ekfac_notes(rows)
+    assert note.startswith("ekfac-exact takes 2.50x kfac-exact's time.")
+    assert timing_report.ekfac_notes(rows[:1]) == []
+    failed = [rows[0], {"name": "ekfac-exact", "status": "failed"}]
+    assert timing_report.ekfac_notes(failed) == []
