@@ -259,10 +259,14 @@ def test_full_fisher_keeps_its_n_1000_groups_and_adds_the_row_budget():
         (g.base.run_id, g.lambdas) for g in old.groups
     ]
     assert {g.base.fisher_samples for g in old.groups} == {1000}
-    added = new.groups[len(old.groups) :]
+    added = [g for g in new.groups[len(old.groups) :] if g.base.sequence == "mnist-fmnist"]
     assert sorted((g.base.fisher_samples, g.base.label) for g in added) == sorted(
         (n, f"ewc {e}") for n in (20, 200) for e in ("diag-exact", "kfac-exact", "full-exact")
     )
+    permuted = [g for g in new.groups if g.base.sequence == "permuted-mnist"]
+    assert {g.base.fisher_samples for g in permuted} == {1000}
+    assert "ewc full-exact" in {g.base.label for g in permuted}
+    assert len(old.groups) + len(added) + len(permuted) == len(new.groups)
     full = [g for g in new.groups if g.base.estimator == "full-exact"]
     assert all(g.base.estimator_options == {"representation": "dense"} for g in full)
 

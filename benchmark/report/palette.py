@@ -133,8 +133,8 @@ def rank_step(rank: int) -> int:
 
 
 VARIANT_COLOURS = {
-    "factors=a-diag": "#e41a1c",
-    "factors=g-diag": "#e6ab02",
+    "factors=a-diag": "#ff1744",
+    "factors=g-diag": "#b86c08",
     "factors=diag": "#fb8072",
     "factors=a-only": "#f781bf",
     "layers=hidden": "#9a9a00",
