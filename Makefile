@@ -127,7 +127,7 @@ ablation: data-check install  ## KFAC ablation and exact-Fisher control on split
 	$(PY) -m benchmark threads --results $(RESULTS)/ablation --data-root $(DATA_ROOT)
 	$(PY) -m benchmark report --results $(RESULTS)/ablation --out reports/ablation
 
-full-fisher: data-check install  ## EWC with the true dense full Fisher, row budget N = 20/200/1000, permuted-mnist (~2 h) -> reports/full-fisher/.
+full-fisher: data-check install  ## EWC with the true dense full Fisher, row budget N = 20/200/1000, permuted-mnist (~2.5-3 h) -> reports/full-fisher/.
 	$(PY) -m benchmark reproduce --experiment full-fisher --data-root $(DATA_ROOT) \
 		$(DOWNLOAD_FLAG) --results $(RESULTS)/full-fisher --out reports/full-fisher \
 		--jobs $(JOBS) --group-size 1 $(EXECUTOR_FLAGS)

@@ -377,8 +377,11 @@ class EKFACAccumulator(KFACAccumulator):
     """KFAC's running sums (first pass), then the second moments s in their eigenbases.
 
     What it holds does not grow with N (two factors and s per layer, the rest's diagonal), so,
-    like KFAC, it never refuses a fit for memory (``check_memory``); the work tensors of the s
-    pass are bounded by the chunk size and ``WORK_BYTES``.
+    like KFAC, it never refuses a fit for memory (``check_memory``: the budget is the stored
+    curvature's). The fit's own work memory is bounded too: the s pass's work tensors by the
+    chunk size and ``WORK_BYTES``, and the first pass's captures kept for it by
+    ``second_pass.CACHE_BYTES`` (timing.md's extra peak memory shows them, e.g. about 120 MiB
+    more than KFAC on the tutorial network at N = 10,000).
     """
 
     def __init__(

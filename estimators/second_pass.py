@@ -23,7 +23,10 @@ from .fitting import Capture
 from .labels import MonteCarlo
 
 CACHE_BYTES = 256 * 1024**2
-"""Most bytes of first-pass captures kept for the second pass (beyond: the pass recomputes)."""
+"""Most bytes of first-pass captures kept for the second pass (beyond: the pass recomputes).
+
+Counted as the captured tensors' own sizes: a capture that is a view of a tensor the caller holds
+anyway (a first layer's input is a view of the inputs) is counted though it costs nothing more."""
 
 
 class KeptCaptures:

@@ -60,14 +60,38 @@ def test_over_budget_recomputes_in_a_second_pass(monkeypatch):
     assert seen == [(3, 5), (3, 5), (1, 5), (3, 3), (3, 3), (1, 3)]
 
 
-@pytest.mark.parametrize("budget", [0, 1500], ids=["none-kept", "dropped-midway"])
+def first_chunk_bytes(mode: str, options: dict, model, x, y, monkeypatch) -> int:
+    """Bytes the first chunk's kept captures take (a budget the second chunk then exceeds)."""
+    sizes: list[int] = []
+    original = second_pass.KeptCaptures.keep
+
+    def keep(self, cap, layers):
+        original(self, cap, layers)
+        sizes.append(self.nbytes)
+
+    monkeypatch.setattr(second_pass.KeptCaptures, "keep", keep)
+    fit(mode, options, model, x, y)
+    monkeypatch.setattr(second_pass.KeptCaptures, "keep", original)
+    assert len(sizes) >= 2 and sizes[1] > sizes[0], "needs two chunks to drop midway"
+    return sizes[0]
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=[c.name for c in CASES[:2]])
+@pytest.mark.parametrize("budget", ["none-kept", "dropped-midway"])
 @pytest.mark.parametrize(("mode", "options"), MODES, ids=[m for m, _ in MODES])
-def test_kept_and_recomputed_agree(mode, options, budget, monkeypatch):
-    """The same curvature from kept captures as from recomputed ones (mc: the same draws)."""
-    model, x, y = CASES[0].make()
+def test_kept_and_recomputed_agree(mode, options, budget, case, monkeypatch):
+    """The same curvature from kept captures as from recomputed ones (mc: the same draws), with
+    nothing kept or with the captures dropped after the first chunk; the recompute pass ran."""
+    model, x, y = case.make()
     kept = fit(mode, options, model, x, y)
-    monkeypatch.setattr(second_pass, "CACHE_BYTES", budget)
+    limit = 0
+    if budget == "dropped-midway":
+        limit = first_chunk_bytes(mode, options, model, x, y, monkeypatch)
+    monkeypatch.setattr(second_pass, "CACHE_BYTES", limit)
+    seen = spy_passes(monkeypatch)
     recomputed = fit(mode, options, model, x, y)
+    chunks = -(-x.shape[0] // 3)
+    assert len(seen) == 2 * chunks  # both passes over every chunk
     assert torch.allclose(kept, recomputed, rtol=0, atol=1e-13)
 
 
@@ -101,6 +125,16 @@ def test_zero_input_features_against_brute_force():
     curv = estimators.make("ekfac-exact", chunk_size=4).fit(model, x, y)
     _, _, want, _ = ref.ekfac_brute_force(model, x, "exact", targets=y)
     assert float((curv.dense() - want).norm() / want.norm()) <= TOL
+
+
+def test_eigh_deflated_orders_a_negative_kept_eigenvalue_first():
+    """Rounding can leave a kept eigenvalue below zero: it sorts before the exact zeros."""
+    m = torch.zeros(4, 4, dtype=torch.float64)
+    m[1:3, 1:3] = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    values, vectors = eigh_deflated(m)
+    assert values.tolist() == [-1.0, 0.0, 0.0, 2.0]
+    assert torch.allclose(vectors @ torch.diag(values) @ vectors.T, m)
+    assert vectors[:, 0].abs().tolist() == [0.0, 1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("zero_rows", [[], [0], [1, 4, 6], list(range(7))])
