@@ -51,7 +51,18 @@ def test_each_structure_is_answered_from_the_full_fishers_side():
 def test_a_companion_without_records_is_named_with_its_command():
     text = companion_section(_runs(), [Companion("ablation", None)])
     assert "- `ablation`: no records here (`make ablation` makes them)." in text
-    assert "- Not run with the full Fisher: mnist-fmnist (bn = freeze)." in text
+    # the tutorial network: why no companion runs its full Fisher
+    assert (
+        "- Not run with the full Fisher: mnist-fmnist (bn = freeze) "
+        "(P = 90,010: its dense Fisher would need 30.2 GiB)." in text
+    )
+
+
+def test_a_section_whose_dense_fisher_fits_is_listed_without_a_reason():
+    runs = _runs(model="mlp", model_options={"hidden": 4})
+    text = companion_section(runs, [Companion("ablation", None)])
+    (line,) = [s for s in text.splitlines() if s.startswith("- Not run with the full Fisher: ")]
+    assert line.endswith("hidden=4.") and "(P =" not in line
 
 
 def test_no_companion_no_section():

@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..outcomes import Run
-from .format import fmt_p
+from estimators.curvature import DEFAULT_MEMORY_BUDGET
+
+from ..outcomes import Run, network_facts
+from .format import fmt_bytes, fmt_p
 from .full_fisher import FULL, fisher_inputs, full_comparisons
 from .verdict import Comparison, interval, report_sections
 
@@ -33,6 +35,7 @@ STRUCTURES = ("ewc diag-exact", "ewc kfac-exact", "ewc ekfac-exact")
 """The structures whose answer the verdict states (each companion's report has the rest)."""
 NAMES = {"ewc diag-exact": "the diagonal", "ewc kfac-exact": "KFAC", "ewc ekfac-exact": "EKFAC"}
 HEADING = "### The true full Fisher against the diagonal, KFAC and EKFAC"
+FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,23 @@ def _run_time(runs: Sequence[Run], c: Comparison) -> str:
     return f" (a run: {sum(mine) / len(mine) / 60:.1f} min, mean over its {len(mine)} test runs)"
 
 
+def _too_big(runs: Sequence[Run], seq: str) -> str:
+    """`` (P = ...: a dense Fisher needs ... GiB)`` where that is over the default memory budget.
+
+    Why a section has no full-Fisher line: its network's dense P x P float32 matrix
+    (:math:`4 P^2` bytes) would not fit ``DEFAULT_MEMORY_BUDGET`` (its rank-200 low-rank +
+    diagonal rows stand in). Nothing where it would fit or the section mixes networks.
+    """
+    sizes = {network_facts(r.record.config)[0] for r in runs if r.sequence == seq}
+    if len(sizes) != 1:
+        return ""
+    p = sizes.pop()
+    need = FLOAT32_BYTES * p * p
+    if need <= DEFAULT_MEMORY_BUDGET:
+        return ""
+    return f" (P = {p:,}: its dense Fisher would need {fmt_bytes(need)})"
+
+
 def _lines(companion: Companion) -> list[str]:
     """One line per sequence the companion ran with the full Fisher."""
     if companion.runs is None:
@@ -123,8 +143,10 @@ def companion_section(runs: Sequence[Run], companions: Sequence[Companion]) -> s
         if comp.runs is not None
         for c in main_rows(comp.runs, full_comparisons(comp.runs))
     }
-    own = [f"{seq} (bn = {shown})" if shown else seq for seq, _, shown in report_sections(runs)]
-    missing = [w for w in own if w not in covered]
+    own = [
+        (f"{seq} (bn = {shown})" if shown else seq, seq) for seq, _, shown in report_sections(runs)
+    ]
+    missing = [where + _too_big(runs, seq) for where, seq in own if where not in covered]
     return "\n".join(
         [
             HEADING,
