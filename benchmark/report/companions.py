@@ -26,16 +26,15 @@ from dataclasses import dataclass
 
 from estimators.curvature import DEFAULT_MEMORY_BUDGET
 
-from ..outcomes import Run, network_facts
+from ..outcomes import FLOAT32_BYTES, Run, network_facts, selected
 from .format import fmt_bytes, fmt_p
 from .full_fisher import FULL, fisher_inputs, full_comparisons
-from .verdict import Comparison, interval, report_sections
+from .verdict import Comparison, interval, report_sections, wall_seconds
 
 STRUCTURES = ("ewc diag-exact", "ewc kfac-exact", "ewc ekfac-exact")
 """The structures whose answer the verdict states (each companion's report has the rest)."""
 NAMES = {"ewc diag-exact": "the diagonal", "ewc kfac-exact": "KFAC", "ewc ekfac-exact": "EKFAC"}
 HEADING = "### The true full Fisher against the diagonal, KFAC and EKFAC"
-FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -84,12 +83,7 @@ def _clause(c: Comparison) -> str:
 
 def _run_time(runs: Sequence[Run], c: Comparison) -> str:
     """`` (a run: X min, ...)``: the full Fisher's mean whole-run wall time on its test runs."""
-    mine = [
-        r.record.total_seconds
-        for r in runs
-        if r.sequence == c.section and c.bn in ("", r.bn) and r.label == c.reference and r.selected
-        if r.ok and r.record.total_seconds > 0
-    ]
+    mine = wall_seconds(selected(runs, c.section, c.bn or None, c.reference))
     if not mine:
         return ""
     return f" (a run: {sum(mine) / len(mine) / 60:.1f} min, mean over its {len(mine)} test runs)"

@@ -108,8 +108,13 @@ def _outcome(test: dict[str, Any], p: float | None, higher_is_better: bool) -> s
     return "better" if (diff > 0) == higher_is_better else "worse"
 
 
+def wall_seconds(runs: Sequence[Run]) -> list[float]:
+    """Whole-run wall seconds of the runs that finished (and recorded them)."""
+    return [r.record.total_seconds for r in runs if r.ok and r.record.total_seconds > 0]
+
+
 def _seconds(runs: Sequence[Run]) -> float | None:
-    values = [r.record.total_seconds for r in runs if r.ok and r.record.total_seconds > 0]
+    values = wall_seconds(runs)
     return sum(values) / len(values) if values else None
 
 
