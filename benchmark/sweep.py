@@ -142,8 +142,10 @@ def _run_phases(
         sel, final = _phases(experiment, results, pool, root, retry_failed, ran)
         kill = False
     except KeyboardInterrupt as err:
-        done = sum(sum(t.ran.values()) for t in ran.values())
-        raise SweepInterrupted(f"{done} runs finished in the phases completed before it") from err
+        kept = sum(1 for _ in (results / "runs").glob("*.json"))
+        raise SweepInterrupted(
+            f"{kept} finished run records kept in {results / 'runs'} (earlier ones included)"
+        ) from err
     finally:
         pool.close(kill=kill)
     meta = _meta(experiment, results, sel, final, ran)

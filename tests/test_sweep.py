@@ -327,3 +327,26 @@ def test_cli_jobs_accepts_auto_and_refuses_zero():
     assert jobs_arg("auto") == "auto" and jobs_arg("2") == 2
     with pytest.raises(Exception, match="positive integer"):
         jobs_arg("0")
+
+
+def test_an_interrupted_sweep_says_how_many_records_it_keeps(tmp_path, monkeypatch):
+    """Ctrl-C mid-phase: the message counts the records on disk, which the next run reuses."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(3):
+        (runs / f"run{i}.json").write_text("{}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    class Pool:
+        closed = None
+
+        def close(self, kill):
+            Pool.closed = kill
+
+    monkeypatch.setattr(sweep, "_phases", interrupted)
+    monkeypatch.setattr(sweep, "clean_partial", lambda results: None)
+    with pytest.raises(sweep.SweepInterrupted, match=r"^3 finished run records kept in "):
+        sweep._run_phases(None, tmp_path, Pool(), None, False, None)
+    assert Pool.closed is True  # the workers were stopped
