@@ -146,7 +146,10 @@ def stop_executor(executor: Executor, *, kill: bool) -> None:
         if proc.is_alive():
             proc.kill()
     for proc in procs.values():
-        proc.join(timeout=5)
+        try:
+            proc.join(timeout=5)
+        except KeyboardInterrupt:  # a second Ctrl-C (a terminal signals the whole group): the
+            continue  # workers were killed above, and the first interrupt's message must surface
 
 
 class Pool:

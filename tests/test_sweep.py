@@ -350,3 +350,34 @@ def test_an_interrupted_sweep_says_how_many_records_it_keeps(tmp_path, monkeypat
     with pytest.raises(sweep.SweepInterrupted, match=r"^3 finished run records kept in "):
         sweep._run_phases(None, tmp_path, Pool(), None, False, None)
     assert Pool.closed is True  # the workers were stopped
+
+
+def test_a_second_interrupt_while_stopping_workers_is_absorbed():
+    """Killing the pool finishes even when Ctrl-C arrives again during the workers' join."""
+    from benchmark.execution import stop_executor
+
+    class Proc:
+        def __init__(self):
+            self.killed = self.joined = False
+
+        def is_alive(self):
+            return True
+
+        def kill(self):
+            self.killed = True
+
+        def join(self, timeout=None):
+            self.joined = True
+            raise KeyboardInterrupt
+
+    class Executor:
+        def __init__(self):
+            self._processes = {1: Proc(), 2: Proc()}
+
+        def shutdown(self, wait, cancel_futures=False):
+            self.cancelled = cancel_futures
+
+    executor = Executor()
+    procs = list(executor._processes.values())
+    stop_executor(executor, kill=True)  # must not raise
+    assert executor.cancelled and all(p.killed and p.joined for p in procs)
