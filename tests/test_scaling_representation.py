@@ -219,6 +219,13 @@ def test_section_names_the_cheaper_representation():
     )
 
 
+def test_section_names_the_commit_it_was_measured_at():
+    rep = hand_record((100.0, 400.0), (200.0, 100.0))
+    assert " at git " not in section(rep)  # records made before the SHA was kept
+    text = section({**rep, "git": "abc1234"})
+    assert "Measured 2026-01-01T00:00:00+00:00 at git abc1234 (1-minute load average" in text
+
+
 def test_missing_section_says_how_to_measure_it():
     for rec in ({}, {"representation": None}):
         assert report.representation_section(rec) == [report.HEADING, "", report.MISSING, ""]

@@ -385,6 +385,7 @@ def measure_representation(
         "threads": torch.get_num_threads(),
         "device": device,
         "date": provenance.now(),
+        "git": provenance.git_sha(),
         "command": command,
         "load_average": [load_start, load_average()],
     }

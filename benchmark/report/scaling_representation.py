@@ -125,8 +125,10 @@ def method_lines(rep: Mapping[str, Any]) -> list[str]:
         "Per run: fits x the best fit + the consolidations (anchor copies, dense merges) + "
         "penalised steps x the penalty per step at their T; T = 2 and 3 are interpolated "
         "linearly between the measured T = 1 and T = 4 (the factor's cost grows linearly in T, the "
-        f"dense cost is flat in T). {sources} Measured {rep.get('date', '?')} (1-minute load "
-        f"average {load}) with `{rep.get('command') or 'python -m benchmark scaling'}`.",
+        f"dense cost is flat in T). {sources} Measured {rep.get('date', '?')}"
+        + (f" at git {rep['git']}" if rep.get("git") else "")
+        + f" (1-minute load average {load}) with "
+        f"`{rep.get('command') or 'python -m benchmark scaling'}`.",
     ]
 
 
