@@ -17,29 +17,22 @@ and KFAC is one such d, :math:`\|F_{bb} - EKFAC_{bb}\|_F \le \|F_{bb} - KFAC_{bb
 layer block. Every other parameter (BatchNorm affine, layers without closed forms) gets its exact
 diagonal, as in KFAC; blocks between layers are zero.
 
-The s of a layer, from the chunk's captures (``layers``; gradients carry :math:`1/\sqrt{N}`):
-
-- ``nn.Linear``: :math:`D_{nk} = g_{nk} \bar a_n^\top` has rank one, so :math:`s = \sum_n
-  (\sum_k (Q_G^\top g_{nk})^{2}) ((Q_A^\top \bar a_n)^{2})^\top`, one matmul per chunk.
-- ``nn.Conv2d``: :math:`D_{nk} = \sum_t g_{nkt} \bar a_{nt}^\top` sums over output positions t
-  (patches :math:`\bar a_{nt}`), and the square of a sum is not a product of squares. Both sides
-  are projected first, :math:`\tilde g = Q_G^\top g`, :math:`\tilde a = Q_A^\top \bar a`, then
-  :math:`Q_G^\top D_{nk} Q_A = \sum_t \tilde g_{nkt} \tilde a_{nt}^\top` is formed per input and
-  column (one batched matmul over positions), squared and summed, a few inputs at a time so that
-  the ``[K, n, d_out, d_in + 1]`` work tensor stays under ``WORK_BYTES``.
-- any other layer rule with a Kronecker form: the same from ``rule.per_input`` gradients.
+The s of each layer rule (closed forms for ``nn.Linear`` and ``nn.Conv2d``) and the blocks
+are in ``eigen_scales``.
 
 Fitting takes two passes over the inputs, in the same chunks (``second_pass``). The first is one
 batched forward and backward per chunk (``fitting.FisherPass``) and accumulates the KFAC factor
 sums and the rest's exact diagonal (``KFACAccumulator``). Then each factor is eigendecomposed,
 its exactly-zero rows split off first (``linalg.eigh_deflated``: input features that are zero on
-every fitted input, such as MNIST's blank border pixels, cost nothing). The second pass
-accumulates s from the Kronecker layers' captures: those the first pass kept, while they fit in
-``second_pass.CACHE_BYTES`` (no forward or backward), else recomputed by backpropagating to
-those layers only (no rest diagonal, no ``torch.func`` rows). Both passes use the same label
-columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records the labels it draws in
-the first pass (``mc_samples`` integers per input) and replays them in a recomputed second pass,
-so the generator (or the global RNG) advances exactly as one ``kfac-mc`` fit does.
+every fitted input, such as MNIST's blank border pixels, cost nothing; their s is exactly zero,
+so Linear and Conv2d layers project onto the other eigenvectors only, ``LiveBlock``). The
+second pass accumulates s from the Kronecker layers' captures: those the first pass kept, while
+they fit in ``second_pass.CACHE_BYTES`` (no forward or backward), else recomputed by
+backpropagating to those layers only (no rest diagonal, no ``torch.func`` rows). Both passes
+use the same label columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records
+the labels it draws in the first pass (``mc_samples`` integers per input) and replays them in a
+recomputed second pass, so the generator (or the global RNG) advances exactly as one
+``kfac-mc`` fit does.
 
 Online EWC takes ``online_rule = 'sum'`` only (per-task terms, ``online_sum``): the other rules
 of ``kfac_online`` combine factors, and s belongs to one task's eigenbasis.
@@ -48,7 +41,7 @@ of ``kfac_online`` combine factors, and s belongs to one task's eigenbasis.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import NotImplementedType
 from typing import Any
 
@@ -57,13 +50,12 @@ import torch
 from torch import nn
 
 from .curvature import DEFAULT_MEMORY_BUDGET, Curvature
+from .eigen_scales import EigenBlock, LiveBlock, layer_scales
 from .estimator import GridEstimator, check_labels
 from .fitting import Capture, FisherPass, Plan, PlannedLayer, make_plan
 from .full import DenseCurvature
-from .kfac import KFACAccumulator, KFACCurvature, KroneckerBlock
+from .kfac import KFACAccumulator, KFACCurvature
 from .labels import MonteCarlo
-from .layers.conv2d import Conv2dRule
-from .layers.linear import LinearRule
 from .layout import ParamLayout
 from .linalg import eigh_deflated
 from .online_sum import add_terms, sum_only_check, sum_only_online
@@ -72,39 +64,6 @@ from .second_pass import KeptCaptures, ReplayedSamples
 
 EKFAC_REFUSAL = "fits in different eigenbases do not sum to one eigen-corrected Kronecker product"
 """Why EKFAC curvatures are not accumulated online without ``online_rule = 'sum'``."""
-
-WORK_BYTES = 64 * 1024**2
-"""Bytes of projected per-input gradient matrices built at once (Conv2d and generic layers)."""
-
-
-@dataclass
-class EigenBlock:
-    r""":math:`(Q_G \otimes Q_A) \operatorname{diag}(s) (Q_G \otimes Q_A)^\top` over ``[W | b]``.
-
-    ``QA`` ``[d_a, d_a]`` and ``QG`` ``[d_out, d_out]`` hold eigenvectors as columns; ``S``
-    ``[d_out, d_a]`` is the eigenvalue of :math:`Q_{G,:p} \otimes Q_{A,:q}` at ``[p, q]``
-    (row-major, like :math:`[W \mid b]`); ``weight``/``bias`` are slices of the flat layout.
-    """
-
-    weight: slice
-    bias: slice | None
-    QA: torch.Tensor
-    QG: torch.Tensor
-    S: torch.Tensor
-
-    @property
-    def frame(self) -> KroneckerBlock:
-        """The block's positions (``gather``/``scatter``/``flat_index``), shared with KFAC."""
-        first = (0,) * (self.QA.dim() - 2)  # stacked blocks (``_stacked_matmul``): one of them
-        return KroneckerBlock(self.weight, self.bias, self.QA[first], self.QG[first])
-
-    def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`Q_G^\top X Q_A`: ``[..., d_out, d_a]`` matrices in eigen-coordinates."""
-        return self.QG.mT @ x @ self.QA
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`Q_G (S \circ Q_G^\top X Q_A) Q_A^\top` (F vec X) for ``[k, d_out, d_a]``."""
-        return self.QG @ (self.S * self.rotate(x)) @ self.QA.mT
 
 
 def _same_positions(x: EKFACCurvature, y: EKFACCurvature | KFACCurvature) -> bool:
@@ -296,82 +255,6 @@ class EKFACCurvature(Curvature):
         return values[chosen].numpy(), vecs.numpy()
 
 
-# -- the s pass: per-layer second moments in the eigenbasis ---------------------------------------
-def _projected_inputs(a: torch.Tensor, qa: torch.Tensor, with_bias: bool) -> torch.Tensor:
-    r""":math:`\bar a^\top Q_A` for ``a`` ``[n, d_in, ...]`` (features on dim 1): ``[n, ..., d_a]``.
-
-    :math:`\bar a = [a; 1]` is never built: the bias row of :math:`Q_A` is added as a constant.
-    """
-    d_in = a.shape[1]
-    out = a.movedim(1, -1) @ qa[:d_in]
-    return out + qa[d_in] if with_bias else out
-
-
-def _add_squares(s: torch.Tensor, make: Callable[[slice], torch.Tensor], n: int, per: int) -> None:
-    """``s += sum over k, n of make(inputs)**2`` for ``[K, m, d_out, d_a]`` slabs of inputs."""
-    step = max(1, WORK_BYTES // max(1, per * s.element_size()))
-    for start in range(0, n, step):
-        d = make(slice(start, min(n, start + step)))
-        s += (d * d).sum((0, 1))
-
-
-def linear_scales(
-    a: torch.Tensor, g: torch.Tensor, blk: EigenBlock, with_bias: bool
-) -> torch.Tensor:
-    r"""``nn.Linear``: :math:`(\sum_k (g_k Q_G)^{2})^\top (\bar a Q_A)^{2}`, one matmul.
-
-    ``a`` ``[n, d_in]``, ``g`` ``[K, n, d_out]``; returns the chunk's ``[d_out, d_a]``.
-    """
-    gp = g @ blk.QG
-    ap = _projected_inputs(a, blk.QA, with_bias)
-    return (gp * gp).sum(0).T @ (ap * ap)
-
-
-def conv_scales(a: torch.Tensor, g: torch.Tensor, blk: EigenBlock, with_bias: bool) -> torch.Tensor:
-    r"""``nn.Conv2d``: :math:`\sum_{n,k} (\sum_t \tilde g_{nkt} \tilde a_{nt}^\top)^{2}`.
-
-    ``a`` ``[n, d_in, T]`` patches, ``g`` ``[K, n, d_out, H, W]``; both projected once, then per
-    input and column one ``[d_out, T] @ [T, d_a]`` product, a bounded number of inputs at a time.
-    """
-    gp = torch.einsum("knot,op->knpt", g.flatten(3), blk.QG)  # [K, n, d_out, T]
-    ap = _projected_inputs(a, blk.QA, with_bias)  # [n, T, d_a]
-    s = torch.zeros_like(blk.S)
-    _add_squares(s, lambda i: gp[:, i] @ ap[i], a.shape[0], g.shape[0] * blk.S.numel())
-    return s
-
-
-def generic_scales(
-    layer: PlannedLayer, a: torch.Tensor, g: torch.Tensor, blk: EigenBlock
-) -> torch.Tensor:
-    r"""Any rule with a Kronecker form: :math:`(Q_G^\top D_{nk} Q_A)^{2}` from ``per_input``."""
-    attrs = layer.attrs
-    d_out, d_a = blk.S.shape
-    s = torch.zeros_like(blk.S)
-
-    def rotated(i: slice) -> torch.Tensor:
-        k = g.shape[0]
-        grads = layer.rule.per_input(layer.module, a[i], g[:, i], attrs)
-        parts = [grads["weight"].reshape(k, -1, d_out, d_a - ("bias" in grads))]
-        if "bias" in grads:
-            parts.append(grads["bias"].reshape(k, -1, d_out, 1))
-        return blk.rotate(torch.cat(parts, dim=3))
-
-    _add_squares(s, rotated, a.shape[0], g.shape[0] * blk.S.numel())
-    return s
-
-
-def layer_scales(
-    layer: PlannedLayer, a: torch.Tensor, g: torch.Tensor, blk: EigenBlock
-) -> torch.Tensor:
-    """One chunk's contribution to a layer's s, by the layer's rule (see the module docstring)."""
-    with_bias = blk.bias is not None
-    if isinstance(layer.rule, LinearRule):
-        return linear_scales(a, g, blk, with_bias)
-    if isinstance(layer.rule, Conv2dRule):
-        return conv_scales(a, g, blk, with_bias)
-    return generic_scales(layer, a, g, blk)
-
-
 # -- fitting ---------------------------------------------------------------------------------------
 class EKFACAccumulator(KFACAccumulator):
     """KFAC's running sums (first pass), then the second moments s in their eigenbases.
@@ -389,20 +272,21 @@ class EKFACAccumulator(KFACAccumulator):
     ) -> None:
         super().__init__(layout, plan, columns, n_total, options)
         self.eigen: dict[int, tuple[PlannedLayer, EigenBlock]] = {}
+        self.live: dict[int, LiveBlock] = {}
 
     def rotate(self) -> None:
         """Eigendecompose each layer's KFAC factors (then dropped); s starts at zero."""
         for key, (layer, sums) in self.sums.items():
             with_bias = "bias" in layer.params
             A, G = sums.factors(self.n_total, with_bias)
-            # Row-major, both: torch.kron (``_dense``) refuses a mix of memory layouts.
-            QA, QG = eigh_deflated(A)[1].contiguous(), eigh_deflated(G)[1].contiguous()
+            eig_a, eig_g = eigh_deflated(A), eigh_deflated(G)  # row-major, as torch.kron needs
             bias = self.layout.slice(layer.params["bias"]) if with_bias else None
-            S = torch.zeros(QG.shape[0], QA.shape[0], dtype=QA.dtype, device=QA.device)
-            self.eigen[key] = (
-                layer,
-                EigenBlock(self.layout.slice(layer.params["weight"]), bias, QA, QG, S),
+            S = A.new_zeros(G.shape[0], A.shape[0])
+            blk = EigenBlock(
+                self.layout.slice(layer.params["weight"]), bias, eig_a.vectors, eig_g.vectors, S
             )
+            self.eigen[key] = (layer, blk)
+            self.live[key] = LiveBlock.of(layer, blk, eig_g.live, eig_a.live)
         self.sums = {}
 
     def scale_layers(self) -> list[PlannedLayer]:
@@ -412,11 +296,13 @@ class EKFACAccumulator(KFACAccumulator):
     def update_scales(self, cap: Capture) -> None:
         """Add the chunk's projected squared gradients to each layer's s."""
         for lc in cap.layers:
-            layer, blk = self.eigen[id(lc.layer)]
-            blk.S += layer_scales(layer, lc.a, lc.g, blk)
+            layer, live = self.eigen[id(lc.layer)][0], self.live[id(lc.layer)].block
+            live.S += layer_scales(layer, lc.a, lc.g, live)
 
     def result(self) -> EKFACCurvature:  # type: ignore[override]
         """Blocks in layer order and the exact diagonal of the remaining parameters."""
+        for key, (_, blk) in self.eigen.items():
+            self.live[key].scatter(blk)
         blocks = [blk for _, blk in self.eigen.values()]
         rest = [self.layout.slice(n) for n in self.layout.names if n not in self.kron_names]
         index = torch.cat(

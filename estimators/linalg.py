@@ -8,6 +8,8 @@ such a matrix in float64, where it converges, and returns the result in the inpu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -26,7 +28,31 @@ def eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return vals.to(matrix.dtype), vecs.to(matrix.dtype)
 
 
-def eigh_deflated(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class Deflated(NamedTuple):
+    """``eigh_deflated``'s result: ``torch.linalg.eigh``'s pair, and where the kept block went."""
+
+    values: torch.Tensor
+    """Eigenvalues, ascending."""
+    vectors: torch.Tensor
+    """Eigenvectors as columns, row-major (contiguous)."""
+    live: torch.Tensor
+    r"""Positions of the columns that come from the kept rows' block (the others are unit vectors
+    :math:`e_i` of zero rows i), ascending: any :math:`x` that is zero on the zero rows has
+    :math:`x^\top v = 0` for every column v outside ``live``."""
+
+
+def zero_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the rows of ``matrix`` that are exactly zero.
+
+    Only rows with a zero diagonal entry can be: those few are checked in full, not the matrix.
+    """
+    candidates = (matrix.diagonal() == 0).nonzero().squeeze(1)
+    zero = torch.zeros(matrix.shape[0], dtype=torch.bool, device=matrix.device)
+    zero[candidates] = (matrix[candidates] == 0).all(dim=1)
+    return zero
+
+
+def eigh_deflated(matrix: torch.Tensor) -> Deflated:
     r"""``eigh`` of a symmetric matrix, its exactly-zero rows split off first.
 
     A zero row i (and column: the matrix is symmetric) makes the unit vector :math:`e_i` an
@@ -36,21 +62,26 @@ def eigh_deflated(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     factor has such rows wherever an input feature is zero on every fitted input (about 175 of
     MNIST's 784 pixels on its first 1,000 images), and since the decomposition costs
     :math:`O(d^3)`, deflating 22% of the rows halves it. The result is in ``torch.linalg.eigh``'s
-    form: eigenvalues ascending, eigenvectors as columns.
+    form (eigenvalues ascending, eigenvectors as columns) and row-major. Rounding can leave some
+    of the kept block's eigenvalues below zero: those m columns come first, then the zero rows'
+    unit vectors, then the rest of the kept block (as a stable sort of all eigenvalues would).
     """
-    zero = (matrix == 0).all(dim=1)
+    d = matrix.shape[0]
+    zero = zero_rows(matrix)
     n_zero = int(zero.sum())
-    if n_zero == 0 or n_zero == matrix.shape[0]:
-        return eigh(matrix)
+    columns = torch.arange(d, device=matrix.device)
+    if n_zero == d:  # the zero matrix: every unit vector, nothing live
+        return Deflated(matrix.new_zeros(d), torch.eye(d).to(matrix), columns[:0])
+    if n_zero == 0:
+        values, vectors = eigh(matrix)
+        return Deflated(values, vectors.contiguous(), columns)
     keep, gone = (~zero).nonzero().squeeze(1), zero.nonzero().squeeze(1)
     kept_values, kept_vectors = eigh(matrix[keep][:, keep])
-    values = torch.cat([kept_values.new_zeros(n_zero), kept_values])
-    # Rows [gone, keep] of the block-diagonal basis diag(I, V_kept), put back in row order.
-    basis = torch.block_diag(
-        torch.eye(n_zero, dtype=matrix.dtype, device=matrix.device), kept_vectors
-    )
-    vectors = torch.empty_like(basis).index_copy_(0, torch.cat([gone, keep]), basis)
-    if n_zero and kept_values[0] < 0:  # rounding: a kept eigenvalue below the exact zeros
-        order = values.argsort(stable=True)
-        return values[order], vectors[:, order].contiguous()
-    return values, vectors
+    m = int((kept_values < 0).sum())
+    live = torch.cat([columns[:m], columns[m + n_zero :]])
+    values = torch.cat([kept_values[:m], kept_values.new_zeros(n_zero), kept_values[m:]])
+    vectors = matrix.new_zeros(d, d)
+    vectors[gone, columns[m : m + n_zero]] = 1.0
+    vectors[:, :m].index_copy_(0, keep, kept_vectors[:, :m])
+    vectors[:, m + n_zero :].index_copy_(0, keep, kept_vectors[:, m:])
+    return Deflated(values, vectors, live)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import estimators
-from estimators import EKFACCurvature, FisherMemoryError
+from estimators import EKFACCurvature, FisherMemoryError, eigen_scales
 from estimators import ekfac as ekfac_module
 from estimators.labels import MonteCarlo
 from estimators.stacking import stacked_matmul
@@ -157,8 +157,8 @@ def test_layer_forms_agree_with_per_input_gradients(case, monkeypatch):
     """Linear and Conv2d closed forms equal the generic per-input form, in any slab size."""
     model, x, y = case.make()
     fast = estimators.make("ekfac-exact", chunk_size=4).fit(model, x, y)
-    monkeypatch.setattr(ekfac_module, "WORK_BYTES", 1)  # one input per slab
-    monkeypatch.setattr(ekfac_module, "layer_scales", lambda *a: ekfac_module.generic_scales(*a))
+    monkeypatch.setattr(eigen_scales, "WORK_BYTES", 1)  # one input per slab
+    monkeypatch.setattr(ekfac_module, "layer_scales", lambda *a: eigen_scales.generic_scales(*a))
     slow = estimators.make("ekfac-exact", chunk_size=7).fit(model, x, y)
     for f, s in zip(fast.blocks, slow.blocks):
         assert rel(f.S, s.S) <= 1e-12

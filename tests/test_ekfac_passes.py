@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import estimators
-from estimators import second_pass
+from estimators import ekfac, second_pass
 from estimators.fitting import FisherPass
-from estimators.linalg import eigh_deflated
+from estimators.linalg import eigh_deflated, zero_rows
 from tests import reference as ref
 from tests.cases import CASES
 
@@ -127,14 +127,52 @@ def test_zero_input_features_against_brute_force():
     assert float((curv.dense() - want).norm() / want.norm()) <= TOL
 
 
+def dead_unit_network() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Zero input features 1 and 4, and a hidden ReLU unit (2) that never fires: its row of the
+    first layer's G and its column of the second layer's A are zero on every input."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x, y = torch.rand(9, 6, dtype=torch.float64), torch.randint(0, 3, (9,))
+    x[:, [1, 4]] = 0.0
+    with torch.no_grad():  # inputs are >= 0: this unit's pre-activation is < 0 on all of them
+        model[0].weight[2] = -1.0
+        model[0].bias[2] = -1.0
+    return model, x, y
+
+
+@pytest.mark.parametrize(("mode", "options"), MODES, ids=[m for m, _ in MODES])
+def test_live_sub_blocks_match_whole_blocks(mode, options, monkeypatch):
+    """The s pass on the live columns only equals the pass on the whole bases; dead s is 0."""
+    model, x, y = dead_unit_network()
+    live = fit(mode, options, model, x, y)
+    curv = estimators.make(f"ekfac-{mode}", chunk_size=3, **options).fit(model, x, y)
+    first, second = curv.blocks
+    for blk, side, rows in ((first, "QG", [2]), (first, "QA", [1, 4]), (second, "QA", [2])):
+        basis = getattr(blk, side)
+        cols = [int((basis[i] == 1.0).nonzero()) for i in rows]  # their unit eigenvectors
+        dead = blk.S[cols] if side == "QG" else blk.S[:, cols]
+        assert not dead.any()
+    original = ekfac.LiveBlock.of
+
+    def whole(layer, blk, rows, cols):
+        return original(layer, blk, torch.arange(blk.S.shape[0]), torch.arange(blk.S.shape[1]))
+
+    monkeypatch.setattr(ekfac.LiveBlock, "of", staticmethod(whole))
+    assert float((fit(mode, options, model, x, y) - live).norm() / live.norm()) <= 1e-13
+    if mode != "mc":
+        _, _, want, _ = ref.ekfac_brute_force(model, x, mode, targets=y)
+        assert float((live - want).norm() / want.norm()) <= TOL
+
+
 def test_eigh_deflated_orders_a_negative_kept_eigenvalue_first():
     """Rounding can leave a kept eigenvalue below zero: it sorts before the exact zeros."""
     m = torch.zeros(4, 4, dtype=torch.float64)
     m[1:3, 1:3] = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-    values, vectors = eigh_deflated(m)
+    values, vectors, live = eigh_deflated(m)
     assert values.tolist() == [-1.0, 0.0, 0.0, 2.0]
     assert torch.allclose(vectors @ torch.diag(values) @ vectors.T, m)
     assert vectors[:, 0].abs().tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert live.tolist() == [0, 3] and vectors.is_contiguous()
 
 
 @pytest.mark.parametrize("zero_rows", [[], [0], [1, 4, 6], list(range(7))])
@@ -144,12 +182,24 @@ def test_eigh_deflated(zero_rows):
     x = torch.randn(7, 12, dtype=torch.float64)
     x[zero_rows] = 0.0
     m = x @ x.T
-    values, vectors = eigh_deflated(m)
+    values, vectors, live = eigh_deflated(m)
     eye = torch.eye(7, dtype=torch.float64)
     assert torch.allclose(vectors @ torch.diag(values) @ vectors.T, m, atol=1e-12)
     assert torch.allclose(vectors.T @ vectors, eye, atol=1e-12)
     assert torch.allclose(values, torch.linalg.eigvalsh(m), atol=1e-12)
     assert bool((values[1:] >= values[:-1]).all())
+    assert vectors.is_contiguous()
     for i in zero_rows:  # a zero row's eigenvector is its unit vector, eigenvalue 0
         col = vectors[i].abs().argmax()
         assert vectors[i, col] == 1.0 and values[col] == 0.0
+        assert int(col) not in live.tolist()
+    dead = [c for c in range(7) if c not in live.tolist()]
+    assert len(dead) == len(zero_rows)
+    kept = [i for i in range(7) if i not in zero_rows]
+    assert not vectors[kept][:, dead].any()  # outside live: unit vectors of zero rows only
+
+
+def test_zero_rows_checks_whole_rows():
+    """A zero diagonal entry alone does not make a zero row (an indefinite matrix)."""
+    m = torch.tensor([[0.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert zero_rows(m).tolist() == [False, False, True]
