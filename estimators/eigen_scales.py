@@ -16,7 +16,9 @@ The s of a layer, from the chunk's captures (``layers``; gradients carry :math:`
   the ``[K, n, d_out, d_in + 1]`` work tensor stays under ``WORK_BYTES``.
 - any other layer rule with a Kronecker form: the same from ``rule.per_input`` gradients.
 
-``LiveBlock`` restricts the pass to the eigenvectors whose s can be nonzero.
+``LiveBlock`` restricts the pass to the eigenvectors that are not a zero row's unit vector (whose
+s is exactly zero). On such a sub-block the shapes below read ``g_live``/``a_live`` for
+``d_out``/``d_a`` in the eigen-coordinates.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def layer_scales(
 
 @dataclass
 class LiveBlock:
-    r"""The part of a layer's eigenbasis whose s can be nonzero, where the s pass accumulates.
+    r"""A layer's eigenvectors but the zero rows' unit vectors, where the s pass accumulates.
 
     A column :math:`e_i` of :math:`Q_A` split off for a zero row i of A (``eigh_deflated``) has
     :math:`e_i^\top \bar a_n = \bar a_{ni} = 0` on every fitted input, so :math:`s_{pq} = 0`
@@ -155,7 +157,8 @@ class LiveBlock:
     """
 
     block: EigenBlock
-    """The live columns of both bases (contiguous copies) and their running s."""
+    """The live columns of both bases (contiguous copies; ``blk`` itself when ``whole``) and their
+    running s."""
     rows: torch.Tensor
     cols: torch.Tensor
     whole: bool

@@ -24,9 +24,10 @@ Fitting takes two passes over the inputs, in the same chunks (``second_pass``). 
 batched forward and backward per chunk (``fitting.FisherPass``) and accumulates the KFAC factor
 sums and the rest's exact diagonal (``KFACAccumulator``). Then each factor is eigendecomposed,
 its exactly-zero rows split off first (``linalg.eigh_deflated``: input features that are zero on
-every fitted input, such as MNIST's blank border pixels, cost nothing; their s is exactly zero,
-so Linear and Conv2d layers project onto the other eigenvectors only, ``LiveBlock``). The
-second pass accumulates s from the Kronecker layers' captures: those the first pass kept, while
+every fitted input, such as MNIST's blank border pixels, and output units whose gradient always
+is, such as ReLU units that never fire, cost nothing; their s is exactly zero, so Linear and
+Conv2d layers project onto the other eigenvectors only, ``LiveBlock``). The second pass
+accumulates s from the Kronecker layers' captures: those the first pass kept, while
 they fit in ``second_pass.CACHE_BYTES`` (no forward or backward), else recomputed by
 backpropagating to those layers only (no rest diagonal, no ``torch.func`` rows). Both passes
 use the same label columns: ``exact`` and ``empirical`` are deterministic, and ``mc`` records
@@ -303,6 +304,7 @@ class EKFACAccumulator(KFACAccumulator):
         """Blocks in layer order and the exact diagonal of the remaining parameters."""
         for key, (_, blk) in self.eigen.items():
             self.live[key].scatter(blk)
+        self.live = {}  # the sub-blocks' copies of the bases
         blocks = [blk for _, blk in self.eigen.values()]
         rest = [self.layout.slice(n) for n in self.layout.names if n not in self.kron_names]
         index = torch.cat(

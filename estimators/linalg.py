@@ -71,7 +71,8 @@ def eigh_deflated(matrix: torch.Tensor) -> Deflated:
     n_zero = int(zero.sum())
     columns = torch.arange(d, device=matrix.device)
     if n_zero == d:  # the zero matrix: every unit vector, nothing live
-        return Deflated(matrix.new_zeros(d), torch.eye(d).to(matrix), columns[:0])
+        eye = torch.eye(d, dtype=matrix.dtype, device=matrix.device)
+        return Deflated(matrix.new_zeros(d), eye, columns[:0])
     if n_zero == 0:
         values, vectors = eigh(matrix)
         return Deflated(values, vectors.contiguous(), columns)

@@ -127,32 +127,56 @@ def test_zero_input_features_against_brute_force():
     assert float((curv.dense() - want).norm() / want.norm()) <= TOL
 
 
-def dead_unit_network() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """Zero input features 1 and 4, and a hidden ReLU unit (2) that never fires: its row of the
-    first layer's G and its column of the second layer's A are zero on every input."""
+def dead_unit_network(conv: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Zero input features (MLP: 1 and 4; CNN: input channel 1) and a hidden ReLU unit or
+    channel (2) that never fires: zero rows of the first layer's A and G, a zero column of the
+    second layer's A (MLP) or zero rows of its A (CNN)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
-    x, y = torch.rand(9, 6, dtype=torch.float64), torch.randint(0, 3, (9,))
-    x[:, [1, 4]] = 0.0
+    if conv:
+        model = nn.Sequential(
+            nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 3)
+        ).double()
+        x = torch.rand(9, 2, 4, 4, dtype=torch.float64)
+        x[:, 1] = 0.0
+    else:
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+        x = torch.rand(9, 6, dtype=torch.float64)
+        x[:, [1, 4]] = 0.0
     with torch.no_grad():  # inputs are >= 0: this unit's pre-activation is < 0 on all of them
         model[0].weight[2] = -1.0
         model[0].bias[2] = -1.0
-    return model, x, y
+    return model, x, torch.randint(0, 3, (9,))
 
 
+def dead_columns(blk, side: str, rows: list[int]) -> torch.Tensor:
+    """S where the unit eigenvectors of the zero ``rows`` of Q_G (``side`` "QG") or Q_A are."""
+    basis = getattr(blk, side)
+    cols = [int((basis[i] == 1.0).nonzero()) for i in rows]
+    return blk.S[cols] if side == "QG" else blk.S[:, cols]
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "cnn"])
 @pytest.mark.parametrize(("mode", "options"), MODES, ids=[m for m, _ in MODES])
-def test_live_sub_blocks_match_whole_blocks(mode, options, monkeypatch):
+def test_live_sub_blocks_match_whole_blocks(mode, options, conv, monkeypatch):
     """The s pass on the live columns only equals the pass on the whole bases; dead s is 0."""
-    model, x, y = dead_unit_network()
+    model, x, y = dead_unit_network(conv)
+    made = []
+    original = ekfac.LiveBlock.of
+
+    def spy(layer, blk, rows, cols):
+        made.append(original(layer, blk, rows, cols))
+        return made[-1]
+
+    monkeypatch.setattr(ekfac.LiveBlock, "of", staticmethod(spy))
     live = fit(mode, options, model, x, y)
+    assert not made[0].whole  # the first layer's pass ran on a sub-block
     curv = estimators.make(f"ekfac-{mode}", chunk_size=3, **options).fit(model, x, y)
     first, second = curv.blocks
-    for blk, side, rows in ((first, "QG", [2]), (first, "QA", [1, 4]), (second, "QA", [2])):
-        basis = getattr(blk, side)
-        cols = [int((basis[i] == 1.0).nonzero()) for i in rows]  # their unit eigenvectors
-        dead = blk.S[cols] if side == "QG" else blk.S[:, cols]
-        assert not dead.any()
-    original = ekfac.LiveBlock.of
+    assert not dead_columns(first, "QG", [2]).any()  # the dead unit's row
+    zero_features = list(range(9, 18)) if conv else [1, 4]  # channel 1's patch rows
+    assert not dead_columns(first, "QA", zero_features).any()
+    if not conv:  # the dead unit as the second layer's input feature
+        assert not dead_columns(second, "QA", [2]).any()
 
     def whole(layer, blk, rows, cols):
         return original(layer, blk, torch.arange(blk.S.shape[0]), torch.arange(blk.S.shape[1]))
@@ -175,11 +199,13 @@ def test_eigh_deflated_orders_a_negative_kept_eigenvalue_first():
     assert live.tolist() == [0, 3] and vectors.is_contiguous()
 
 
+@pytest.mark.parametrize("width", [12, 3], ids=["full-rank", "rank-3"])
 @pytest.mark.parametrize("zero_rows", [[], [0], [1, 4, 6], list(range(7))])
-def test_eigh_deflated(zero_rows):
-    """An eigendecomposition in ``torch.linalg.eigh``'s form, whatever rows are zero."""
+def test_eigh_deflated(zero_rows, width):
+    """An eigendecomposition in ``torch.linalg.eigh``'s form, whatever rows are zero (rank 3:
+    the kept block has zero eigenvalues, which rounding can put below the exact zeros)."""
     torch.manual_seed(1)
-    x = torch.randn(7, 12, dtype=torch.float64)
+    x = torch.randn(7, width, dtype=torch.float64)
     x[zero_rows] = 0.0
     m = x @ x.T
     values, vectors, live = eigh_deflated(m)
